@@ -1,0 +1,5 @@
+"""Entry point for ``python -m aitems_sync``."""
+
+from aitems_sync.cli import main
+
+main()

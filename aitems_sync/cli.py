@@ -1,0 +1,165 @@
+"""The command line: parse, call, render. The only place that exits or sets up logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from aitems_sync import __version__
+from aitems_sync.errors import EXIT_FAILED, AitemsSyncError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    config: Path
+    json_output: bool
+    debug: bool
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from aitems_sync.logfmt import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _fail(error: AitemsSyncError, debug: bool) -> NoReturn:
+    if debug:
+        log.exception("failed")
+    click.echo(f"FAILED: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="AITEMS_SYNC_CONFIG",
+    default="sync.yaml",
+    show_default=True,
+    help="The spec file (also from AITEMS_SYNC_CONFIG).",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Lowest level of log lines written to stderr.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as JSON lines.",
+)
+@click.option("--debug", is_flag=True, help="Show the traceback of a failure.")
+@click.version_option(__version__, prog_name="aitems-sync")
+@click.pass_context
+def main_group(
+    ctx: click.Context, config: Path, json_output: bool, log_level: str, log_format: str,
+    debug: bool,
+) -> None:
+    """Keep NAVER Cloud AiTEMS datasets fed from SQL databases, incrementally."""
+    _setup_logging("debug" if debug else log_level, log_format)
+    ctx.obj = Context(config=config, json_output=json_output, debug=debug)
+
+
+@main_group.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8787, show_default=True, help="Port to listen on (0: any free).")
+@click.option(
+    "--seed",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML or JSON file of keys, schemas, datasets and services to create at start-up.",
+)
+@click.option(
+    "--access-key",
+    "access_keys",
+    multiple=True,
+    help="An accepted key pair as ACCESS_KEY:SECRET_KEY (repeatable).",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Persist the emulator's data to this SQLite file.",
+)
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every upload answer.")
+@click.option("--latency-jitter", type=float, default=0.0, help="Random extra latency, seconds.")
+@click.option("--fail-rate", type=float, default=0.0, help="Share of uploads answered with an error.")
+@click.option(
+    "--fail-statuses",
+    default="429,500,503,504",
+    show_default=True,
+    help="Statuses drawn from for --fail-rate.",
+)
+@click.option("--retry-after", type=float, default=1.0, show_default=True,
+              help="Retry-After seconds sent with injected 429s.")
+@click.option("--max-body-bytes", type=int, default=None,
+              help="Answer 413 to upload bodies larger than this.")
+@click.option("--drop-rate", type=float, default=0.0,
+              help="Share of uploads stored and then answered by closing the connection.")
+@click.option("--no-record", is_flag=True,
+              help="Keep only counts of received rows, not the rows (for benchmarks).")
+def emulator(
+    host: str, port: int, seed: Path | None, access_keys: tuple[str, ...],
+    state_path: Path | None, latency: float, latency_jitter: float, fail_rate: float,
+    fail_statuses: str, retry_after: float, max_body_bytes: int | None, drop_rate: float,
+    no_record: bool,
+) -> None:
+    """Serve a local AiTEMS on loopback for development, demos and tests."""
+    from aitems_sync.emulator import EmulatorServer, Faults, load_seed
+
+    keys: dict[str, str] = {}
+    for pair in access_keys:
+        access, sep, secret = pair.partition(":")
+        if not sep or not access or not secret:
+            raise click.BadParameter("expected ACCESS_KEY:SECRET_KEY", param_hint="--access-key")
+        keys[access] = secret
+    faults = Faults(
+        latency=latency,
+        latency_jitter=latency_jitter,
+        status_rate=fail_rate,
+        status_choices=tuple(int(s) for s in fail_statuses.split(",") if s.strip()),
+        retry_after=retry_after,
+        max_body_bytes=max_body_bytes,
+        drop_rate=drop_rate,
+    )
+    server = EmulatorServer(
+        host=host,
+        port=port,
+        seed=load_seed(seed) if seed else None,
+        keys=keys,
+        state_path=state_path,
+        faults=faults,
+        record=not no_record,
+    )
+    click.echo(f"AiTEMS emulator listening on {server.base_url}", err=True)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point: run the CLI and map our errors to exit codes."""
+    debug = "--debug" in (argv if argv is not None else sys.argv)
+    try:
+        return main_group.main(args=argv, prog_name="aitems-sync", standalone_mode=True)
+    except AitemsSyncError as error:
+        _fail(error, debug)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_FAILED)

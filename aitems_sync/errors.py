@@ -1,0 +1,165 @@
+"""The one exception tree of aitems-sync, grouped by what the caller should do.
+
+Every class carries the process exit code the CLI uses and a message written for the operator:
+what went wrong, where, and what to do. No message ever holds a secret, a signature or a payload.
+
+    AitemsSyncError                 exit 1   (root; only the CLI catches it)
+    ├── UsageError                  exit 2   bad command line
+    ├── SpecError                   exit 2   the spec file is wrong (all problems at once)
+    ├── SourceError                 exit 1   the source database failed
+    ├── StateError                  exit 1   the state store failed
+    │   └── LockHeldError           exit 75  another run holds a dataset's lease
+    ├── ApiError                    exit 1   AiTEMS answered with an error or not at all
+    │   ├── RetriableApiError                connection errors, 429, 500, 503, 504
+    │   │   └── RetriesExhaustedError        ... and the retries ran out
+    │   ├── FatalApiError                    400, 401, 403, 404: retrying will not help
+    │   │   ├── BadRequestError              400: the rows or the request are wrong
+    │   │   ├── AuthError                    401 or 403
+    │   │   └── NotFoundError                404
+    │   └── PayloadTooLargeError             413: split the batch and try again
+    ├── InvalidRowsError            exit 3   a dataset passed max_invalid or on_invalid: fail
+    └── Interrupted                 exit 143 / 130  stopped by SIGTERM / SIGINT
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INVALID_ROWS = 3
+EXIT_LOCKED = 75
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class AitemsSyncError(Exception):
+    """Root of every error aitems-sync raises on purpose."""
+
+    exit_code: int = EXIT_FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(AitemsSyncError):
+    """The command line is wrong (unknown dataset, bad option value)."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One problem found in a spec file: where it is and what is wrong."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class SpecError(AitemsSyncError):
+    """The spec is invalid. Holds every problem found, so the operator fixes them in one go."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: Sequence[SpecProblem]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        head = f"the spec has {count} problem{'s' if count != 1 else ''}:"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class SourceError(AitemsSyncError):
+    """The source database could not be reached or a query failed."""
+
+
+class StateError(AitemsSyncError):
+    """The state store could not be opened, migrated or written."""
+
+
+class LockHeldError(StateError):
+    """Another run holds the lease on a dataset."""
+
+    exit_code = EXIT_LOCKED
+
+
+class ApiError(AitemsSyncError):
+    """AiTEMS (or its API gateway) answered with an error, or did not answer.
+
+    ``status`` is None when no HTTP answer arrived. ``body`` is the raw answer, cut to a few
+    hundred characters, kept for the operator and for quarantine records.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        error_code: str | None = None,
+        body: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status = status
+        self.error_code = error_code
+        self.body = body
+
+
+class RetriableApiError(ApiError):
+    """A failure that may pass if the same request is sent again later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class RetriesExhaustedError(RetriableApiError):
+    """A retriable failure that kept happening until the attempts or the time ran out."""
+
+
+class FatalApiError(ApiError):
+    """A failure that will happen again whatever we do: do not retry."""
+
+
+class BadRequestError(FatalApiError):
+    """400: AiTEMS rejected the request (for an upload: some rows do not fit the schema)."""
+
+
+class AuthError(FatalApiError):
+    """401 or 403: the keys, the clock or the permissions are wrong."""
+
+
+class NotFoundError(FatalApiError):
+    """404: the service, dataset or schema does not exist."""
+
+
+class PayloadTooLargeError(ApiError):
+    """413: the body is over the gateway's limit; the engine splits the batch."""
+
+
+class InvalidRowsError(AitemsSyncError):
+    """A dataset had more invalid rows than ``max_invalid`` allows, or ``on_invalid: fail``."""
+
+    exit_code = EXIT_INVALID_ROWS
+
+
+class Interrupted(AitemsSyncError):
+    """The run stopped on SIGTERM or SIGINT after committing what was acknowledged."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_SIGTERM) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
