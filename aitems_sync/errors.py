@@ -128,7 +128,14 @@ class RetriableApiError(ApiError):
 
 
 class RetriesExhaustedError(RetriableApiError):
-    """A retriable failure that kept happening until the attempts or the time ran out."""
+    """A retriable failure that kept happening until the attempts or the time ran out.
+
+    ``ambiguous`` is True when one of the failed attempts may have been stored by AiTEMS.
+    """
+
+    def __init__(self, message: str, *, ambiguous: bool = False, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.ambiguous = ambiguous
 
 
 class FatalApiError(ApiError):
