@@ -1,0 +1,420 @@
+"""The state store: marks, ledger, batch journal, quarantine, runs and leases in one database.
+
+Any SQLAlchemy URL: a SQLite file by default, PostgreSQL or MySQL where a pod's disk does not
+last. Tables and migrations live in :mod:`aitems_sync.state_schema`, connection details in
+:mod:`aitems_sync.state_engine`, the record types in :mod:`aitems_sync.state_records` and the
+typed value codec in :mod:`aitems_sync.values`; this module re-exports what callers need.
+
+Every write is its own short transaction. :meth:`StateStore.commit_batch` is the one that
+matters: a batch's journal status, its ledger entries, the mark and its quarantined rows commit
+together or not at all. Database failures surface as :class:`~aitems_sync.errors.StateError`
+naming the store (never its password) and the operation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from aitems_sync import state_engine as se
+from aitems_sync import state_records as rec
+from aitems_sync import state_schema as t
+from aitems_sync.errors import LockHeldError, StateError
+from aitems_sync.state_records import (
+    BatchRecord,
+    LeaseHolder,
+    LedgerEntry,
+    QuarantineEntry,
+    QuarantineRecord,
+    RunRecord,
+)
+from aitems_sync.values import (
+    CursorValue,
+    Mark,
+    decode_mark,
+    decode_value,
+    dumps,
+    encode_mark,
+    mark_to_json,
+)
+from aitems_sync.values import encode_value as encode_value
+
+__all__ = [
+    "BatchRecord",
+    "CursorValue",
+    "LeaseHolder",
+    "LedgerEntry",
+    "Mark",
+    "QuarantineEntry",
+    "QuarantineRecord",
+    "RunRecord",
+    "StateStore",
+    "decode_value",
+    "encode_value",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateStore:
+    """The state of every dataset in one database; safe to share between threads."""
+
+    def __init__(self, engine: sa.Engine, *, display: str, clock: Callable[[], datetime]):
+        """Use :meth:`open`, which also creates and migrates the tables."""
+        self._engine = engine
+        self._writer = engine.execution_options(**{se.WRITE_OPTION: True})
+        self._dialect = engine.dialect.name
+        self._clock = clock
+        self._ids: dict[str, int] = {}
+        self._ledger_writer = se.LedgerWriter(engine.dialect)
+        self.url_for_display = display
+
+    @classmethod
+    def open(cls, url: str, *, clock: Callable[[], datetime] = _utcnow) -> StateStore:
+        """Open (creating and migrating if needed) the store at a SQLAlchemy URL."""
+        engine, display = se.open_engine(url)
+        return cls(engine, display=display, clock=clock)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(
+                f"the state store {self.url_for_display} failed to {what}: {se.reason(exc)}"
+            ) from exc
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sa.Connection]:
+        """One write transaction; committed when the block ends, rolled back if it raises."""
+        with self._guard(what), self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[sa.Connection]:
+        with self._guard(what), self._engine.connect() as conn:
+            yield conn
+
+    def _dataset_id(self, name: str, *, create: bool = False) -> int | None:
+        """The dataset's small id; registered in its own transaction so a rollback keeps it."""
+        if name in self._ids:
+            return self._ids[name]
+        query = sa.select(t.datasets.c.id).where(t.datasets.c.name == name)
+        with self._read(f"look up dataset {name!r}") as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        if found is None and create:
+            with self._write(f"register dataset {name!r}") as conn:
+                conn.execute(se.insert_ignore(self._dialect, t.datasets, ["name"]), {"name": name})
+                found = conn.execute(query).scalar_one()
+        if found is not None:
+            self._ids[name] = found
+        return found
+
+    def _known_id(self, name: str) -> int:
+        found = self._dataset_id(name, create=True)
+        assert found is not None
+        return found
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def begin_run(self, run_id: str, *, datasets: Sequence[str], host: str, pid: int) -> None:
+        """Record the start of a run."""
+        row = {"run_id": run_id, "started_at": self._clock(), "status": "running", "host": host,
+               "pid": pid, "datasets": dumps(list(datasets)), "summary": "{}"}
+        with self._write(f"record the start of run {run_id}") as conn:
+            conn.execute(sa.insert(t.runs), row)
+
+    def end_run(self, run_id: str, *, status: str, summary: Mapping[str, Any]) -> None:
+        """Record the end of a run, its status and its summary (JSON-able; Decimal as text)."""
+        values = {"finished_at": self._clock(), "status": status, "summary": dumps(dict(summary))}
+        with self._write(f"record the end of run {run_id}") as conn:
+            done = conn.execute(sa.update(t.runs).where(t.runs.c.run_id == run_id).values(values))
+            if done.rowcount != 1:
+                raise StateError(f"run {run_id} is not in the state store's history")
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """The latest runs, newest first."""
+        query = sa.select(t.runs).order_by(t.runs.c.started_at.desc(), t.runs.c.run_id.desc())
+        with self._read("list runs") as conn:
+            return [rec.run_record(row) for row in conn.execute(query.limit(limit))]
+
+    # -- marks ------------------------------------------------------------------------------
+
+    def get_mark(self, dataset: str) -> Mark | None:
+        """The dataset's high-water mark, or None before its first commit (or after a reset)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return None
+        query = sa.select(t.marks.c.cursor, t.marks.c.key).where(t.marks.c.dataset_id == dataset_id)
+        with self._read(f"read the mark of dataset {dataset!r}") as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else decode_mark(row.cursor, row.key)
+
+    def set_mark(self, dataset: str, mark: Mark | None) -> None:
+        """Set (or with None, forget) the dataset's mark."""
+        dataset_id = self._known_id(dataset)
+        with self._write(f"set the mark of dataset {dataset!r}") as conn:
+            self._put_mark(conn, dataset_id, mark)
+
+    def _put_mark(self, conn: sa.Connection, dataset_id: int, mark: Mark | None) -> None:
+        if mark is None:
+            conn.execute(sa.delete(t.marks).where(t.marks.c.dataset_id == dataset_id))
+            return
+        cursor, key = encode_mark(mark)
+        stmt = se.upsert(self._dialect, t.marks, ["dataset_id"], ["cursor", "key", "updated_at"])
+        conn.execute(stmt, {"dataset_id": dataset_id, "cursor": cursor, "key": key,
+                            "updated_at": self._clock()})
+
+    def reset(self, dataset: str) -> None:
+        """Forget the dataset's mark, ledger and journal (its quarantine stays)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return
+        with self._write(f"reset dataset {dataset!r}") as conn:
+            for table in (t.marks, t.ledger, t.batches):
+                conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
+
+    # -- ledger -----------------------------------------------------------------------------
+
+    def ledger_lookup(self, dataset: str, key_hashes: Sequence[int]) -> dict[int, int]:
+        """key_hash -> payload_hash for the given keys that are in the ledger."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None or not key_hashes:
+            return {}
+        found: dict[int, int] = {}
+        with self._read(f"read the ledger of dataset {dataset!r}") as conn:
+            for query in se.ledger_queries(self._dialect, dataset_id, key_hashes):
+                found.update((k, p) for k, p in conn.execute(query))
+        return found
+
+    def ledger_size(self, dataset: str) -> int:
+        """The number of keys in the dataset's ledger."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        query = sa.select(sa.func.count()).select_from(t.ledger)
+        with self._read(f"count the ledger of dataset {dataset!r}") as conn:
+            return int(conn.execute(query.where(t.ledger.c.dataset_id == dataset_id)).scalar_one())
+
+    def prune_ledger(self, dataset: str, before: float) -> int:
+        """Delete the dataset's entries whose position is below ``before``; returns how many."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        stmt = sa.delete(t.ledger).where(t.ledger.c.dataset_id == dataset_id,
+                                       t.ledger.c.position < before)
+        with self._write(f"prune the ledger of dataset {dataset!r}") as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    # -- journal and the atomic commit -------------------------------------------------------
+
+    def journal_sending(
+        self, dataset: str, run_id: str, *, rows: int, first: Mark | None, last: Mark | None
+    ) -> int:
+        """Journal a batch as ``sending`` and commit, before its request leaves; its batch id."""
+        now = self._clock()
+        row = {"dataset_id": self._known_id(dataset), "run_id": run_id, "status": "sending",
+               "rows": rows, "first": mark_to_json(first), "last": mark_to_json(last),
+               "created_at": now, "updated_at": now}
+        with self._write(f"journal a batch of dataset {dataset!r}") as conn:
+            inserted = conn.execute(sa.insert(t.batches), row).inserted_primary_key
+        assert inserted is not None
+        return int(inserted[0])
+
+    def commit_batch(
+        self,
+        dataset: str,
+        *,
+        run_id: str,
+        batch_id: int | None,
+        ledger: Sequence[LedgerEntry],
+        mark: Mark | None,
+        quarantine: Sequence[QuarantineEntry] = (),
+    ) -> None:
+        """Commit an acknowledged batch in ONE transaction, all or nothing.
+
+        The journal row becomes ``committed`` (when ``batch_id`` is given), the ledger entries
+        are upserted, the mark moves (when not None) and the quarantined rows are stored.
+        """
+        dataset_id = self._known_id(dataset)
+        now = self._clock()
+        rejected = [rec.quarantine_row(e, self._known_id(e.dataset), now) for e in quarantine]
+        entries = [(dataset_id, e.key_hash, e.payload_hash, e.position) for e in ledger]
+        with self._write(f"commit batch {batch_id} of dataset {dataset!r} (run {run_id})") as conn:
+            if batch_id is not None and not self._set_status(
+                conn, dataset_id, [batch_id], "committed", now
+            ):
+                raise StateError(
+                    f"batch {batch_id} of dataset {dataset!r} is not in the journal (was the "
+                    "dataset reset while this run was sending?); nothing was committed, so its "
+                    "rows are read again on the next run"
+                )
+            if entries:
+                self._ledger_writer.write(conn, entries)
+            if mark is not None:
+                self._put_mark(conn, dataset_id, mark)
+            if rejected:
+                conn.execute(sa.insert(t.quarantine), rejected)
+
+    def _set_status(self, conn: sa.Connection, dataset_id: int, ids: Sequence[int], status: str,
+                    now: datetime, *, only_sending: bool = False) -> int:
+        changed = 0
+        for chunk in se.chunks(ids):
+            stmt = sa.update(t.batches).where(t.batches.c.dataset_id == dataset_id,
+                                            t.batches.c.batch_id.in_(chunk))
+            if only_sending:
+                stmt = stmt.where(t.batches.c.status == "sending")
+            changed += conn.execute(stmt.values(status=status, updated_at=now)).rowcount
+        return changed
+
+    def unfinished_batches(self, dataset: str) -> list[BatchRecord]:
+        """The dataset's batches still ``sending``: they may or may not have reached AiTEMS."""
+        return self.batches(dataset, status="sending", limit=None, oldest_first=True)
+
+    def mark_ambiguous(self, dataset: str, batch_ids: Sequence[int]) -> None:
+        """Turn ``sending`` batches into ``ambiguous`` (found unfinished by a later run)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None or not batch_ids:
+            return
+        with self._write(f"mark batches of dataset {dataset!r} ambiguous") as conn:
+            self._set_status(conn, dataset_id, batch_ids, "ambiguous", self._clock(),
+                             only_sending=True)
+
+    def batches(self, dataset: str | None = None, *, status: str | None = None,
+                limit: int | None = 100, oldest_first: bool = False) -> list[BatchRecord]:
+        """Journalled batches, newest first, optionally of one dataset and one status."""
+        order = t.batches.c.batch_id.asc() if oldest_first else t.batches.c.batch_id.desc()
+        query = sa.select(t.batches, t.datasets.c.name).join(t.datasets)
+        query = query.order_by(order).limit(limit)
+        if dataset is not None:
+            query = query.where(t.datasets.c.name == dataset)
+        if status is not None:
+            query = query.where(t.batches.c.status == status)
+        with self._read("list journalled batches") as conn:
+            return [rec.batch_record(row) for row in conn.execute(query)]
+
+    # -- quarantine -------------------------------------------------------------------------
+
+    def add_quarantine(self, entries: Sequence[QuarantineEntry]) -> None:
+        """Store rejected rows (outside any batch commit)."""
+        if not entries:
+            return
+        now = self._clock()
+        rows = [rec.quarantine_row(e, self._known_id(e.dataset), now) for e in entries]
+        with self._write(f"quarantine {len(rows)} rows") as conn:
+            conn.execute(sa.insert(t.quarantine), rows)
+
+    def quarantined(self, dataset: str | None = None, *,
+                    limit: int | None = None) -> list[QuarantineRecord]:
+        """Quarantined rows, oldest first, with their raw values decoded."""
+        query = sa.select(t.quarantine, t.datasets.c.name).join(t.datasets)
+        query = query.order_by(t.quarantine.c.id).limit(limit)
+        if dataset is not None:
+            query = query.where(t.datasets.c.name == dataset)
+        with self._read("list quarantined rows") as conn:
+            return [rec.quarantine_record(row) for row in conn.execute(query)]
+
+    def quarantine_count(self, dataset: str | None = None) -> int:
+        """The number of quarantined rows (of one dataset, or all)."""
+        query = sa.select(sa.func.count()).select_from(t.quarantine.join(t.datasets))
+        if dataset is not None:
+            query = query.where(t.datasets.c.name == dataset)
+        with self._read("count quarantined rows") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def drop_quarantine(self, ids: Sequence[int]) -> int:
+        """Delete quarantined rows by id; returns how many were deleted."""
+        dropped = 0
+        with self._write(f"drop {len(ids)} quarantined rows") as conn:
+            for chunk in se.chunks(ids):
+                stmt = sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk))
+                dropped += conn.execute(stmt).rowcount
+        return dropped
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def acquire_lease(self, dataset: str, *, owner: str, host: str, pid: int, ttl: float) -> None:
+        """Take the dataset's lease for ``ttl`` seconds, or raise LockHeldError.
+
+        Taken when nobody holds it, when its holder let it expire, or when ``owner`` already
+        holds it. Race-free between processes: each step is a conditional write whose row count
+        says who won, never a read followed by a write.
+        """
+        dataset_id = self._known_id(dataset)
+        for _attempt in range(5):
+            now = self._clock()
+            row = {"dataset_id": dataset_id, "owner": owner, "host": host, "pid": pid,
+                   "acquired_at": now, "expires_at": now + timedelta(seconds=ttl)}
+            with self._write(f"take the lease on dataset {dataset!r}") as conn:
+                if self._take_lease(conn, row, now):
+                    log.debug("took the lease on dataset %r as %s", dataset, owner)
+                    return
+            holder = self.lease_holder(dataset)
+            # The holder may have released or let it lapse since: then try again.
+            if holder is not None and holder.expires_at >= now:
+                raise LockHeldError(rec.lease_held_message(holder))
+        raise StateError(f"the lease on dataset {dataset!r} keeps changing hands; run again")
+
+    def _take_lease(self, conn: sa.Connection, row: dict[str, Any], now: datetime) -> bool:
+        takeover = (
+            sa.update(t.leases)
+            .where(t.leases.c.dataset_id == row["dataset_id"])
+            .where(sa.or_(t.leases.c.expires_at < now, t.leases.c.owner == row["owner"]))
+            .values({k: v for k, v in row.items() if k != "dataset_id"})
+        )
+        if conn.execute(takeover).rowcount == 1:
+            return True
+        fresh = se.insert_ignore(self._dialect, t.leases, ["dataset_id"])
+        return bool(conn.execute(fresh, row).rowcount == 1)
+
+    def renew_lease(self, dataset: str, *, owner: str, ttl: float) -> bool:
+        """Extend our lease by ``ttl`` seconds from now; False if we no longer hold it."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return False
+        stmt = (
+            sa.update(t.leases)
+            .where(t.leases.c.dataset_id == dataset_id, t.leases.c.owner == owner)
+            .values(expires_at=self._clock() + timedelta(seconds=ttl))
+        )
+        with self._write(f"renew the lease on dataset {dataset!r}") as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def release_lease(self, dataset: str, *, owner: str) -> None:
+        """Give the lease back (does nothing if another owner holds it now)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return
+        stmt = sa.delete(t.leases).where(t.leases.c.dataset_id == dataset_id,
+                                         t.leases.c.owner == owner)
+        with self._write(f"release the lease on dataset {dataset!r}") as conn:
+            conn.execute(stmt)
+
+    def lease_holder(self, dataset: str) -> LeaseHolder | None:
+        """Who holds the dataset's lease (possibly expired), or None."""
+        query = sa.select(t.leases, t.datasets.c.name).join(t.datasets)
+        query = query.where(t.datasets.c.name == dataset)
+        with self._read(f"read the lease on dataset {dataset!r}") as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else rec.lease_holder(row)
