@@ -1,0 +1,361 @@
+"""Read rows from a SQL source incrementally: after a high-water mark, ordered, streamed.
+
+The user's query is wrapped as a subquery ``src``; the incremental predicate and
+``ORDER BY cursor, key`` are added around it with SQLAlchemy Core, so identifiers are quoted
+for the dialect and the mark is always a bound parameter, never text in the SQL.
+
+Rows whose cursor is NULL are never extracted (they cannot be ordered after a mark): make the
+cursor column NOT NULL, or ``COALESCE`` it in the query. Among rows with the same cursor value,
+NULL key values sort first on every dialect.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from sqlalchemy.types import NullType
+
+from aitems_sync.columns import ColumnMatchError, match_column
+from aitems_sync.errors import SourceError
+from aitems_sync.lookback import CursorValue, lookback_start
+from aitems_sync.spec import SourceConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CursorValue", "Extraction", "MarkLike", "Source", "lookback_start"]
+
+
+VALIDATE_HINT = "run `aitems-sync validate --connect` to check every query against its source"
+CONNECT_TIMEOUT_SECONDS = 10
+# The connect argument that bounds connecting (seconds), per driver: nothing waits forever.
+_CONNECT_TIMEOUT_ARGS = {
+    "psycopg": "connect_timeout",
+    "psycopg2": "connect_timeout",
+    "pg8000": "timeout",
+    "pymysql": "connect_timeout",
+    "mysqldb": "connect_timeout",
+}
+# Dialects that sort NULL last in ascending order; the others (SQLite, MySQL, SQL Server) sort
+# it first already and MySQL has no NULLS FIRST syntax.
+_NULLS_LAST_DIALECTS = ("postgresql", "oracle")
+
+
+class MarkLike(Protocol):
+    """The high-water mark: cursor value and key values of the last acknowledged row."""
+
+    @property
+    def cursor(self) -> CursorValue: ...
+
+    @property
+    def key(self) -> tuple[Any, ...]: ...
+
+
+class Source:
+    """One source database: a lazily created SQLAlchemy engine and the queries run on it."""
+
+    def __init__(self, config: SourceConfig, *, engine: sa.Engine | None = None) -> None:
+        self.name = config.name
+        self._url = config.url
+        try:
+            self.timezone: tzinfo = ZoneInfo(config.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise SourceError(
+                f"source {self.name!r}: unknown timezone {config.timezone!r}; "
+                "use an IANA name such as UTC or Asia/Seoul"
+            ) from exc
+        self._engine = engine
+        self._owns_engine = engine is None
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The source's engine, created on first use."""
+        if self._engine is None:
+            self._engine = _create_engine(self.name, self._url)
+        return self._engine
+
+    def columns(self, query: str) -> list[str]:
+        """The query's result column names as the driver reports them, without reading rows."""
+        probe = sa.text(f"SELECT * FROM ({_wrap(query)}) AS src WHERE 1 = 0")
+        with self._connect() as conn:
+            try:
+                return list(conn.execute(probe).keys())
+            except sa.exc.StatementError as exc:
+                raise self._query_error(exc) from exc
+
+    def extract(
+        self,
+        query: str,
+        *,
+        cursor: str,
+        key: Sequence[str],
+        mark: MarkLike | None,
+        lookback: timedelta = timedelta(0),
+        chunk_rows: int = 5000,
+    ) -> Extraction:
+        """Start streaming the rows after ``mark`` (or all rows), ordered by cursor then key.
+
+        With a ``lookback`` the rows from ``lookback_start(mark.cursor, lookback)`` on are read
+        again; the caller's ledger skips those already delivered. Close the result (or use it
+        as a context manager) to release the connection early.
+        """
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be at least 1")
+        names = self.columns(query)
+        cursor_index = self._match("cursor", cursor, names)
+        key_indices = [self._match("key", k, names) for k in key]
+        try:
+            statement = extraction_statement(
+                query, names, cursor_index, key_indices, mark, lookback, self.engine.dialect.name
+            )
+        except SourceError as exc:
+            raise SourceError(f"source {self.name!r}: {exc.message}") from exc
+        conn = self._connect()
+        try:
+            conn = conn.execution_options(stream_results=True, yield_per=chunk_rows)
+            result = conn.execute(statement)
+        except sa.exc.StatementError as exc:
+            conn.close()
+            raise self._query_error(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        log.debug("source %s: extracting after mark=%s, lookback=%s", self.name, mark, lookback)
+        return Extraction(names, cursor_index, key_indices, conn, result, self, chunk_rows)
+
+    def close(self) -> None:
+        """Dispose of the engine this source created (an engine passed in belongs to the caller)."""
+        if self._engine is not None and self._owns_engine:
+            self._engine.dispose()
+            self._engine = None
+
+    def _connect(self) -> sa.Connection:
+        try:
+            return self.engine.connect()
+        except sa.exc.DBAPIError as exc:
+            where = _safe_url(self._url)
+            detail = _scrub(_first_line(exc.orig), self._url)
+            raise SourceError(
+                f"source {self.name!r}: cannot connect to {where}: {detail}; check that the "
+                "server is running and reachable, the host, port, database name and "
+                "credentials in the url, and the network/firewall"
+            ) from exc
+
+    def _query_error(self, exc: sa.exc.StatementError) -> SourceError:
+        detail = _scrub(_first_line(exc.orig), self._url)
+        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+            return SourceError(
+                f"source {self.name!r}: lost the connection during a query: {detail}; "
+                "run again once the database is reachable"
+            )
+        return SourceError(f"source {self.name!r}: the query failed: {detail}; {VALIDATE_HINT}")
+
+    def _match(self, role: str, wanted: str, names: Sequence[str]) -> int:
+        try:
+            return match_column(wanted, names)
+        except ColumnMatchError as exc:
+            raise SourceError(
+                f"source {self.name!r}: the dataset's {role} {wanted!r} does not match the "
+                f"query's result columns: {exc}; fix `{role}` or the query's column aliases"
+            ) from exc
+
+
+@dataclass(eq=False)
+class Extraction:
+    """A running extraction: column layout, and the rows in chunks of up to ``chunk_rows``."""
+
+    columns: list[str]
+    cursor_index: int
+    key_indices: list[int]
+    chunks: Iterator[Sequence[Sequence[Any]]] = field(init=False, repr=False)
+    _conn: sa.Connection = field(repr=False)
+    _result: sa.CursorResult[Any] = field(repr=False)
+    _source: Source = field(repr=False)
+    _chunk_rows: int = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # finalize also runs when an extraction is dropped without close(): the connection
+        # goes back to the pool either way. Nothing here refers back to self (no cycle).
+        self._finalizer = weakref.finalize(self, _release, self._conn, self._result)
+        self.chunks = _chunks(self._result, self._chunk_rows, self._source, self._finalizer)
+
+    def close(self) -> None:
+        """Stop the query (if still running) and release the connection; safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self) -> Extraction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def extraction_statement(
+    query: str,
+    names: Sequence[str],
+    cursor_index: int,
+    key_indices: Sequence[int],
+    mark: MarkLike | None,
+    lookback: timedelta,
+    dialect: str,
+) -> sa.Select[Any]:
+    """The SELECT around the user's query: incremental predicate and ``ORDER BY cursor, key``."""
+    src = sa.text(_wrap(query)).columns(*[sa.column(n) for n in names]).subquery("src")
+    cur = src.c[names[cursor_index]]
+    keys = [src.c[names[i]] for i in key_indices]
+    ordered_keys = keys if dialect not in _NULLS_LAST_DIALECTS else [k.nulls_first() for k in keys]
+    statement = sa.select(src).order_by(cur, *ordered_keys)
+    if mark is None:
+        return statement.where(cur.is_not(None))
+    if lookback > timedelta(0):
+        start = lookback_start(mark.cursor, lookback)
+        return statement.where(cur >= _bind("mark_start", start, dialect))
+    return statement.where(_after(cur, keys, mark, dialect))
+
+
+def _after(
+    cur: sa.ColumnElement[Any], keys: Sequence[sa.ColumnElement[Any]], mark: MarkLike, dialect: str
+) -> sa.ColumnElement[bool]:
+    """``(cursor, k1..kn) > (mark)`` written out, after ``cursor >= mark`` for the index.
+
+    Keys order with NULL first, and a NULL in the mark becomes ``IS [NOT] NULL``: a whole-row
+    key may hold nullable fields, and ``k > NULL`` would silently drop rows.
+    """
+    if len(mark.key) != len(keys):
+        raise SourceError(
+            f"the stored mark has {len(mark.key)} key values but the dataset's key has "
+            f"{len(keys)}: the key changed since the last run; run `aitems-sync state reset` "
+            "for the dataset (the ledger still skips rows already delivered)"
+        )
+    c = _bind("mark_cursor", mark.cursor, dialect)
+    if not keys:
+        return cur > c
+    values = enumerate(zip(keys, mark.key, strict=True))
+    pairs = [(k, v, _bind(f"mark_key_{i}", v, dialect)) for i, (k, v) in values]
+    # (c, k1, k2) > (C, K1, K2)  <=>  c > C OR (c = C AND (k1 > K1 OR (k1 = K1 AND k2 > K2)))
+    column, value, bound = pairs[-1]
+    tail = _greater(column, value, bound)
+    for column, value, bound in reversed(pairs[:-1]):
+        tail = sa.or_(_greater(column, value, bound), sa.and_(_equal(column, value, bound), tail))
+    return sa.and_(cur >= c, sa.or_(cur > c, sa.and_(cur == c, tail)))
+
+
+def _greater(
+    column: sa.ColumnElement[Any], value: Any, bound: sa.BindParameter[Any]
+) -> sa.ColumnElement[bool]:
+    # NULL sorts first: everything but NULL is greater than NULL, and nothing is below NULL.
+    return column.is_not(None) if value is None else column > bound
+
+
+def _equal(
+    column: sa.ColumnElement[Any], value: Any, bound: sa.BindParameter[Any]
+) -> sa.ColumnElement[bool]:
+    return column.is_(None) if value is None else column == bound
+
+
+def _bind(name: str, value: Any, dialect: str) -> sa.BindParameter[Any]:
+    # NullType: no SQLAlchemy cast (psycopg would get ``::INTEGER`` for an epoch-ms int, or
+    # ``::VARCHAR`` against an enum or uuid key); the driver types the value itself.
+    return sa.bindparam(name, _adapt(value, dialect), type_=NullType())
+
+
+def _adapt(value: Any, dialect: str) -> Any:
+    """Values the sqlite3 module cannot bind, in the form SQLite stores them as."""
+    if dialect != "sqlite":
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _wrap(query: str) -> str:
+    # Newlines keep a trailing ``-- comment`` from swallowing the closing parenthesis; escaped
+    # colons keep text() from reading ``:name`` in the user's SQL as a bind parameter.
+    body = query.strip().rstrip(";").rstrip()
+    return "\n" + body.replace(":", "\\:") + "\n"
+
+
+def _chunks(
+    result: sa.CursorResult[Any], size: int, source: Source, release: weakref.finalize[Any, Any]
+) -> Iterator[Sequence[Sequence[Any]]]:
+    try:
+        for part in result.partitions(size):
+            yield part
+            if not release.alive:  # closed while the caller held this chunk: stop quietly
+                return
+    except sa.exc.StatementError as exc:
+        raise source._query_error(exc) from exc
+    finally:
+        release()
+
+
+def _release(conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
+    try:
+        result.close()
+    except sa.exc.SQLAlchemyError:
+        log.debug("closing an extraction's result failed", exc_info=True)
+    finally:
+        try:
+            conn.close()
+        except sa.exc.SQLAlchemyError:
+            log.debug("closing an extraction's connection failed", exc_info=True)
+
+
+def _create_engine(name: str, url: str) -> sa.Engine:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise SourceError(
+            f"source {name!r}: the url is not a SQLAlchemy URL; write it as "
+            "dialect+driver://user:password@host:port/database (e.g. postgresql+psycopg://...)"
+        ) from exc
+    try:
+        connect_args: dict[str, Any] = {}
+        timeout_arg = _CONNECT_TIMEOUT_ARGS.get(parsed.get_driver_name())
+        if timeout_arg is not None and timeout_arg not in parsed.query:
+            connect_args[timeout_arg] = CONNECT_TIMEOUT_SECONDS
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise SourceError(
+            f"source {name!r}: cannot use {_safe_url(url)}: {_scrub(_first_line(exc), url)}; "
+            "check the dialect and install its driver (for PostgreSQL use postgresql+psycopg:// "
+            "with the psycopg package)"
+        ) from exc
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(unparseable url)"
+
+
+def _scrub(message: str, url: str) -> str:
+    """Remove the URL's password from a driver message, in case the driver echoed it."""
+    try:
+        password = sa.make_url(url).password
+    except sa.exc.ArgumentError:
+        return message
+    return message.replace(str(password), "***") if password else message
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__
