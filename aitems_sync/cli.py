@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from aitems_sync import __version__
-from aitems_sync.errors import EXIT_FAILED, AitemsSyncError
+from aitems_sync import __version__, render, signals
+from aitems_sync.errors import AitemsSyncError
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,21 @@ def _setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def _fail(error: AitemsSyncError, debug: bool) -> NoReturn:
-    if debug:
-        log.exception("failed")
-    click.echo(f"FAILED: {error}", err=True)
-    sys.exit(error.exit_code)
+class _Group(click.Group):
+    """Maps our errors to ``FAILED: message`` and their exit codes, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AitemsSyncError as error:
+            debug = isinstance(ctx.obj, Context) and ctx.obj.debug
+            if debug:
+                log.exception("failed")
+            click.echo(f"FAILED: {error}", err=True)
+            ctx.exit(error.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "-c",
@@ -81,6 +89,49 @@ def main_group(
 
 
 @main_group.command()
+@click.option("--connect", is_flag=True,
+              help="Also open every source and check the queries' columns, the credentials, "
+                   "the service and each dataset against AiTEMS.")
+@click.pass_obj
+def validate(ctx: Context, connect: bool) -> None:
+    """Check the spec (and with --connect, the sources and AiTEMS) without changing anything."""
+    from aitems_sync import commands
+
+    result = commands.validate(ctx.config, connect=connect)
+    if ctx.json_output:
+        click.echo(json.dumps({"valid": True, "checks": result.checks}))
+    else:
+        for check in result.checks:
+            click.echo(f"ok: {check}")
+
+
+@main_group.command()
+@click.argument("datasets", nargs=-1)
+@click.option("--full-refresh", is_flag=True,
+              help="Re-read every row, not only those past the mark; the ledger still skips "
+                   "what was delivered.")
+@click.option("--lease-ttl", type=float, default=None,
+              help="Seconds a dataset's lease lasts without renewal (default 60): a killed "
+                   "run's datasets are free again after this.")
+@click.pass_obj
+def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
+        lease_ttl: float | None) -> None:
+    """Sync the new and changed rows of every dataset (or of the DATASETS named)."""
+    from aitems_sync import commands
+
+    with signals.stop_on_signals() as stop:
+        report = commands.run(ctx.config, datasets=datasets, full_refresh=full_refresh,
+                              stop=stop.event, lease_ttl=lease_ttl)
+        if stop.exit_code is not None:
+            report.interrupted_exit_code = stop.exit_code
+    if ctx.json_output:
+        click.echo(json.dumps(report.to_dict(), default=str))
+    else:
+        click.echo(render.run_summary(report))
+    sys.exit(report.exit_code)
+
+
+@main_group.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8787, show_default=True, help="Port to listen on (0: any free).")
 @click.option(
@@ -102,7 +153,8 @@ def main_group(
 )
 @click.option("--latency", type=float, default=0.0, help="Seconds added to every upload answer.")
 @click.option("--latency-jitter", type=float, default=0.0, help="Random extra latency, seconds.")
-@click.option("--fail-rate", type=float, default=0.0, help="Share of uploads answered with an error.")
+@click.option("--fail-rate", type=float, default=0.0,
+              help="Share of uploads answered with an error.")
 @click.option(
     "--fail-statuses",
     default="429,500,503,504",
@@ -154,12 +206,6 @@ def emulator(
     server.serve_forever()
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point: run the CLI and map our errors to exit codes."""
-    debug = "--debug" in (argv if argv is not None else sys.argv)
-    try:
-        return main_group.main(args=argv, prog_name="aitems-sync", standalone_mode=True)
-    except AitemsSyncError as error:
-        _fail(error, debug)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_FAILED)
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    main_group.main(args=argv, prog_name="aitems-sync")

@@ -1,0 +1,387 @@
+"""Sync one dataset: the streaming loop from extracted rows to committed batches.
+
+Rows flow in source order (cursor, key). Each chunk is shaped and hashed, then diffed against
+the ledger with one lookup; sendable rows are cut into batches that go to a pool of upload
+threads. Commits happen here, on the calling thread, strictly in batch order, so the mark
+never passes a batch that AiTEMS has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from aitems_sync.delivery import Delivery, Target, Uploader, deliver
+from aitems_sync.delta import Batch, BatchBuilder, cursor_position, mark_of, row_hash
+from aitems_sync.errors import InvalidRowsError
+from aitems_sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
+from aitems_sync.shape import Shaper
+from aitems_sync.source import Extraction, Source
+from aitems_sync.spec import BatchPolicy, DatasetSpec
+from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry, StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    run_id: str
+    target: Target
+    batch: BatchPolicy
+    full_refresh: bool = False
+    chunk_rows: int = 1000
+    mark_every: int = 10_000
+
+
+@dataclass
+class _Slot:
+    """A cut batch waiting for its commit turn."""
+
+    batch: Batch
+    batch_id: int | None
+    future: Future[Delivery] | None
+
+
+@dataclass
+class _Row:
+    """One extracted row after shaping and hashing (``encoded`` is None when invalid)."""
+
+    raw: Sequence[Any]
+    encoded: bytes | None = None
+    entry: LedgerEntry | None = None
+    key: Any = None
+
+
+@dataclass
+class _Inflight:
+    """Payload hashes of rows in batches cut but not yet committed: the ledger of the near
+    future, so a key seen again before its first batch commits is still compared."""
+
+    hashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # key -> (payload, seq)
+    committed: list[Batch] = field(default_factory=list)
+
+    def add(self, batch: Batch) -> None:
+        for entry in batch.ledger:
+            self.hashes[entry.key_hash] = (entry.payload_hash, batch.seq)
+
+    def purge_committed(self) -> None:
+        """Forget committed batches; called between chunks, after the ledger holds them."""
+        for batch in self.committed:
+            for entry in batch.ledger:
+                held = self.hashes.get(entry.key_hash)
+                if held is not None and held[1] == batch.seq:
+                    del self.hashes[entry.key_hash]
+        self.committed.clear()
+
+
+class DatasetSync:
+    """Runs the sync of one dataset and fills in its report."""
+
+    def __init__(
+        self, dataset: DatasetSpec, settings: SyncSettings, state: StateStore,
+        uploader: Uploader, source: Source, stop: threading.Event, report: DatasetReport,
+    ) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.state = state
+        self.uploader = uploader
+        self.source = source
+        self.stop = stop
+        self.report = report
+        self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes)
+        self.window: deque[_Slot] = deque()
+        self.inflight = _Inflight()
+        self.is_interaction = dataset.type == "interaction"
+        self.old_mark: Mark | None = None
+        self.last_mark: Mark | None = None
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            self._report_leftovers()
+            self.old_mark = self.state.get_mark(self.dataset.name)
+            mark = None if self.settings.full_refresh else self.old_mark
+            # Interaction rows outside the lookback window are excluded by the mark alone, so
+            # their ledger is only consulted when something put entries there.
+            self.use_ledger = not self.is_interaction or self.state.ledger_size(
+                self.dataset.name) > 0 or self.dataset.lookback > timedelta(0)
+            with ThreadPoolExecutor(self.settings.batch.in_flight,
+                                    thread_name_prefix=f"upload-{self.dataset.name}") as pool:
+                self.pool = pool
+                with self.source.extract(
+                    self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
+                    mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
+                ) as extraction:
+                    self._stream(extraction)
+            self._after_stream()
+        finally:
+            self.report.seconds = round(time.monotonic() - started, 3)
+
+    def _stream(self, extraction: Extraction) -> None:
+        self.extraction = extraction
+        self.shaper = Shaper(self.dataset, extraction.columns, self.source.timezone)
+        self.key_positions = [self.shaper.field_names.index(k) for k in self.dataset.key_fields]
+        try:
+            for chunk in extraction.chunks:
+                if self.stop.is_set():
+                    self.report.status = INTERRUPTED
+                    break
+                self.inflight.purge_committed()
+                self._take_chunk(chunk)
+            else:
+                if self.builder.pending_rows:
+                    self._emit(self.builder.cut(self.last_mark))
+        except BaseException:
+            # Batches cut before the failure are sound: commit what AiTEMS acknowledged, in
+            # order (a failed upload among them abandons the rest), then report the failure.
+            self._drain(final=True)
+            raise
+        self._drain(final=True)
+
+    def _after_stream(self) -> None:
+        dataset, report = self.dataset, self.report
+        if self.is_interaction and self.use_ledger and self.last_mark is not None:
+            self._prune_ledger()
+        if report.status == INTERRUPTED:
+            return
+        if report.invalid and dataset.max_invalid.exceeded(report.invalid, report.read):
+            report.status = INVALID
+            report.error = (
+                f"{report.invalid} of {report.read} rows were invalid, over max_invalid; "
+                f"they are in quarantine (aitems-sync quarantine list {dataset.name})"
+            )
+            log.error("dataset %s: %s", dataset.name, report.error,
+                      extra={"event": "max_invalid", "dataset": dataset.name})
+
+    # -- per chunk ------------------------------------------------------------------------
+
+    def _take_chunk(self, chunk: Sequence[Sequence[Any]]) -> None:
+        rows = [self._shape(raw) for raw in chunk]
+        ledger: dict[int, int] = {}
+        if self.use_ledger:
+            hashes = [r.entry.key_hash for r in rows if r.entry is not None]
+            ledger = self.state.ledger_lookup(self.dataset.name, hashes) if hashes else {}
+        for row in rows:
+            self._route(row, ledger)
+            if self.builder.pending_rows >= self.settings.mark_every:
+                self._emit(self.builder.cut(self.last_mark))
+
+    def _shape(self, raw: Sequence[Any]) -> _Row:
+        values = self.shaper.shape(raw)
+        if values is None:
+            return _Row(raw)
+        names = self.shaper.field_names
+        encoded = orjson.dumps(dict(zip(names, values, strict=True)))
+        payload = row_hash(encoded)
+        if self.is_interaction:
+            key_hash, key = payload, None
+        else:
+            key_values = [values[i] for i in self.key_positions]
+            key_hash = row_hash(orjson.dumps(key_values))
+            key = key_values[0] if len(key_values) == 1 else key_values
+        position = None
+        if self.is_interaction:
+            position = cursor_position(raw[self.extraction.cursor_index], self.source.timezone)
+        return _Row(raw, encoded, LedgerEntry(key_hash, payload, position), key)
+
+    def _route(self, row: _Row, ledger: dict[int, int]) -> None:
+        report = self.report
+        report.read += 1
+        mark = mark_of(row.raw, self.extraction.cursor_index, self.extraction.key_indices)
+        if row.entry is None or row.encoded is None:
+            self._reject(row, mark)
+        elif self._already_delivered(row.entry, ledger, mark):
+            report.unchanged += 1
+            self.builder.skip()
+        else:
+            if row.entry.key_hash in ledger:
+                report.changed += 1
+            else:
+                report.new += 1
+            if not self.builder.fits(row.encoded):
+                self._emit(self.builder.cut(self.last_mark))
+            self.builder.add(row.encoded, row.entry, row.key, mark)
+        self.last_mark = mark
+
+    def _already_delivered(self, entry: LedgerEntry, ledger: dict[int, int], mark: Mark) -> bool:
+        pending = self.builder.holds(entry.key_hash)
+        if pending is not None:
+            return pending == entry.payload_hash
+        held = self.inflight.hashes.get(entry.key_hash)
+        if held is not None:
+            return held[0] == entry.payload_hash
+        if ledger.get(entry.key_hash) == entry.payload_hash:
+            return True
+        # A full refresh re-reads interactions the mark already covers; without a ledger entry
+        # the mark is the record that they were delivered.
+        return self.settings.full_refresh and self.is_interaction and _at_or_before(
+            mark, self.old_mark)
+
+    def _reject(self, row: _Row, mark: Mark) -> None:
+        errors = [{"path": e.path, "message": e.message} for e in self.shaper.explain(row.raw)]
+        key = dict(zip(self.dataset.key_fields, mark.key, strict=False))
+        self.report.invalid += 1
+        if self.dataset.on_invalid == "fail":
+            first = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:3])
+            raise InvalidRowsError(
+                f"dataset {self.dataset.name}: row {_describe_key(key)} is invalid ({first}) "
+                "and on_invalid is fail: nothing after it was sent and the mark stays before it; "
+                "fix the data or the spec and run again"
+            )
+        columns = self.extraction.columns
+        self.builder.reject(QuarantineEntry(
+            dataset=self.dataset.name, run_id=self.settings.run_id, key=key,
+            raw=dict(zip(columns, row.raw, strict=False)), errors=errors, origin="local",
+        ))
+
+    # -- batches: emit, commit in order ---------------------------------------------------
+
+    def _emit(self, batch: Batch) -> None:
+        future: Future[Delivery] | None = None
+        batch_id: int | None = None
+        if not batch.empty:
+            batch_id = self.state.journal_sending(
+                self.dataset.name, self.settings.run_id, rows=len(batch.rows),
+                first=batch.first, last=batch.last,
+            )
+            future = self.pool.submit(deliver, self.uploader, self.settings.target, batch.rows)
+            self.inflight.add(batch)
+        self.window.append(_Slot(batch, batch_id, future))
+        self._drain(final=False)
+
+    def _drain(self, *, final: bool) -> None:
+        while self.window:
+            head = self.window[0]
+            if head.future is not None and not head.future.done():
+                busy = sum(1 for s in self.window if s.future is not None)
+                if not final and busy < self.settings.batch.in_flight:
+                    return
+            try:
+                delivery = head.future.result() if head.future is not None else None
+            except BaseException:
+                self.window.popleft()
+                self._abandon()
+                raise
+            self._commit(head, delivery)
+            self.window.popleft()
+
+    def _commit(self, slot: _Slot, delivery: Delivery | None) -> None:
+        batch, report = slot.batch, self.report
+        ledger: list[LedgerEntry] = []
+        quarantine = list(batch.quarantine)
+        if delivery is not None:
+            ledger = [batch.ledger[i] for i in delivery.delivered]
+            quarantine.extend(self._server_rejections(batch, delivery))
+            report.sent += len(delivery.delivered)
+            report.invalid += len(delivery.rejected)
+            report.batches += 1
+            report.requests += delivery.requests
+            if delivery.ambiguous:
+                self._note_ambiguous(slot, "an answer was lost and the upload was retried")
+        self.state.commit_batch(
+            self.dataset.name, run_id=self.settings.run_id, batch_id=slot.batch_id,
+            ledger=ledger, mark=batch.end, quarantine=quarantine,
+        )
+        self.inflight.committed.append(batch)
+        report.superseded = self.builder.superseded
+
+    def _server_rejections(self, batch: Batch, delivery: Delivery) -> list[QuarantineEntry]:
+        entries = []
+        for index, answer in delivery.rejected:
+            sent = orjson.loads(batch.rows[index])
+            key = {k: sent.get(k) for k in self.dataset.key_fields}
+            entries.append(QuarantineEntry(
+                dataset=self.dataset.name, run_id=self.settings.run_id, key=key, raw=sent,
+                errors=[{"path": "$", "message": answer}], origin="server",
+            ))
+        return entries
+
+    def _abandon(self) -> None:
+        """After a failure: let uploads on the wire finish and keep what they delivered.
+
+        Their batches cannot commit the mark (an earlier one failed), but recording their
+        ledger entries keeps a re-run from sending those rows again.
+        """
+        for slot in self.window:
+            if slot.future is None:
+                continue
+            try:
+                delivery = slot.future.result()
+            except BaseException:  # the first failure is the one reported
+                continue
+            ledger = [slot.batch.ledger[i] for i in delivery.delivered]
+            self.state.commit_batch(self.dataset.name, run_id=self.settings.run_id,
+                                    batch_id=slot.batch_id, ledger=ledger, mark=None)
+            self.report.sent += len(delivery.delivered)
+            if delivery.ambiguous:
+                self._note_ambiguous(slot, "an answer was lost and the upload was retried")
+        self.window.clear()
+
+    # -- reporting and housekeeping -------------------------------------------------------
+
+    def _report_leftovers(self) -> None:
+        """Batches an earlier run journalled as sending and never committed: it died with them
+        on the wire, so AiTEMS may hold them already. They are re-read and sent again."""
+        leftovers = self.state.unfinished_batches(self.dataset.name)
+        for record in leftovers:
+            ambiguous = AmbiguousBatch(
+                rows=record.rows,
+                first_cursor=_show(record.first), last_cursor=_show(record.last),
+                reason=f"left sending by run {record.run_id}", batch_id=record.batch_id,
+            )
+            self.report.ambiguous.append(ambiguous)
+            log.warning(
+                "dataset %s: batch %d of run %s (%d rows, cursor %s .. %s) was on the wire when "
+                "that run ended; it is sent again and AiTEMS may now hold those rows twice",
+                self.dataset.name, record.batch_id, record.run_id, record.rows,
+                ambiguous.first_cursor, ambiguous.last_cursor,
+                extra={"event": "ambiguous_batch", "dataset": self.dataset.name},
+            )
+        if leftovers:
+            self.state.mark_ambiguous(self.dataset.name, [r.batch_id for r in leftovers])
+
+    def _note_ambiguous(self, slot: _Slot, reason: str) -> None:
+        batch = slot.batch
+        self.report.ambiguous.append(AmbiguousBatch(
+            rows=len(batch.rows), first_cursor=_show(batch.first), last_cursor=_show(batch.last),
+            reason=reason, batch_id=slot.batch_id,
+        ))
+        log.warning("dataset %s: batch %s (%d rows): %s; AiTEMS may hold these rows twice",
+                    self.dataset.name, slot.batch_id, len(batch.rows), reason,
+                    extra={"event": "ambiguous_batch", "dataset": self.dataset.name})
+
+    def _prune_ledger(self) -> None:
+        mark = self.state.get_mark(self.dataset.name)
+        position = None if mark is None else cursor_position(mark.cursor, self.source.timezone)
+        if position is not None:
+            before = position - self.dataset.lookback.total_seconds()
+            self.state.prune_ledger(self.dataset.name, before)
+
+
+def _at_or_before(mark: Mark, limit: Mark | None) -> bool:
+    if limit is None:
+        return False
+    try:
+        return bool((mark.cursor, *mark.key) <= (limit.cursor, *limit.key))
+    except TypeError:
+        return False
+
+
+def _show(mark: Mark | None) -> str | None:
+    return None if mark is None else str(mark.cursor)
+
+
+def _describe_key(key: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in key.items())
+

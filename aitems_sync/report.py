@@ -1,0 +1,82 @@
+"""What a run did, per dataset: the counts the CLI prints and ``--json`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aitems_sync.errors import EXIT_FAILED, EXIT_INVALID_ROWS, EXIT_OK
+
+#: Dataset statuses, from best to worst.
+OK, INVALID, INTERRUPTED, FAILED = "ok", "invalid", "interrupted", "failed"
+
+
+@dataclass
+class AmbiguousBatch:
+    """A batch whose upload may have reached AiTEMS without its answer reaching us."""
+
+    rows: int
+    first_cursor: str | None
+    last_cursor: str | None
+    reason: str
+    batch_id: int | None = None
+
+
+@dataclass
+class DatasetReport:
+    """Counts for one dataset in one run.
+
+    Every row read is ``unchanged`` (the ledger or the mark shows it delivered), ``invalid``
+    (quarantined by our validation or refused by AiTEMS), or ``new``/``changed`` (routed for
+    upload). Of those, ``superseded`` were replaced by a later version of the same key in the
+    same batch, and ``sent`` were acknowledged by AiTEMS.
+    """
+
+    dataset: str
+    status: str = OK
+    read: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    superseded: int = 0
+    invalid: int = 0
+    sent: int = 0
+    batches: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    ambiguous: list[AmbiguousBatch] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    """The whole run; ``exit_code`` follows design.md (1 failed beats 3 invalid beats 0)."""
+
+    run_id: str
+    datasets: list[DatasetReport] = field(default_factory=list)
+    interrupted_exit_code: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted_exit_code is not None:
+            return self.interrupted_exit_code
+        statuses = {d.status for d in self.datasets}
+        if FAILED in statuses:
+            return EXIT_FAILED
+        if INVALID in statuses:
+            return EXIT_INVALID_ROWS
+        return EXIT_OK
+
+    @property
+    def status(self) -> str:
+        if self.interrupted_exit_code is not None:
+            return INTERRUPTED
+        return {EXIT_OK: OK, EXIT_INVALID_ROWS: INVALID}.get(self.exit_code, FAILED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "datasets": [asdict(d) for d in self.datasets],
+        }

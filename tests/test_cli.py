@@ -1,0 +1,121 @@
+"""The command line as a user meets it: exit codes, messages, help, and the demo."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from aitems_sync.cli import main_group
+from aitems_sync.emulator import EmulatorServer
+from tests.test_spec import expectations
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = sorted((ROOT / "tests" / "specs").glob("*.yaml"))
+EXAMPLE = ROOT / "examples" / "sync.yaml"
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_validate_reports_each_broken_spec_with_exit_2_file_line_and_key(path: Path) -> None:
+    result = CliRunner().invoke(main_group, ["--config", str(path), "validate"], env={})
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("FAILED: ")
+    for line, key, fragment in expectations(path):
+        where = f"{path}:{line}" if line is not None else str(path)
+        assert any(ln.strip().startswith(where) and (not key or f" {key}: " in ln)
+                   and fragment in ln for ln in result.stderr.splitlines()), (line, key, fragment)
+
+
+def test_a_broken_spec_in_a_real_process_prints_no_traceback() -> None:
+    spec = ROOT / "tests" / "specs" / "unknown-source.yaml"
+    done = subprocess.run([sys.executable, "-m", "aitems_sync", "--config", str(spec),
+                           "validate"], capture_output=True, text=True)
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert re.search(r"unknown-source\.yaml:\d+: datasets\.users\.source: ", done.stderr)
+
+
+def test_validate_accepts_the_example_spec() -> None:
+    result = CliRunner().invoke(main_group, ["--config", str(EXAMPLE), "validate"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: spec")
+
+
+def test_validate_connect_checks_queries_and_aitems(tmp_path: Path,
+                                                   emulator: EmulatorServer) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    import make_sample_db
+
+    make_sample_db.create(tmp_path / "shop.db", users=10, items=10, events=10, seed=1)
+    env = {"AITEMS_ENDPOINT": emulator.base_url,
+           "SHOP_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"}
+
+    result = CliRunner().invoke(main_group, ["--config", str(EXAMPLE), "validate", "--connect"],
+                                env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "dataset users: query columns match the fields" in result.stdout
+    assert "AiTEMS dataset dsevent0001 (interaction) is attached" in result.stdout
+
+
+def test_validate_connect_names_a_field_the_query_does_not_return(
+        tmp_path: Path, emulator: EmulatorServer) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    import make_sample_db
+
+    make_sample_db.create(tmp_path / "shop.db", users=1, items=1, events=1, seed=1)
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(EXAMPLE.read_text().replace("gender AS GENDER, ", "")
+                    .replace("sqlite:///data/shop.db", f"sqlite:///{tmp_path / 'shop.db'}"))
+
+    result = CliRunner().invoke(main_group, ["--config", str(spec), "validate", "--connect"],
+                                env={"AITEMS_ENDPOINT": emulator.base_url})
+
+    assert result.exit_code == 2
+    assert "datasets.users.fields" in result.stderr
+    assert "GENDER" in result.stderr
+
+
+def test_run_with_an_unknown_dataset_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main_group, ["--config", str(EXAMPLE), "run", "nope"])
+
+    assert result.exit_code == 2
+    assert "unknown dataset nope: the spec defines users, items, events" in result.stderr
+
+
+def _commands() -> list[str]:
+    return sorted(main_group.commands)
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_every_command_and_option_has_help_and_a_readme_mention(name: str) -> None:
+    command = main_group.commands[name]
+    readme = (ROOT / "README.md").read_text()
+
+    assert command.help, f"{name} has no help text"
+    assert f"aitems-sync {name}" in readme, f"README does not mention `aitems-sync {name}`"
+    for param in command.params:
+        if isinstance(param, __import__("click").Option):
+            assert param.help, f"{name} {param.opts} has no help text"
+
+
+def test_demo_runs_end_to_end_and_shows_only_the_delta_second(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "AITEMS_DEMO_DIR": str(tmp_path)})
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, second = done.stdout.split("== second run")
+    assert re.search(r"events\s+ok\s+40000\s+40000", first)
+    assert re.search(r"users\s+ok\s+41\s+5\s+25\s+11\s+0\s+30\s", second)
+    assert re.search(r"events\s+ok\s+500\s+500", second)
+    assert re.search(r"events\s+41 uploads\s+40500 rows received", second)
