@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from aitems_sync import __version__, render, signals
+from aitems_sync import __version__, cli_admin, render, signals
 from aitems_sync.errors import AitemsSyncError
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,10 @@ def emulator(
     )
     click.echo(f"AiTEMS emulator listening on {server.base_url}", err=True)
     server.serve_forever()
+
+
+for _command in cli_admin.COMMANDS:
+    main_group.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

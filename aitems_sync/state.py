@@ -325,13 +325,15 @@ class StateStore:
         with self._write(f"quarantine {len(rows)} rows") as conn:
             conn.execute(sa.insert(t.quarantine), rows)
 
-    def quarantined(self, dataset: str | None = None, *,
-                    limit: int | None = None) -> list[QuarantineRecord]:
-        """Quarantined rows, oldest first, with their raw values decoded."""
+    def quarantined(self, dataset: str | None = None, *, limit: int | None = None,
+                    ids: Sequence[int] | None = None) -> list[QuarantineRecord]:
+        """Quarantined rows, oldest first, with their raw values decoded (optionally by id)."""
         query = sa.select(t.quarantine, t.datasets.c.name).join(t.datasets)
         query = query.order_by(t.quarantine.c.id).limit(limit)
         if dataset is not None:
             query = query.where(t.datasets.c.name == dataset)
+        if ids is not None:
+            query = query.where(t.quarantine.c.id.in_(list(ids)))
         with self._read("list quarantined rows") as conn:
             return [rec.quarantine_record(row) for row in conn.execute(query)]
 

@@ -1,0 +1,135 @@
+"""Operator commands on a synced shop: state show/reset/set, quarantine, history, schema pull."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from aitems_sync.cli import main_group
+from aitems_sync.emulator import EmulatorServer
+from tests.shop import Shop, customer_rows, write_spec
+
+AGE_MINIMUM = "    json_schema: {properties: {AGE: {minimum: 0}}}"
+
+
+@pytest.fixture
+def synced(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Path]:
+    """A spec whose users were synced once: 20 rows, one of them quarantined (AGE -1)."""
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.add_customers(customer_rows(20))
+    shop.update_customer("u00003", age=-1)
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
+                      source_url=shop.url, state_url=f"sqlite:///{tmp_path / 'state.db'}",
+                      extra=AGE_MINIMUM)
+    assert cli(spec, "run", "users").exit_code == 0
+    yield spec
+    shop.close()
+
+
+def cli(spec: Path, *args: str, json_output: bool = False, stdin: str | None = None) -> Result:
+    flags = ["--json"] if json_output else []
+    return CliRunner().invoke(main_group, ["--config", str(spec), *flags, *args], input=stdin)
+
+
+def as_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_state_show_lists_each_datasets_mark_ledger_and_quarantine(synced: Path) -> None:
+    shown = {s["dataset"]: s for s in as_json(cli(synced, "state", "show", json_output=True))}
+
+    assert shown["users"]["mark"]["key"] == [["str", "u00019"]]
+    assert shown["users"]["ledger_size"] == 19
+    assert shown["users"]["quarantined"] == 1
+    assert shown["users"]["lease"] is None
+    assert shown["events"]["mark"] is None
+
+
+def test_state_reset_asks_first_and_then_the_next_run_sends_everything(
+        synced: Path, emulator: EmulatorServer) -> None:
+    refused = cli(synced, "state", "reset", "users", stdin="n\n")
+    assert refused.exit_code == 1
+    assert cli(synced, "run", "users").exit_code == 0
+    assert emulator.received("dsusers0001").rows_received == 19
+
+    assert cli(synced, "state", "reset", "users", "--yes").exit_code == 0
+    assert cli(synced, "run", "users").exit_code == 0
+
+    assert emulator.received("dsusers0001").rows_received == 38
+
+
+def test_state_set_moves_the_mark_back_and_the_ledger_keeps_resends_off(
+        synced: Path, emulator: EmulatorServer) -> None:
+    result = cli(synced, "state", "set", "users", "--cursor", "2026-03-01 12:00:10")
+    assert result.exit_code == 0, result.output
+
+    report = as_json(cli(synced, "run", "users", json_output=True))
+
+    users = report["datasets"][0]
+    assert users["read"] == 10  # u00010 .. u00019 read again
+    assert users["unchanged"] == 10
+    assert emulator.received("dsusers0001").rows_received == 19
+
+
+def test_state_commands_name_an_unknown_dataset(synced: Path) -> None:
+    result = cli(synced, "state", "reset", "nope", "--yes")
+
+    assert result.exit_code == 2
+    assert "unknown dataset nope: the spec defines users, events" in result.stderr
+
+
+def test_quarantine_list_show_export_and_drop(synced: Path, tmp_path: Path) -> None:
+    [listed] = as_json(cli(synced, "quarantine", "list", json_output=True))
+    assert listed["key"] == {"USER_ID": "u00003"}
+    assert listed["errors"] == [{"path": "$.AGE", "message": "-1 is less than the minimum of 0"}]
+
+    shown = as_json(cli(synced, "quarantine", "show", str(listed["id"])))
+    assert shown["raw"]["AGE"] == -1
+
+    export = tmp_path / "q.jsonl"
+    assert cli(synced, "quarantine", "export", "-o", str(export)).exit_code == 0
+    assert [json.loads(line)["id"] for line in export.read_text().splitlines()] == [listed["id"]]
+
+    assert cli(synced, "quarantine", "drop", str(listed["id"]), "--yes").exit_code == 0
+    assert as_json(cli(synced, "quarantine", "list", json_output=True)) == []
+
+
+def test_quarantine_show_of_a_missing_id_says_where_to_look(synced: Path) -> None:
+    result = cli(synced, "quarantine", "show", "999")
+
+    assert result.exit_code == 2
+    assert "no quarantined row has id 999" in result.stderr
+
+
+def test_history_lists_runs_newest_first_with_counts(synced: Path) -> None:
+    assert cli(synced, "run", "users").exit_code == 0
+
+    runs = as_json(cli(synced, "history", json_output=True))
+
+    assert [r["status"] for r in runs] == ["ok", "ok"]
+    assert runs[0]["started_at"] >= runs[1]["started_at"]
+    assert runs[1]["datasets"][0] == {
+        "dataset": "users", "status": "ok", "read": 20, "sent": 19, "unchanged": 0,
+        "invalid": 1, "batches": 1, "ambiguous": 0}
+
+
+def test_schema_pull_prints_the_fields_yaml(synced: Path) -> None:
+    result = cli(synced, "schema", "pull", "users")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "# schema demo_users of AiTEMS dataset dsusers0001 (user)\n"
+        "fields:\n"
+        "- {name: USER_ID, type: string}\n"
+        "- name: AGE\n"
+        "  type: [int, 'null']\n"
+        "- name: GENDER\n"
+        "  type: [string, 'null']\n"
+        "  categorical: true\n"
+    )
