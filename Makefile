@@ -16,6 +16,7 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-pushgateway.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict aitems_sync
 	$(BIN)/pytest -q -p no:cacheprovider
