@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +46,20 @@ def emulator() -> Iterator[EmulatorServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Fail any test whose captured output or logs contain the demo secret key.
+
+    Every spec and emulator in the tests uses it, so this scans all test output for a leak.
+    """
+    report = yield
+    leaked = [name for name, text in report.sections
+              if name.endswith(report.when) and DEMO_SECRET_KEY in text]
+    if leaked and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"the secret key appeared in the captured {', '.join(leaked)}"
+    return report
