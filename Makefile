@@ -15,8 +15,7 @@ demo: $(BIN)/.installed
 	$(BIN)/python examples/demo.py
 
 test: $(BIN)/.installed
-	bash scripts/ensure-postgres.sh
-	bash scripts/ensure-pushgateway.sh
+	bash scripts/ensure-servers.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict aitems_sync
 	$(BIN)/pytest -q -p no:cacheprovider

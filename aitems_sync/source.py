@@ -7,6 +7,14 @@ for the dialect and the mark is always a bound parameter, never text in the SQL.
 Rows whose cursor is NULL are never extracted (they cannot be ordered after a mark): make the
 cursor column NOT NULL, or ``COALESCE`` it in the query. Among rows with the same cursor value,
 NULL key values sort first on every dialect.
+
+MySQL/MariaDB: rows stream through PyMySQL's unbuffered cursor, with a long
+``net_write_timeout`` so that a pause for slow uploads does not cut the stream; an extraction
+closed early drops its connection rather than read the rest. Keys compare by their column's
+collation, so two rows whose cursor and key are equal under it (keys differing only in case
+under a ``_ci`` collation) cannot be told apart at a batch boundary: write
+``key_col COLLATE utf8mb4_bin`` in the query for such keys. ``TIMESTAMP`` values come back in
+the session time zone (the server's by default), which the source's ``timezone`` must name.
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ _CONNECT_TIMEOUT_ARGS = {
     "pymysql": "connect_timeout",
     "mysqldb": "connect_timeout",
 }
+# MySQL drops a streaming connection whose client has not read for net_write_timeout seconds
+# (default 60). Uploads hold the reader back that long: one request may retry for 10 minutes
+# (RetryPolicy.max_elapsed) plus its timeouts. A dead client still closes its socket at once.
+MYSQL_NET_WRITE_TIMEOUT_SECONDS = 3600
 # Dialects that sort NULL last in ascending order; the others (SQLite, MySQL, SQL Server) sort
 # it first already and MySQL has no NULLS FIRST syntax.
 _NULLS_LAST_DIALECTS = ("postgresql", "oracle")
@@ -120,6 +132,7 @@ class Source:
             raise SourceError(f"source {self.name!r}: {exc.message}") from exc
         conn = self._connect()
         try:
+            _prepare_stream(conn)
             conn = conn.execution_options(stream_results=True, yield_per=chunk_rows)
             result = conn.execute(statement)
         except sa.exc.StatementError as exc:
@@ -308,6 +321,7 @@ def _chunks(
 
 def _release(conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
     try:
+        _drop_unread_rows(conn, result)
         result.close()
     except sa.exc.SQLAlchemyError:
         log.debug("closing an extraction's result failed", exc_info=True)
@@ -316,6 +330,28 @@ def _release(conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
             conn.close()
         except sa.exc.SQLAlchemyError:
             log.debug("closing an extraction's connection failed", exc_info=True)
+
+
+def _prepare_stream(conn: sa.Connection) -> None:
+    """Session settings a long, slowly read stream needs (MySQL/MariaDB only)."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        conn.exec_driver_sql(f"SET SESSION net_write_timeout = {MYSQL_NET_WRITE_TIMEOUT_SECONDS}")
+
+
+def _drop_unread_rows(conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
+    """Give up a MySQL stream that still has rows without reading them all first.
+
+    PyMySQL's unbuffered cursor (``stream_results``) can only be closed by reading the rest of
+    the result: abandoning 3M rows after the first chunk took 8 s, minutes on a large table (a
+    failed dataset, SIGTERM). Dropping the connection instead makes the server stop the query;
+    the result is then marked finished, as PyMySQL itself does when the server sends an error.
+    """
+    pending: Any = getattr(getattr(result, "cursor", None), "_result", None)
+    if getattr(pending, "unbuffered_active", False) is not True:
+        return  # not PyMySQL, not streaming, or read to the end
+    log.debug("dropping the connection of an unfinished MySQL stream instead of draining it")
+    conn.invalidate()
+    pending.unbuffered_active = False
 
 
 def _create_engine(name: str, url: str) -> sa.Engine:
@@ -331,6 +367,10 @@ def _create_engine(name: str, url: str) -> sa.Engine:
         timeout_arg = _CONNECT_TIMEOUT_ARGS.get(parsed.get_driver_name())
         if timeout_arg is not None and timeout_arg not in parsed.query:
             connect_args[timeout_arg] = CONNECT_TIMEOUT_SECONDS
+        if parsed.get_driver_name() in ("pymysql", "mysqldb") and "charset" not in parsed.query:
+            # MySQL's older clients default to latin1 (or 3-byte utf8): 4-byte text would
+            # come back as '?'. utf8mb4 carries any text the server holds.
+            connect_args["charset"] = "utf8mb4"
         return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise SourceError(

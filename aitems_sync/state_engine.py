@@ -13,8 +13,9 @@ SQLite needs care to be a safe multi-threaded, multi-process store:
   lose the last acknowledged commits on a power cut, which would send those rows again.
 
 Server databases get a connect timeout (10 s unless the URL sets one) and a pre-ping, since a
-long run's pooled connection may have been dropped. MySQL/MariaDB use their own upsert syntax
-here but are not yet tested against a server.
+long run's pooled connection may have been dropped. MySQL/MariaDB (tested on MariaDB) use
+``ON DUPLICATE KEY UPDATE`` and ``INSERT IGNORE``, READ COMMITTED (see
+:func:`_create_server_engine`) and a utf8mb4 connection.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from aitems_sync.errors import StateError
-from aitems_sync.state_schema import ledger, migrate
+from aitems_sync.state_schema import ledger, migrate, migration_lock
 from aitems_sync.values import dumps
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def open_engine(url: str) -> tuple[sa.Engine, str]:
     engine: sa.Engine | None = None
     try:
         engine = create_engine(parsed)
-        with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        writer = engine.execution_options(**{WRITE_OPTION: True})
+        with writer.connect() as conn, migration_lock(conn, display), conn.begin():
             found = migrate(conn, display)
     except (sa.exc.SQLAlchemyError, OSError, ImportError) as exc:
         if engine is not None:
@@ -85,11 +87,7 @@ def open_engine(url: str) -> tuple[sa.Engine, str]:
 def create_engine(url: URL) -> sa.Engine:
     """An engine for the store at ``url``; for SQLite, the file is created first (0600)."""
     if url.get_backend_name() != "sqlite":
-        connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 10}
-        # Parameters stay out of error messages: they can hold quarantined row values.
-        return sa.create_engine(
-            url, hide_parameters=True, pool_pre_ping=True, connect_args=connect_args
-        )
+        return _create_server_engine(url)
     memory = _is_memory(url.database)
     if not memory and not (url.database or "").startswith("file:"):
         _create_private_file(Path(url.database or ""))
@@ -101,6 +99,24 @@ def create_engine(url: URL) -> sa.Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _create_server_engine(url: URL) -> sa.Engine:
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = 10
+    options: dict[str, Any] = {}
+    if url.get_backend_name() in ("mysql", "mariadb"):
+        # InnoDB's default REPEATABLE READ takes gap locks on a missing row: two runs racing
+        # for a new lease (UPDATE finds nothing, then INSERT) deadlocked each other. READ
+        # COMMITTED, PostgreSQL's default, takes none; every write here is one short transaction.
+        options["isolation_level"] = "READ COMMITTED"
+        if url.get_driver_name() in ("pymysql", "mysqldb") and "charset" not in url.query:
+            connect_args["charset"] = "utf8mb4"  # quarantined rows and names are any Unicode
+    # Parameters stay out of error messages: they can hold quarantined row values.
+    return sa.create_engine(
+        url, hide_parameters=True, pool_pre_ping=True, connect_args=connect_args, **options
+    )
 
 
 def _is_memory(database: str | None) -> bool:

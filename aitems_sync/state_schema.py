@@ -2,7 +2,9 @@
 
 Portable SQLAlchemy Core: the same tables on SQLite, PostgreSQL and MySQL/MariaDB. JSON lives in
 Text columns (written with orjson), timestamps are UTC (:class:`UtcDateTime`), and datasets are
-referred to by a small integer id so the ledger, the hottest table, stays narrow.
+referred to by a small integer id so the ledger, the hottest table, stays narrow. On MySQL and
+MariaDB the tables are utf8mb4 with a binary collation and JSON is LONGTEXT, so text compares
+and fits as it does on the other two.
 
 The ledger is a ``WITHOUT ROWID`` table on SQLite keyed by (dataset id, 64-bit key hash). It has
 no index on ``position``: every ledger write would pay for it (measured on SQLite: 118k down to
@@ -15,7 +17,8 @@ written; dataset rows are never deleted, so the reference cannot dangle.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,15 +65,25 @@ def _dataset_fk() -> sa.ForeignKey:
     return sa.ForeignKey("datasets.id")
 
 
-
 _NAME = sa.String(255)
-_JSON = sa.Text()
+# MySQL's TEXT holds 64 KiB; a quarantined row or a run summary can be longer.
+_JSON = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+# MySQL compares text by the table's collation, and the usual defaults (utf8mb4_general_ci,
+# latin1_swedish_ci) ignore case and accents: datasets `users` and `Users` would share one
+# state, and latin1 cannot store most quarantined text. Binary utf8mb4 compares like SQLite.
+# (The mariadb:// dialect reads only its own prefix.)
+_MYSQL_TABLE: dict[str, Any] = {
+    f"{dialect}_{option}": value
+    for dialect in ("mysql", "mariadb")
+    for option, value in (("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+}
 
 schema_version = sa.Table(
     "schema_version",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.Integer, nullable=False),
+    **_MYSQL_TABLE,
 )
 
 datasets = sa.Table(
@@ -78,6 +91,7 @@ datasets = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", _NAME, nullable=False, unique=True),
+    **_MYSQL_TABLE,
 )
 
 runs = sa.Table(
@@ -91,6 +105,7 @@ runs = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("datasets", _JSON, nullable=False),
     sa.Column("summary", _JSON, nullable=False),
+    **_MYSQL_TABLE,
 )
 
 marks = sa.Table(
@@ -100,6 +115,7 @@ marks = sa.Table(
     sa.Column("cursor", _JSON, nullable=False),
     sa.Column("key", _JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    **_MYSQL_TABLE,
 )
 
 ledger = sa.Table(
@@ -110,6 +126,7 @@ ledger = sa.Table(
     sa.Column("payload_hash", sa.BigInteger, nullable=False),
     sa.Column("position", sa.Double, nullable=True),
     sqlite_with_rowid=False,
+    **_MYSQL_TABLE,
 )
 
 batches = sa.Table(
@@ -128,6 +145,7 @@ batches = sa.Table(
     sa.CheckConstraint("status IN ('sending', 'committed', 'ambiguous')", name="batch_status"),
     sa.Index("ix_batches_dataset_status", "dataset_id", "status"),
     sqlite_autoincrement=True,
+    **_MYSQL_TABLE,
 )
 
 quarantine = sa.Table(
@@ -142,6 +160,7 @@ quarantine = sa.Table(
     sa.Column("origin", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.CheckConstraint("origin IN ('local', 'server')", name="quarantine_origin"),
+    **_MYSQL_TABLE,
 )
 
 leases = sa.Table(
@@ -153,6 +172,7 @@ leases = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("acquired_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+    **_MYSQL_TABLE,
 )
 
 _VERSION_1_TABLES = (datasets, runs, marks, ledger, batches, quarantine, leases)
@@ -164,6 +184,8 @@ def _create_version_1(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=list(_VERSION_1_TABLES))
 
 
+# MySQL commits each DDL statement at once: a step that fails half-way stays half done there.
+# Steps must be able to run again over their own partial work (create_all checks first).
 Migration = Callable[[sa.Connection], None]
 
 MIGRATIONS: list[tuple[int, Migration]] = [
@@ -201,7 +223,44 @@ def migrate(conn: sa.Connection, display_url: str) -> int:
 
 
 def _serialize_migrations(conn: sa.Connection) -> None:
-    """Make two processes opening a new store at once take turns (SQLite: BEGIN IMMEDIATE)."""
+    """Make two processes opening a new store at once take turns (SQLite: BEGIN IMMEDIATE).
+
+    MySQL/MariaDB take turns in :func:`migration_lock` instead, around the whole transaction.
+    """
     if conn.dialect.name == "postgresql":
         # Released at commit; the number is arbitrary but fixed ("aitems" in ASCII).
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(97105116101109115)"))
+
+
+MIGRATION_LOCK_TIMEOUT_SECONDS = 30
+
+
+@contextmanager
+def migration_lock(conn: sa.Connection, display_url: str) -> Iterator[None]:
+    """On MySQL/MariaDB, hold a named lock while the block migrates and commits; else nothing.
+
+    Their DDL commits implicitly, so no lock that ends with a transaction can cover a migration:
+    a session lock (``GET_LOCK``, one name per database) is taken before the migration's
+    transaction begins and released only after it committed, so the next process finds the
+    tables and the version row. Call outside any transaction on ``conn``.
+    """
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        yield
+        return
+    name = sa.func.concat("aitems_sync_migrate_", sa.func.md5(sa.func.database()))
+    got = conn.execute(sa.select(sa.func.get_lock(name, MIGRATION_LOCK_TIMEOUT_SECONDS))).scalar()
+    conn.commit()  # end the implicit transaction; the session lock stays
+    if got != 1:
+        raise StateError(
+            f"waited {MIGRATION_LOCK_TIMEOUT_SECONDS} s for another process to finish creating "
+            f"or migrating the state store {display_url}; run again, or look for a stuck process"
+        )
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(sa.select(sa.func.release_lock(name)))
+            conn.commit()
+        except sa.exc.SQLAlchemyError:
+            # A broken connection released the lock with its session.
+            log.debug("releasing the migration lock failed", exc_info=True)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real PostgreSQL cluster and the AiTEMS emulator on loopback."""
+"""Shared fixtures: real PostgreSQL and MariaDB servers, and the AiTEMS emulator on loopback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aitems_sync.emulator import EmulatorServer, load_seed
-from tests import pgserver
+from tests import mariadbserver, pgserver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -18,7 +18,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def pg_cluster() -> Iterator[str]:
     """Base URL of a throwaway PostgreSQL cluster. Skips locally without one; fails under CI."""
     if pgserver.find_bindir() is None:
-        message = "PostgreSQL server binaries not found; run scripts/ensure-postgres.sh"
+        message = "PostgreSQL server binaries not found; run scripts/ensure-servers.sh"
         if IN_CI:
             pytest.fail(message + " (CI=true: tests needing PostgreSQL must not skip)")
         pytest.skip(message)
@@ -30,6 +30,24 @@ def pg_cluster() -> Iterator[str]:
 def pg_url(pg_cluster: str) -> str:
     """URL of a fresh, empty PostgreSQL database for one test."""
     return pgserver.create_database(pg_cluster)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[str]:
+    """Base URL of a throwaway MariaDB server. Skips locally without one; fails under CI."""
+    if mariadbserver.find_server() is None:
+        message = "MariaDB server binaries not found; run scripts/ensure-servers.sh"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: tests needing MariaDB must not skip)")
+        pytest.skip(message)
+    with mariadbserver.running_server() as url:
+        yield url
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: str) -> str:
+    """URL of a fresh, empty MariaDB database (utf8mb4) for one test."""
+    return mariadbserver.create_database(mariadb_server)
 
 
 DEMO_SEED = Path(__file__).resolve().parent.parent / "examples" / "emulator-seed.yaml"

@@ -50,7 +50,7 @@ def running_cluster() -> Iterator[str]:
     """Start a cluster; yield its base SQLAlchemy URL (``.../postgres``); stop and delete it."""
     bindir = find_bindir()
     if bindir is None:
-        raise RuntimeError("PostgreSQL server binaries not found (run scripts/ensure-postgres.sh)")
+        raise RuntimeError("PostgreSQL server binaries not found (run scripts/ensure-servers.sh)")
     root = Path(tempfile.mkdtemp(prefix="aitems-pg-"))
     data = root / "data"
     if os.geteuid() == 0:

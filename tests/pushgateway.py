@@ -27,7 +27,7 @@ def running_pushgateway() -> Iterator[str]:
     """Start a Pushgateway; yield its base URL; stop it."""
     binary = find_binary()
     if binary is None:
-        raise RuntimeError("prometheus-pushgateway not found (run scripts/ensure-pushgateway.sh)")
+        raise RuntimeError("prometheus-pushgateway not found (run scripts/ensure-servers.sh)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

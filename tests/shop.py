@@ -1,7 +1,7 @@
-"""A small shop database for end-to-end tests, on SQLite or PostgreSQL, and specs pointing at it.
+"""A small shop database for end-to-end tests, on SQLite, PostgreSQL or MariaDB, and specs for it.
 
-Tables are created with SQLAlchemy Core so the same test runs on both; timestamps are naive
-(`timestamp without time zone` on PostgreSQL, text on SQLite).
+Tables are created with SQLAlchemy Core so the same test runs on each; timestamps are naive
+(`timestamp without time zone` on PostgreSQL, `DATETIME(6)` on MariaDB, text on SQLite).
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
+# MySQL's plain DATETIME drops the microseconds.
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 metadata = sa.MetaData()
 customers = sa.Table(
@@ -21,7 +24,7 @@ customers = sa.Table(
     sa.Column("id", sa.String(20), primary_key=True),
     sa.Column("age", sa.Integer),
     sa.Column("gender", sa.String(1)),
-    sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("updated_at", TIMESTAMP, nullable=False, index=True),
 )
 events = sa.Table(
     "events", metadata,
@@ -29,7 +32,7 @@ events = sa.Table(
     sa.Column("user_id", sa.String(20), nullable=False),
     sa.Column("item_id", sa.String(20), nullable=False),
     sa.Column("event_type", sa.String(10), nullable=False),
-    sa.Column("occurred_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("occurred_at", TIMESTAMP, nullable=False, index=True),
 )
 
 

@@ -1,4 +1,4 @@
-"""End-to-end: a shop database (SQLite or PostgreSQL) synced into the emulator over loopback.
+"""End-to-end: a shop database (SQLite, PostgreSQL, MariaDB) synced into the emulator on loopback.
 
 Each test drives `aitems-sync run` through the CLI the way a user does, and counts what the
 emulator received through its inspection data.
@@ -52,13 +52,15 @@ class World:
         return StateStore.open(self.state_url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def world(request: pytest.FixtureRequest, tmp_path: Path,
           emulator: EmulatorServer) -> Iterator[World]:
-    """SQLite files for source and state, or one PostgreSQL database holding both."""
+    """SQLite files for source and state, or one PostgreSQL (or MariaDB) database holding both."""
     if request.param == "sqlite":
         source_url = f"sqlite:///{tmp_path / 'shop.db'}"
         state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    elif request.param == "mariadb":
+        source_url = state_url = request.getfixturevalue("mariadb_url")
     else:
         source_url = state_url = request.getfixturevalue("pg_url")
     shop = Shop(source_url)

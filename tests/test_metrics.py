@@ -17,7 +17,7 @@ from tests.conftest import IN_CI
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
     if pushgateway.find_binary() is None:
-        message = "prometheus-pushgateway not found; run scripts/ensure-pushgateway.sh"
+        message = "prometheus-pushgateway not found; run scripts/ensure-servers.sh"
         if IN_CI:
             pytest.fail(message + " (CI=true: tests needing it must not skip)")
         pytest.skip(message)

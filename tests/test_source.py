@@ -1,10 +1,15 @@
-"""Extraction from SQL sources: ordering, the mark, lookback, cursor types, streaming, errors."""
+"""Extraction from SQL sources: ordering, the mark, lookback, cursor types, streaming, errors.
+
+Shared behaviour runs on SQLite, PostgreSQL and MariaDB; each dialect's own cursor types,
+plans and streaming cursors have their own tests.
+"""
 
 from __future__ import annotations
 
 import gc
 import re
 import socket
+import time
 import tracemalloc
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -14,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+import pymysql
 import pytest
 import sqlalchemy as sa
 
@@ -25,11 +31,15 @@ from aitems_sync.state import Mark
 USERS_QUERY = "SELECT id AS USER_ID, name, updated_at FROM users"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres), "mariadb"]
+)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database: a SQLite file, or a PostgreSQL database on the test cluster."""
+    """A fresh database: a SQLite file, or one on the test PostgreSQL cluster or MariaDB server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'source.db'}"
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
     return str(request.getfixturevalue("pg_url"))
 
 
@@ -61,9 +71,13 @@ def is_pg(url: str) -> bool:
     return url.startswith("postgresql")
 
 
+def is_mariadb(url: str) -> bool:
+    return url.startswith(("mysql", "mariadb"))
+
+
 def make_users(url: str, rows: Sequence[tuple[int, str, str | None]]) -> None:
     """``users(id, name, updated_at)``; timestamps as literals, TEXT on SQLite."""
-    kind = "timestamp" if is_pg(url) else "TEXT"
+    kind = "timestamp" if is_pg(url) else "datetime(6)" if is_mariadb(url) else "TEXT"
     values = ", ".join(f"({i}, '{n}', {'NULL' if t is None else repr(t)})" for i, n, t in rows)
     run_sql(
         url,
@@ -126,6 +140,21 @@ def test_postgresql_casts_in_the_query_are_not_bind_parameters(pg_url: str) -> N
     query = "SELECT g AS id, ('2024-05-01'::date + g) AS day FROM generate_series(1, 3) AS g"
     rows = extract_rows(source, query, cursor="day", key=["id"])
     assert [row[1] for row in rows] == [date(2024, 5, 2), date(2024, 5, 3), date(2024, 5, 4)]
+    source.close()
+
+
+def test_text_of_any_unicode_comes_back_intact(db_url: str) -> None:
+    # 4-byte UTF-8 (emoji) needs utf8mb4 on MySQL, the connection's charset included.
+    name = "Zoë 日本 😀"
+    run_sql(db_url, "CREATE TABLE people (id integer, name varchar(40), c integer)"
+            + (" CHARACTER SET utf8mb4" if is_mariadb(db_url) else ""),
+            f"INSERT INTO people VALUES (1, '{name}', 1)")
+    source = make_source(db_url)
+    rows = extract_rows(source, "SELECT id, name, c FROM people", cursor="c", key=["name"])
+    assert rows == [(1, name, 1)]
+    after = extract_rows(source, "SELECT id, name, c FROM people", cursor="c", key=["name"],
+                         mark=Mark(1, ("Zoë",)))
+    assert after == [(1, name, 1)]
     source.close()
 
 
@@ -362,6 +391,24 @@ SQLITE_CURSORS = [
     ("REAL", ["1.5", "2.5", "3.5"], timedelta(seconds=1)),
     ("TEXT", ["'Abe'", "'O''Brien'", "'Zed'"], None),
 ]
+MARIADB_CURSORS = [
+    (
+        "datetime(6)",
+        ["'2024-05-01 09:00:00.5'", "'2024-05-01 10:00:00.5'", "'2024-05-01 11:00:00.5'"],
+        timedelta(hours=1),
+    ),
+    ("datetime", ["'2024-05-01 09:00'", "'2024-05-01 10:00'", "'2024-05-01 11:00'"],
+     timedelta(hours=1)),
+    ("timestamp(3)", ["'2024-05-01 09:00'", "'2024-05-01 10:00'", "'2024-05-01 11:00'"],
+     timedelta(hours=1)),
+    ("date", ["'2024-05-01'", "'2024-05-02'", "'2024-05-03'"], timedelta(hours=12)),
+    ("integer", ["100", "200", "300"], timedelta(seconds=100)),
+    ("bigint unsigned", ["3000000000000", "3000000000100", "3000000000200"],
+     timedelta(seconds=100)),
+    ("decimal(12,3)", ["1.5", "2.5", "3.5"], timedelta(seconds=1)),
+    ("double", ["1.5", "2.5", "3.5"], timedelta(seconds=1)),
+    ("varchar(20)", ["'Abe'", "'O''Brien'", "'Zed'"], None),
+]
 
 
 def check_cursor_type(
@@ -402,13 +449,21 @@ def test_sqlite_cursor_types_round_trip_through_the_mark(
     check_cursor_type(f"sqlite:///{tmp_path / 'cursor.db'}", column_type, literals, lookback)
 
 
+@pytest.mark.parametrize(("column_type", "literals", "lookback"), MARIADB_CURSORS)
+def test_mariadb_cursor_types_round_trip_through_the_mark(
+    mariadb_url: str, column_type: str, literals: list[str], lookback: timedelta | None
+) -> None:
+    check_cursor_type(mariadb_url, column_type, literals, lookback)
+
+
 DIALECTS = [
     sa.create_engine("postgresql+psycopg://").dialect,
     sa.create_engine("sqlite://").dialect,
+    sa.create_engine("mysql+pymysql://").dialect,
 ]
 
 
-@pytest.mark.parametrize("dialect", DIALECTS, ids=["postgresql", "sqlite"])
+@pytest.mark.parametrize("dialect", DIALECTS, ids=["postgresql", "sqlite", "mysql"])
 @pytest.mark.parametrize(
     ("mark", "lookback", "bound"),
     [
@@ -441,6 +496,9 @@ def explain(url: str, statement: sa.Select[Any]) -> str:
             params: Any = tuple(compiled.params[name] for name in compiled.positiontup or ())
             plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), params)
             text = "\n".join(str(row[-1]) for row in plan)
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            plan = conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
+            text = "\n".join(str(row._asdict()) for row in plan)
         else:
             plan = conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
             text = "\n".join(str(row[0]) for row in plan)
@@ -449,12 +507,16 @@ def explain(url: str, statement: sa.Select[Any]) -> str:
 
 
 def test_the_incremental_predicate_uses_the_cursor_index(db_url: str) -> None:
-    kind = "timestamp" if is_pg(db_url) else "TEXT"
+    kind = "timestamp" if is_pg(db_url) else "datetime" if is_mariadb(db_url) else "TEXT"
     if is_pg(db_url):
         fill = (
             "INSERT INTO events SELECT g, timestamp '2024-01-01' + g * interval '1 minute' "
             "FROM generate_series(1, 20000) AS g"
         )
+    elif is_mariadb(db_url):
+        # seq_1_to_N: MariaDB's SEQUENCE engine
+        fill = ("INSERT INTO events SELECT seq, '2024-01-01' + INTERVAL seq MINUTE "
+                "FROM seq_1_to_20000")
     else:
         fill = (
             "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000) "
@@ -466,7 +528,8 @@ def test_the_incremental_predicate_uses_the_cursor_index(db_url: str) -> None:
         f"CREATE TABLE events (id integer, c {kind})",
         fill,
         "CREATE INDEX events_c ON events (c)",
-        "ANALYZE events" if is_pg(db_url) else "ANALYZE",
+        "ANALYZE events" if is_pg(db_url) else "ANALYZE TABLE events" if is_mariadb(db_url)
+        else "ANALYZE",
     )
     source = make_source(db_url)
     last = extract_rows(source, "SELECT id, c FROM events", cursor="c", key=["id"])[19_990]
@@ -483,6 +546,7 @@ def test_the_incremental_predicate_uses_the_cursor_index(db_url: str) -> None:
         plan = explain(db_url, statement)
         assert "events_c" in plan, plan
         assert "Seq Scan" not in plan and "SCAN events" not in plan, plan
+        assert "'type': 'ALL'" not in plan, plan  # MariaDB's full scan
     source.close()
 
 
@@ -505,9 +569,29 @@ def test_postgresql_rows_stream_through_a_server_side_cursor_in_chunks(pg_url: s
     source.close()
 
 
+@pytest.mark.parametrize("scheme", ["mysql+pymysql://", "mariadb+pymysql://"])
+def test_mariadb_rows_stream_through_an_unbuffered_cursor_in_chunks(
+    mariadb_url: str, scheme: str
+) -> None:
+    source = make_source(mariadb_url.replace("mysql+pymysql://", scheme))
+    cursors: list[object] = []
+    sa.event.listen(
+        source.engine, "after_cursor_execute", lambda conn, cursor, *rest: cursors.append(cursor)
+    )
+    query = "SELECT seq AS id, seq AS c FROM seq_1_to_100000"
+    with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=1000) as ex:
+        sizes = [len(chunk) for chunk in ex.chunks]
+    assert isinstance(cursors[-1], pymysql.cursors.SSCursor)
+    assert sizes == [1000] * 100
+    assert source.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    source.close()
+
+
 def test_memory_stays_flat_while_streaming_a_large_result(db_url: str) -> None:
     if is_pg(db_url):
         query = "SELECT g AS id, g AS c, repeat('x', 200) AS pad FROM generate_series(1, 100000) g"
+    elif is_mariadb(db_url):
+        query = "SELECT seq AS id, seq AS c, repeat('x', 200) AS pad FROM seq_1_to_100000"
     else:
         run_sql(
             db_url,
@@ -561,6 +645,59 @@ def test_an_abandoned_extraction_releases_its_connection(db_url: str, how: str) 
     source.close()
 
 
+def test_mariadb_stream_survives_a_pause_longer_than_net_write_timeout(
+    mariadb_server: str, mariadb_url: str
+) -> None:
+    # Uploads can hold the reader back for minutes (retries); a server whose buffers stay
+    # full for net_write_timeout seconds drops an unbuffered stream. Here the timeout is 1 s.
+    admin = sa.create_engine(mariadb_server)
+    with admin.connect() as conn:
+        before = conn.exec_driver_sql("SELECT @@GLOBAL.net_write_timeout").scalar()
+        conn.exec_driver_sql("SET GLOBAL net_write_timeout = 1")
+    try:
+        source = make_source(mariadb_url)
+        query = "SELECT seq AS id, seq AS c, repeat('x', 2000) AS pad FROM seq_1_to_20000"
+        with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=100) as ex:
+            total = len(next(ex.chunks))
+            time.sleep(2.5)
+            total += sum(len(chunk) for chunk in ex.chunks)
+        assert total == 20_000
+        source.close()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"SET GLOBAL net_write_timeout = {int(before)}")
+        admin.dispose()
+
+
+def running_queries(url: str, needle: str, wait: float = 10.0) -> int:
+    """How many other sessions still run a query containing ``needle`` (waits for it to be 0)."""
+    sql = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+           "WHERE INFO LIKE %s AND ID <> CONNECTION_ID()")
+    engine = sa.create_engine(url)
+    deadline = time.monotonic() + wait
+    with engine.connect() as conn:
+        while (count := conn.exec_driver_sql(sql, (f"%{needle}%",)).scalar()) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    engine.dispose()
+    return int(count or 0)
+
+
+def test_mariadb_stream_abandoned_early_is_not_read_to_its_end(mariadb_url: str) -> None:
+    source = make_source(mariadb_url)
+    query = "SELECT seq AS id, seq AS c, repeat('x', 100) AS pad FROM seq_1_to_3000000"
+    ex = source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=1000)
+    assert len(next(ex.chunks)) == 1000
+    started = time.monotonic()
+    ex.close()
+    assert time.monotonic() - started < 1.0  # reading the other ~330 MB took 8 s
+    assert source.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert running_queries(mariadb_url, "seq_1_to_3000000") == 0  # the server stopped it
+    assert extract_rows(source, "SELECT 1 AS id, 1 AS c", cursor="c", key=["id"]) == [(1, 1)]
+    source.close()
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 
@@ -570,8 +707,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_an_unreachable_server_is_a_source_error_without_the_password() -> None:
-    url = f"postgresql+psycopg://alice:s3cret-pw@127.0.0.1:{_free_port()}/shop"
+@pytest.mark.parametrize("dialect", ["postgresql+psycopg", "mysql+pymysql"])
+def test_an_unreachable_server_is_a_source_error_without_the_password(dialect: str) -> None:
+    url = f"{dialect}://alice:s3cret-pw@127.0.0.1:{_free_port()}/shop"
     source = make_source(url)
     with pytest.raises(SourceError) as caught:
         source.columns("SELECT 1 AS c")

@@ -1,5 +1,5 @@
-"""The state store, on a SQLite file and on PostgreSQL: marks, ledger, journal, quarantine, runs,
-leases, migrations, and the value codec they store with."""
+"""The state store, on a SQLite file, PostgreSQL and MariaDB: marks, ledger, journal, quarantine,
+runs, leases, migrations, and the value codec they store with."""
 
 from __future__ import annotations
 
@@ -52,10 +52,12 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/state/aitems-sync.db"
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
     return str(request.getfixturevalue("pg_url"))
 
 
@@ -196,6 +198,15 @@ def test_mark_is_none_until_set_and_after_clearing(store: StateStore) -> None:
     assert store.get_mark("users") == Mark(cursor=2, key=("b",))
     store.set_mark("users", None)
     assert store.get_mark("users") is None
+
+
+def test_dataset_names_differing_only_in_case_keep_apart(store: StateStore) -> None:
+    # Spec names are case-sensitive; MySQL's usual collations are not.
+    store.set_mark("users", Mark(cursor=1, key=("a",)))
+    store.set_mark("Users", Mark(cursor=2, key=("b",)))
+    assert store.get_mark("users") == Mark(cursor=1, key=("a",))
+    assert store.get_mark("Users") == Mark(cursor=2, key=("b",))
+    assert store.get_mark("USERS") is None
 
 
 # -- the atomic commit -------------------------------------------------------------------------
@@ -381,6 +392,14 @@ def test_quarantine_keeps_raw_values_with_their_types(store: StateStore) -> None
     assert len(store.quarantined(limit=2)) == 2
 
 
+def test_a_large_quarantined_row_with_any_unicode_is_kept_whole(store: StateStore) -> None:
+    # Past MySQL's 64 KiB TEXT, and 4-byte UTF-8 that MySQL's 3-byte "utf8" cannot hold.
+    raw = {"id": "u1", "bio": "日本語 ✓ 😀 " * 20_000}
+    store.add_quarantine([rejected(**raw)])
+    [record] = store.quarantined("users")
+    assert record.raw == raw
+
+
 def test_dropping_quarantined_rows(store: StateStore) -> None:
     store.add_quarantine([rejected(id=f"u{i}") for i in range(5)])
     ids = [r.id for r in store.quarantined()]
@@ -543,6 +562,21 @@ def test_a_store_from_a_newer_version_is_refused(store_url: str) -> None:
         StateStore.open(store_url)
 
 
+def test_a_mariadb_dialect_url_builds_the_same_binary_utf8mb4_store(mariadb_url: str) -> None:
+    url = mariadb_url.replace("mysql+pymysql://", "mariadb+pymysql://")
+    with StateStore.open(url) as store:
+        store.set_mark("users", Mark(cursor="ü", key=("a",)))
+        store.set_mark("Users", Mark(cursor="u", key=("A",)))
+        assert store.get_mark("users") == Mark(cursor="ü", key=("a",))
+    engine = sa.create_engine(mariadb_url)
+    with engine.connect() as conn:
+        collations = conn.execute(sa.text(
+            "SELECT DISTINCT TABLE_COLLATION FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = DATABASE()")).scalars().all()
+    engine.dispose()
+    assert collations == ["utf8mb4_bin"]
+
+
 def test_sqlite_store_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "state.db"
     with StateStore.open(f"sqlite:///{path}") as store:
@@ -555,8 +589,9 @@ def test_sqlite_store_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
             assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_open_failure_names_the_url_without_its_password() -> None:
-    url = "postgresql+psycopg://sync:hunter2@127.0.0.1:1/state?connect_timeout=2"
+@pytest.mark.parametrize("dialect", ["postgresql+psycopg", "mysql+pymysql"])
+def test_open_failure_names_the_url_without_its_password(dialect: str) -> None:
+    url = f"{dialect}://sync:hunter2@127.0.0.1:1/state?connect_timeout=2"
     with pytest.raises(StateError, match=r"cannot open the state store .*sync:\*\*\*@") as caught:
         StateStore.open(url)
     assert "hunter2" not in str(caught.value)
