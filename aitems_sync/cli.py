@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,18 +111,37 @@ def validate(ctx: Context, connect: bool) -> None:
 @click.option("--full-refresh", is_flag=True,
               help="Re-read every row, not only those past the mark; the ledger still skips "
                    "what was delivered.")
-@click.option("--lease-ttl", type=float, default=None,
-              help="Seconds a dataset's lease lasts without renewal (default 60): a killed "
-                   "run's datasets are free again after this.")
+@click.option("--lease-ttl", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Seconds a dataset's lease lasts without renewal (default 60; renewed every "
+                   "third of it): a killed run's datasets are free again after this.")
+@click.option("--wait", type=click.FloatRange(min=0), is_flag=False, flag_value=math.inf,
+              default=None, metavar="[TIMEOUT]",
+              help="When another run holds a dataset's lease, wait for it (polling, and "
+                   "logging who holds it) instead of exiting 75 at once; with TIMEOUT seconds, "
+                   "exit 75 if it is still held then. Give it after the DATASETS or as "
+                   "--wait=TIMEOUT.")
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Sync up to N datasets at once, each in its own thread.")
+@click.option("--grace", type=click.FloatRange(min=0), default=signals.DEFAULT_GRACE,
+              show_default=True, metavar="SECONDS",
+              help="After SIGTERM or SIGINT, how long the uploads on the wire may take to "
+                   "finish and commit before the run exits anyway.")
 @click.pass_obj
 def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
-        lease_ttl: float | None) -> None:
-    """Sync the new and changed rows of every dataset (or of the DATASETS named)."""
+        lease_ttl: float | None, wait: float | None, parallel: int, grace: float) -> None:
+    """Sync the new and changed rows of every dataset (or of the DATASETS named).
+
+    Exit codes: 0 done; 1 a dataset failed (what was acknowledged is committed); 2 usage or
+    spec error; 3 a dataset passed max_invalid; 75 another run holds a dataset's lease; 143 or
+    130 stopped by SIGTERM or SIGINT after committing what was acknowledged.
+    """
     from aitems_sync import commands
 
-    with signals.stop_on_signals() as stop:
+    with signals.stop_on_signals(grace) as stop:
         report = commands.run(ctx.config, datasets=datasets, full_refresh=full_refresh,
-                              stop=stop.event, lease_ttl=lease_ttl)
+                              stop=stop.event, lease_ttl=lease_ttl, wait=wait,
+                              parallel=parallel)
         if stop.exit_code is not None:
             report.interrupted_exit_code = stop.exit_code
     if ctx.json_output:

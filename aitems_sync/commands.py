@@ -107,15 +107,20 @@ def run(
     full_refresh: bool = False,
     stop: threading.Event | None = None,
     lease_ttl: float | None = None,
+    wait: float | None = None,
+    parallel: int = 1,
 ) -> RunReport:
-    """Load the spec and run the sync once; see ``engine.run``."""
+    """Load the spec and run the sync once; see ``engine.run`` and ``engine.RunOptions``."""
     spec = load_spec(config)
-    options = engine.RunOptions(datasets=tuple(datasets), full_refresh=full_refresh)
+    options = engine.RunOptions(datasets=tuple(datasets), full_refresh=full_refresh,
+                                wait=wait, parallel=parallel)
     if lease_ttl is not None:
         options = replace(options, lease_ttl=lease_ttl)
-    engine.select_datasets(spec, options.datasets)  # a usage error before touching anything
+    selected = engine.select_datasets(spec, options.datasets)  # a usage error before anything
+    # Every upload thread of every dataset running at once keeps a connection.
+    uploads = spec.aitems.batch.in_flight * max(1, min(parallel, len(selected)))
     with open_state(spec) as state, open_sources(spec) as sources:
-        client = AitemsClient.from_config(spec.aitems)
+        client = AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2))
         try:
             return engine.run(spec, state=state, uploader=client, sources=sources,
                               options=options, stop=stop)

@@ -1,28 +1,30 @@
 """Sync one dataset: the streaming loop from extracted rows to committed batches.
 
 Rows flow in source order (cursor, key). Each chunk is shaped and hashed, then diffed against
-the ledger with one lookup; sendable rows are cut into batches that go to a pool of upload
-threads. Commits happen here, on the calling thread, strictly in batch order, so the mark
+the ledger with one lookup; sendable rows are cut into batches that go to the dataset's upload
+window (:mod:`aitems_sync.pipeline`), which commits them strictly in batch order, so the mark
 never passes a batch that AiTEMS has not acknowledged.
+
+A stop request (a signal, a lost lease, a 401/403 on another dataset) is checked every few dozen
+rows: no batch is cut after it, the batches already on the wire finish and commit, and the rows
+not yet in a batch are read again by the next run (the mark is still before them).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from aitems_sync.delivery import Delivery, Target, Uploader, deliver
+from aitems_sync.delivery import Target, Uploader
 from aitems_sync.delta import Batch, BatchBuilder, cursor_position, mark_of, row_hash
-from aitems_sync.errors import InvalidRowsError
+from aitems_sync.errors import AitemsSyncError, InvalidRowsError
+from aitems_sync.pipeline import Window, show
 from aitems_sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
 from aitems_sync.shape import Shaper
 from aitems_sync.source import Extraction, Source
@@ -30,6 +32,16 @@ from aitems_sync.spec import BatchPolicy, DatasetSpec
 from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry, StateStore
 
 log = logging.getLogger(__name__)
+
+#: Rows routed between two looks at the stop request: often enough to stop at once, rarely
+#: enough to cost nothing on the hot path.
+STOP_CHECK_ROWS = 64
+
+
+class StopFlag(Protocol):
+    """Anything with ``is_set()``: a threading.Event, or the engine's combined stop request."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -42,13 +54,8 @@ class SyncSettings:
     mark_every: int = 10_000
 
 
-@dataclass
-class _Slot:
-    """A cut batch waiting for its commit turn."""
-
-    batch: Batch
-    batch_id: int | None
-    future: Future[Delivery] | None
+def _no_check() -> None:
+    return None
 
 
 @dataclass
@@ -88,7 +95,8 @@ class DatasetSync:
 
     def __init__(
         self, dataset: DatasetSpec, settings: SyncSettings, state: StateStore,
-        uploader: Uploader, source: Source, stop: threading.Event, report: DatasetReport,
+        uploader: Uploader, source: Source, stop: StopFlag, report: DatasetReport,
+        check_lease: Callable[[], None] = _no_check,
     ) -> None:
         self.dataset = dataset
         self.settings = settings
@@ -97,8 +105,8 @@ class DatasetSync:
         self.source = source
         self.stop = stop
         self.report = report
+        self.check_lease = check_lease
         self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes)
-        self.window: deque[_Slot] = deque()
         self.inflight = _Inflight()
         self.is_interaction = dataset.type == "interaction"
         self.old_mark: Mark | None = None
@@ -116,14 +124,11 @@ class DatasetSync:
             # their ledger is only consulted when something put entries there.
             self.use_ledger = not self.is_interaction or self.state.ledger_size(
                 self.dataset.name) > 0 or self.dataset.lookback > timedelta(0)
-            with ThreadPoolExecutor(self.settings.batch.in_flight,
-                                    thread_name_prefix=f"upload-{self.dataset.name}") as pool:
-                self.pool = pool
-                with self.source.extract(
-                    self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
-                    mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
-                ) as extraction:
-                    self._stream(extraction)
+            with self._window() as self.window, self.source.extract(
+                self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
+                mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
+            ) as extraction:
+                self._stream(extraction)
             self._after_stream()
         finally:
             self.report.seconds = round(time.monotonic() - started, 3)
@@ -134,20 +139,31 @@ class DatasetSync:
         self.key_positions = [self.shaper.field_names.index(k) for k in self.dataset.key_fields]
         try:
             for chunk in extraction.chunks:
-                if self.stop.is_set():
+                self.inflight.purge_committed()
+                if not self._take_chunk(chunk):
                     self.report.status = INTERRUPTED
                     break
-                self.inflight.purge_committed()
-                self._take_chunk(chunk)
             else:
                 if self.builder.pending_rows:
                     self._emit(self.builder.cut(self.last_mark))
-        except BaseException:
+        except BaseException as error:
             # Batches cut before the failure are sound: commit what AiTEMS acknowledged, in
             # order (a failed upload among them abandons the rest), then report the failure.
-            self._drain(final=True)
+            try:
+                self.window.drain(final=True)
+            except AitemsSyncError as also:
+                if also is not error:
+                    log.error("dataset %s: %s", self.dataset.name, also,
+                              extra={"event": "batch_failed", "dataset": self.dataset.name})
             raise
-        self._drain(final=True)
+        self.window.drain(final=True)
+
+    def _window(self) -> Window:
+        return Window(
+            self.dataset, self.settings.run_id, self.settings.target,
+            self.settings.batch.in_flight, self.state, self.uploader, self.report,
+            check_lease=self.check_lease, on_commit=self.inflight.committed.append,
+        )
 
     def _after_stream(self) -> None:
         dataset, report = self.dataset, self.report
@@ -166,16 +182,21 @@ class DatasetSync:
 
     # -- per chunk ------------------------------------------------------------------------
 
-    def _take_chunk(self, chunk: Sequence[Sequence[Any]]) -> None:
+    def _take_chunk(self, chunk: Sequence[Sequence[Any]]) -> bool:
+        """Route a chunk's rows into batches; False when a stop request cut it short."""
         rows = [self._shape(raw) for raw in chunk]
         ledger: dict[int, int] = {}
         if self.use_ledger:
             hashes = [r.entry.key_hash for r in rows if r.entry is not None]
             ledger = self.state.ledger_lookup(self.dataset.name, hashes) if hashes else {}
-        for row in rows:
+        stop = self.stop
+        for index, row in enumerate(rows):
+            if not index % STOP_CHECK_ROWS and stop.is_set():
+                return False
             self._route(row, ledger)
             if self.builder.pending_rows >= self.settings.mark_every:
                 self._emit(self.builder.cut(self.last_mark))
+        return True
 
     def _shape(self, raw: Sequence[Any]) -> _Row:
         values = self.shaper.shape(raw)
@@ -245,88 +266,13 @@ class DatasetSync:
             raw=dict(zip(columns, row.raw, strict=False)), errors=errors, origin="local",
         ))
 
-    # -- batches: emit, commit in order ---------------------------------------------------
+    # -- batches -------------------------------------------------------------------------
 
     def _emit(self, batch: Batch) -> None:
-        future: Future[Delivery] | None = None
-        batch_id: int | None = None
         if not batch.empty:
-            batch_id = self.state.journal_sending(
-                self.dataset.name, self.settings.run_id, rows=len(batch.rows),
-                first=batch.first, last=batch.last,
-            )
-            future = self.pool.submit(deliver, self.uploader, self.settings.target, batch.rows)
             self.inflight.add(batch)
-        self.window.append(_Slot(batch, batch_id, future))
-        self._drain(final=False)
-
-    def _drain(self, *, final: bool) -> None:
-        while self.window:
-            head = self.window[0]
-            if head.future is not None and not head.future.done():
-                busy = sum(1 for s in self.window if s.future is not None)
-                if not final and busy < self.settings.batch.in_flight:
-                    return
-            try:
-                delivery = head.future.result() if head.future is not None else None
-            except BaseException:
-                self.window.popleft()
-                self._abandon()
-                raise
-            self._commit(head, delivery)
-            self.window.popleft()
-
-    def _commit(self, slot: _Slot, delivery: Delivery | None) -> None:
-        batch, report = slot.batch, self.report
-        ledger: list[LedgerEntry] = []
-        quarantine = list(batch.quarantine)
-        if delivery is not None:
-            ledger = [batch.ledger[i] for i in delivery.delivered]
-            quarantine.extend(self._server_rejections(batch, delivery))
-            report.sent += len(delivery.delivered)
-            report.invalid += len(delivery.rejected)
-            report.batches += 1
-            report.requests += delivery.requests
-            if delivery.ambiguous:
-                self._note_ambiguous(slot, "an answer was lost and the upload was retried")
-        self.state.commit_batch(
-            self.dataset.name, run_id=self.settings.run_id, batch_id=slot.batch_id,
-            ledger=ledger, mark=batch.end, quarantine=quarantine,
-        )
-        self.inflight.committed.append(batch)
-        report.superseded = self.builder.superseded
-
-    def _server_rejections(self, batch: Batch, delivery: Delivery) -> list[QuarantineEntry]:
-        entries = []
-        for index, answer in delivery.rejected:
-            sent = orjson.loads(batch.rows[index])
-            key = {k: sent.get(k) for k in self.dataset.key_fields}
-            entries.append(QuarantineEntry(
-                dataset=self.dataset.name, run_id=self.settings.run_id, key=key, raw=sent,
-                errors=[{"path": "$", "message": answer}], origin="server",
-            ))
-        return entries
-
-    def _abandon(self) -> None:
-        """After a failure: let uploads on the wire finish and keep what they delivered.
-
-        Their batches cannot commit the mark (an earlier one failed), but recording their
-        ledger entries keeps a re-run from sending those rows again.
-        """
-        for slot in self.window:
-            if slot.future is None:
-                continue
-            try:
-                delivery = slot.future.result()
-            except BaseException:  # the first failure is the one reported
-                continue
-            ledger = [slot.batch.ledger[i] for i in delivery.delivered]
-            self.state.commit_batch(self.dataset.name, run_id=self.settings.run_id,
-                                    batch_id=slot.batch_id, ledger=ledger, mark=None)
-            self.report.sent += len(delivery.delivered)
-            if delivery.ambiguous:
-                self._note_ambiguous(slot, "an answer was lost and the upload was retried")
-        self.window.clear()
+        self.window.emit(batch)
+        self.report.superseded = self.builder.superseded
 
     # -- reporting and housekeeping -------------------------------------------------------
 
@@ -337,7 +283,7 @@ class DatasetSync:
         for record in leftovers:
             ambiguous = AmbiguousBatch(
                 rows=record.rows,
-                first_cursor=_show(record.first), last_cursor=_show(record.last),
+                first_cursor=show(record.first), last_cursor=show(record.last),
                 reason=f"left sending by run {record.run_id}", batch_id=record.batch_id,
             )
             self.report.ambiguous.append(ambiguous)
@@ -350,16 +296,6 @@ class DatasetSync:
             )
         if leftovers:
             self.state.mark_ambiguous(self.dataset.name, [r.batch_id for r in leftovers])
-
-    def _note_ambiguous(self, slot: _Slot, reason: str) -> None:
-        batch = slot.batch
-        self.report.ambiguous.append(AmbiguousBatch(
-            rows=len(batch.rows), first_cursor=_show(batch.first), last_cursor=_show(batch.last),
-            reason=reason, batch_id=slot.batch_id,
-        ))
-        log.warning("dataset %s: batch %s (%d rows): %s; AiTEMS may hold these rows twice",
-                    self.dataset.name, slot.batch_id, len(batch.rows), reason,
-                    extra={"event": "ambiguous_batch", "dataset": self.dataset.name})
 
     def _prune_ledger(self) -> None:
         mark = self.state.get_mark(self.dataset.name)
@@ -376,10 +312,6 @@ def _at_or_before(mark: Mark, limit: Mark | None) -> bool:
         return bool((mark.cursor, *mark.key) <= (limit.cursor, *limit.key))
     except TypeError:
         return False
-
-
-def _show(mark: Mark | None) -> str | None:
-    return None if mark is None else str(mark.cursor)
 
 
 def _describe_key(key: dict[str, Any]) -> str:

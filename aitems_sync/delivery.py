@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aitems_sync.errors import BadRequestError, PayloadTooLargeError
+from aitems_sync.errors import AitemsSyncError, BadRequestError, PayloadTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +41,26 @@ class Target:
 
 @dataclass
 class Delivery:
-    """The outcome of delivering one batch: row indices acknowledged and refused."""
+    """The outcome of delivering one batch: row indices acknowledged and refused.
+
+    ``error`` is set when the batch failed (retries used up, 401/403, ...): the rows in
+    ``delivered`` were acknowledged before that (halves of a split batch), the others were not.
+    """
 
     delivered: list[int] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     requests: int = 0
     ambiguous: bool = False
+    error: AitemsSyncError | None = None
 
 
 def deliver(uploader: Uploader, target: Target, rows: Sequence[bytes]) -> Delivery:
     """Upload ``rows``; on 413 split in halves, on 400 bisect down to the refused rows.
 
     A single row that is still too large, or that AiTEMS refuses, is reported as rejected with
-    the server's answer; every other row ends up delivered. Any other error propagates (the
-    batch then stays unacknowledged and the engine stops the dataset).
+    the server's answer; every other row ends up delivered. Any other error ends the delivery
+    and is returned in ``Delivery.error``, with the rows acknowledged before it, so that the
+    engine records those and then stops the dataset.
     """
     outcome = Delivery()
     pending: list[list[int]] = [list(range(len(rows)))]
@@ -79,6 +85,9 @@ def deliver(uploader: Uploader, target: Target, rows: Sequence[bytes]) -> Delive
             pending.append(indices[half:])
             pending.append(indices[:half])
             continue
+        except AitemsSyncError as error:
+            outcome.error = error
+            return outcome
         outcome.ambiguous = outcome.ambiguous or result.ambiguous
         outcome.delivered.extend(indices)
     return outcome

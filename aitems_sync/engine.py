@@ -4,6 +4,10 @@ The engine wires the adapters (source, state store, uploader) and the pure piece
 delta, delivery). Its commit rule is the product's promise: a batch's ledger entries, its
 quarantine records and the mark after its last row are written in one transaction, only after
 AiTEMS acknowledged the batch and every earlier batch of the dataset has committed.
+
+Datasets run one after another, or ``parallel`` at a time in threads (each dataset still commits
+in order; the state store is shared and thread-safe). A 401/403 stops the whole run (the same
+keys fail every dataset); any other failure stops only its dataset.
 """
 
 from __future__ import annotations
@@ -15,17 +19,13 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aitems_sync.dataset_sync import DatasetSync, SyncSettings
 from aitems_sync.delivery import Target, Uploader
-from aitems_sync.errors import (
-    AitemsSyncError,
-    AuthError,
-    InvalidRowsError,
-    LockHeldError,
-    UsageError,
-)
+from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, UsageError
+from aitems_sync.leases import Leases
 from aitems_sync.report import FAILED, INTERRUPTED, INVALID, DatasetReport, RunReport
 from aitems_sync.source import Source
 from aitems_sync.spec import DatasetSpec, Spec
@@ -41,6 +41,8 @@ class RunOptions:
     datasets: tuple[str, ...] = ()
     full_refresh: bool = False
     lease_ttl: float = 60.0  # seconds; a killed run's lease is taken over after this
+    wait: float | None = None  # seconds to wait for held leases (math.inf: no limit); None: 75
+    parallel: int = 1  # datasets synced at once
     chunk_rows: int = 1000  # rows read and diffed against the ledger at a time
     mark_every: int = 10_000  # rows after which a stretch with nothing to send commits its mark
 
@@ -71,58 +73,116 @@ def run(
 ) -> RunReport:
     """Sync the selected datasets once and report what happened; see ``RunReport.exit_code``.
 
-    Raises LockHeldError (exit 75) when another run holds one of the datasets, before any work.
+    Raises LockHeldError (exit 75) when another run holds one of the datasets, before any work
+    (with ``options.wait``, only once the wait is over). If ``stop`` is set while waiting, every
+    dataset is reported as not run.
     """
     selected = select_datasets(spec, options.datasets)
     run_id = run_id or new_run_id()
     stop = stop or threading.Event()
     report = RunReport(run_id=run_id)
-    leases = Leases(state, [d.name for d in selected], run_id, options.lease_ttl, stop)
-    leases.acquire()
+    leases = Leases(state, [d.name for d in selected], run_id, options.lease_ttl)
+    if not leases.acquire(wait=options.wait, stop=stop):
+        report.datasets = [DatasetReport(d.name, status=INTERRUPTED,
+                                         error="not run: stopped by a signal while waiting "
+                                               "for the lease") for d in selected]
+        return report
     try:
         state.begin_run(
             run_id, datasets=[d.name for d in selected], host=socket.gethostname(),
             pid=os.getpid(),
         )
-        _run_datasets(spec, selected, state, uploader, sources, options, stop, report)
+        _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
+             report).sync(selected)
     finally:
         leases.release()
         state.end_run(run_id, status=report.status, summary=report.to_dict())
     return report
 
 
-def _run_datasets(
-    spec: Spec, selected: Sequence[DatasetSpec], state: StateStore, uploader: Uploader,
-    sources: Mapping[str, Source], options: RunOptions, stop: threading.Event, report: RunReport,
-) -> None:
-    fatal: AitemsSyncError | None = None
-    for dataset in selected:
-        if fatal is not None or stop.is_set():
-            reason = f"not run: {fatal}" if fatal else "not run: stopped by a signal"
-            report.datasets.append(
-                DatasetReport(dataset.name, status=FAILED if fatal else INTERRUPTED, error=reason)
-            )
-            continue
-        dataset_report = DatasetReport(dataset.name)
-        report.datasets.append(dataset_report)
+class _Halt:
+    """Why datasets should stop: a signal, a lost lease, or a 401/403 on another dataset."""
+
+    def __init__(self, signal: threading.Event, lease_lost: threading.Event) -> None:
+        self.signal = signal
+        self.lease_lost = lease_lost
+        self.fatal: AitemsSyncError | None = None
+        self._fatal_set = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.signal.is_set() or self.lease_lost.is_set() or self._fatal_set.is_set()
+
+    def fail_run(self, error: AitemsSyncError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+        self._fatal_set.set()
+
+    def reason(self) -> tuple[str, str] | None:
+        """(status, message) for a dataset that was halted or never started."""
+        if self.fatal is not None:
+            return FAILED, f"stopped: {self.fatal}"
+        if self.lease_lost.is_set():
+            return FAILED, "stopped: this run lost a lease to another run"
+        if self.signal.is_set():
+            return INTERRUPTED, "stopped by a signal"
+        return None
+
+
+class _Run:
+    """The datasets of one run, one after another or ``parallel`` at a time."""
+
+    def __init__(
+        self, spec: Spec, state: StateStore, uploader: Uploader, sources: Mapping[str, Source],
+        options: RunOptions, halt: _Halt, leases: Leases, report: RunReport,
+    ) -> None:
+        self.spec, self.state, self.uploader, self.sources = spec, state, uploader, sources
+        self.options, self.halt, self.leases, self.report = options, halt, leases, report
+
+    def sync(self, selected: Sequence[DatasetSpec]) -> None:
+        reports = [DatasetReport(d.name) for d in selected]
+        self.report.datasets = reports
+        parallel = max(1, min(self.options.parallel, len(selected)))
+        if parallel == 1:
+            for dataset, dataset_report in zip(selected, reports, strict=True):
+                self.one(dataset, dataset_report)
+            return
+        for name in {d.source for d in selected}:
+            _ = self.sources[name].engine  # created lazily: create it before threads share it
+        with ThreadPoolExecutor(parallel, thread_name_prefix="dataset") as pool:
+            for done in [pool.submit(self.one, d, r)
+                         for d, r in zip(selected, reports, strict=True)]:
+                done.result()
+
+    def one(self, dataset: DatasetSpec, report: DatasetReport) -> None:
+        """Sync one dataset into ``report``; its failure is recorded, never raised."""
+        reason = self.halt.reason()
+        if reason is not None:
+            report.status, message = reason
+            report.error = f"not run: {message.removeprefix('stopped: ')}"
+            return
         settings = SyncSettings(
-            run_id=report.run_id,
-            target=Target(spec.aitems.service_id, dataset.dataset_id, dataset.type),
-            batch=spec.aitems.batch,
-            full_refresh=options.full_refresh,
-            chunk_rows=options.chunk_rows,
-            mark_every=options.mark_every,
+            run_id=self.report.run_id,
+            target=Target(self.spec.aitems.service_id, dataset.dataset_id, dataset.type),
+            batch=self.spec.aitems.batch,
+            full_refresh=self.options.full_refresh,
+            chunk_rows=self.options.chunk_rows,
+            mark_every=self.options.mark_every,
         )
         try:
-            DatasetSync(dataset, settings, state, uploader, sources[dataset.source], stop,
-                        dataset_report).run()
+            DatasetSync(dataset, settings, self.state, self.uploader,
+                        self.sources[dataset.source], self.halt, report,
+                        check_lease=lambda: self.leases.check(dataset.name)).run()
         except AuthError as error:
-            fatal = error  # the same keys fail every dataset: stop the run
-            _record_failure(dataset_report, error, FAILED)
+            self.halt.fail_run(error)  # the same keys fail every dataset: stop the run
+            _record_failure(report, error, FAILED)
         except InvalidRowsError as error:
-            _record_failure(dataset_report, error, INVALID)
+            _record_failure(report, error, INVALID)
         except AitemsSyncError as error:
-            _record_failure(dataset_report, error, FAILED)
+            _record_failure(report, error, FAILED)
+        if report.status == INTERRUPTED:
+            reason = self.halt.reason()
+            if reason is not None and reason[0] == FAILED:
+                report.status, report.error = reason
 
 
 def _record_failure(report: DatasetReport, error: AitemsSyncError, status: str) -> None:
@@ -130,60 +190,3 @@ def _record_failure(report: DatasetReport, error: AitemsSyncError, status: str) 
     report.error = str(error)
     log.error("dataset %s stopped: %s", report.dataset, error,
               extra={"event": "dataset_failed", "dataset": report.dataset})
-
-
-class Leases:
-    """The run's leases on its datasets, renewed in a background thread while the run lives.
-
-    If a renewal finds the lease taken over (this process stalled past the expiry), the run is
-    asked to stop so two runs never commit to one dataset.
-    """
-
-    def __init__(
-        self, state: StateStore, datasets: Sequence[str], run_id: str, ttl: float,
-        stop: threading.Event,
-    ) -> None:
-        self._state = state
-        self._datasets = list(datasets)
-        self._owner = run_id
-        self._ttl = ttl
-        self._stop = stop
-        self._done = threading.Event()
-        self._held: list[str] = []
-        self._thread = threading.Thread(target=self._renew, name="lease-renewer", daemon=True)
-
-    def acquire(self) -> None:
-        host, pid = socket.gethostname(), os.getpid()
-        try:
-            for name in self._datasets:
-                self._state.acquire_lease(name, owner=self._owner, host=host, pid=pid,
-                                          ttl=self._ttl)
-                self._held.append(name)
-        except LockHeldError:
-            self.release()
-            raise
-        self._thread.start()
-
-    def _renew(self) -> None:
-        while not self._done.wait(self._ttl / 3):
-            for name in self._held:
-                try:
-                    still_ours = self._state.renew_lease(name, owner=self._owner, ttl=self._ttl)
-                except AitemsSyncError as error:
-                    log.warning("could not renew the lease on %s: %s", name, error)
-                    continue
-                if not still_ours:
-                    log.error("lost the lease on %s to another run: stopping", name,
-                              extra={"event": "lease_lost", "dataset": name})
-                    self._stop.set()
-
-    def release(self) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        for name in self._held:
-            try:
-                self._state.release_lease(name, owner=self._owner)
-            except AitemsSyncError as error:  # it expires on its own; say so and go on
-                log.warning("could not release the lease on %s: %s", name, error)
-        self._held = []

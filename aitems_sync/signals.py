@@ -1,7 +1,9 @@
 """SIGTERM and SIGINT during a run: stop reading, finish what is on the wire, commit, exit.
 
-The first signal sets an event the engine checks between chunks; a second one exits at once
-(still safe: the journal marks the batches that were on the wire as ambiguous for the next run).
+The first signal sets an event the engine checks before every row; the uploads on the wire then
+have ``grace`` seconds to finish and commit. A second signal, or the end of the grace period,
+exits at once: still safe, since the journal shows the batches that were on the wire and the next
+run reports them as ambiguous and sends them again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from aitems_sync.errors import EXIT_SIGINT, EXIT_SIGTERM
 log = logging.getLogger(__name__)
 
 _EXIT_CODES = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGINT: EXIT_SIGINT}
+#: Seconds the uploads on the wire get after the first signal; below Kubernetes' default
+#: terminationGracePeriodSeconds (30), so the run exits with its own code before SIGKILL.
+DEFAULT_GRACE = 25.0
 
 
 @dataclass
@@ -31,23 +36,39 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
-    """Install the handlers for the body of a run; restore the previous ones after."""
+def stop_on_signals(grace: float = DEFAULT_GRACE) -> Iterator[StopRequest]:
+    """Install the handlers for the body of a run; restore the previous ones after.
+
+    Must be entered on the main thread (Python delivers signals there).
+    """
     request = StopRequest()
+    timers: list[threading.Timer] = []
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         code = _EXIT_CODES[signal.Signals(signum)]
         if request.event.is_set():
-            log.error("second signal: exiting now; the next run re-sends what was on the wire")
-            os._exit(code)
+            _exit_now(code, "second signal")
         request.exit_code = code
         request.event.set()
-        log.warning("%s: finishing the uploads on the wire, committing, then exiting",
-                    signal.Signals(signum).name, extra={"event": "stopping"})
+        log.warning("%s: finishing the uploads on the wire (up to %g s), committing, then "
+                    "exiting", signal.Signals(signum).name, grace, extra={"event": "stopping"})
+        timer = threading.Timer(grace, _exit_now, (code, f"grace period of {grace:g} s over"))
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
 
     previous = {s: signal.signal(s, handle) for s in _EXIT_CODES}
     try:
         yield request
     finally:
+        for timer in timers:
+            timer.cancel()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _exit_now(code: int, why: str) -> None:
+    log.error("%s: exiting now; the next run reports the batches that were on the wire as "
+              "ambiguous and sends them again", why, extra={"event": "abort"})
+    logging.shutdown()
+    os._exit(code)
