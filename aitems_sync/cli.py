@@ -152,6 +152,27 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
 
 
 @main_group.command()
+@click.argument("datasets", nargs=-1)
+@click.option("--full-refresh", is_flag=True,
+              help="Plan a full refresh: every row is read and compared with the ledger.")
+@click.option("--exit-code", is_flag=True,
+              help="Exit 1 when there is something to send (for CI), 0 when nothing.")
+@click.pass_obj
+def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code: bool) -> None:
+    """Dry run: per dataset the rows new, changed, unchanged and invalid, and the batches a run
+    would send now. Uploads nothing, writes nothing to the state store, takes no lease."""
+    from aitems_sync import commands
+
+    report = commands.plan(ctx.config, datasets=datasets, full_refresh=full_refresh)
+    if ctx.json_output:
+        click.echo(json.dumps(report.to_dict(), default=str))
+    else:
+        click.echo(render.run_summary(report, planned=True))
+    pending = any(d.sent or d.batches for d in report.datasets)
+    sys.exit(report.exit_code or (1 if exit_code and pending else 0))
+
+
+@main_group.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8787, show_default=True, help="Port to listen on (0: any free).")
 @click.option(

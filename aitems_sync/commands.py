@@ -128,6 +128,16 @@ def run(
             client.close()
 
 
+def plan(config: Path, *, datasets: Sequence[str] = (), full_refresh: bool = False
+         ) -> RunReport:
+    """What ``run`` would send now, without sending or writing anything; see ``engine.plan``."""
+    spec = load_spec(config)
+    options = engine.RunOptions(datasets=tuple(datasets), full_refresh=full_refresh)
+    engine.select_datasets(spec, options.datasets)
+    with open_state(spec) as state, open_sources(spec) as sources:
+        return engine.plan(spec, state=state, sources=sources, options=options)
+
+
 @contextmanager
 def open_state(spec: Spec) -> Iterator[StateStore]:
     """The spec's state store, closed on exit."""

@@ -24,7 +24,7 @@ import orjson
 from aitems_sync.delivery import Target, Uploader
 from aitems_sync.delta import Batch, BatchBuilder, cursor_position, mark_of, row_hash
 from aitems_sync.errors import AitemsSyncError, InvalidRowsError
-from aitems_sync.pipeline import Window, show
+from aitems_sync.pipeline import DryWindow, Window, show
 from aitems_sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
 from aitems_sync.shape import Shaper
 from aitems_sync.source import Extraction, Source
@@ -52,6 +52,7 @@ class SyncSettings:
     full_refresh: bool = False
     chunk_rows: int = 1000
     mark_every: int = 10_000
+    dry_run: bool = False  # plan: read, shape and diff, but upload and write nothing
 
 
 def _no_check() -> None:
@@ -158,7 +159,9 @@ class DatasetSync:
             raise
         self.window.drain(final=True)
 
-    def _window(self) -> Window:
+    def _window(self) -> Window | DryWindow:
+        if self.settings.dry_run:
+            return DryWindow(self.report)
         return Window(
             self.dataset, self.settings.run_id, self.settings.target,
             self.settings.batch.in_flight, self.state, self.uploader, self.report,
@@ -167,7 +170,8 @@ class DatasetSync:
 
     def _after_stream(self) -> None:
         dataset, report = self.dataset, self.report
-        if self.is_interaction and self.use_ledger and self.last_mark is not None:
+        if (self.is_interaction and self.use_ledger and self.last_mark is not None
+                and not self.settings.dry_run):
             self._prune_ledger()
         if report.status == INTERRUPTED:
             return
@@ -294,7 +298,7 @@ class DatasetSync:
                 ambiguous.first_cursor, ambiguous.last_cursor,
                 extra={"event": "ambiguous_batch", "dataset": self.dataset.name},
             )
-        if leftovers:
+        if leftovers and not self.settings.dry_run:
             self.state.mark_ambiguous(self.dataset.name, [r.batch_id for r in leftovers])
 
     def _prune_ledger(self) -> None:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aitems_sync.dataset_sync import DatasetSync, SyncSettings
-from aitems_sync.delivery import Target, Uploader
+from aitems_sync.delivery import Target, Uploader, UploadOutcome
 from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, UsageError
 from aitems_sync.leases import Leases
 from aitems_sync.report import FAILED, INTERRUPTED, INVALID, DatasetReport, RunReport
@@ -160,14 +160,7 @@ class _Run:
             report.status, message = reason
             report.error = f"not run: {message.removeprefix('stopped: ')}"
             return
-        settings = SyncSettings(
-            run_id=self.report.run_id,
-            target=Target(self.spec.aitems.service_id, dataset.dataset_id, dataset.type),
-            batch=self.spec.aitems.batch,
-            full_refresh=self.options.full_refresh,
-            chunk_rows=self.options.chunk_rows,
-            mark_every=self.options.mark_every,
-        )
+        settings = _settings(self.spec, dataset, self.options, self.report.run_id)
         try:
             DatasetSync(dataset, settings, self.state, self.uploader,
                         self.sources[dataset.source], self.halt, report,
@@ -190,3 +183,50 @@ def _record_failure(report: DatasetReport, error: AitemsSyncError, status: str) 
     report.error = str(error)
     log.error("dataset %s stopped: %s", report.dataset, error,
               extra={"event": "dataset_failed", "dataset": report.dataset})
+
+
+def _settings(spec: Spec, dataset: DatasetSpec, options: RunOptions, run_id: str,
+              *, dry_run: bool = False) -> SyncSettings:
+    return SyncSettings(
+        run_id=run_id,
+        target=Target(spec.aitems.service_id, dataset.dataset_id, dataset.type),
+        batch=spec.aitems.batch,
+        full_refresh=options.full_refresh,
+        chunk_rows=options.chunk_rows,
+        mark_every=options.mark_every,
+        dry_run=dry_run,
+    )
+
+
+class _NoUploads:
+    """The uploader of a dry run, which never uploads."""
+
+    def upload_encoded(self, service_id: str, dataset_id: str, dataset_type: str,
+                       rows: Sequence[bytes]) -> UploadOutcome:
+        raise AssertionError("a dry run must not upload")  # a bug, not an operator error
+
+
+def plan(
+    spec: Spec,
+    *,
+    state: StateStore,
+    sources: Mapping[str, Source],
+    options: RunOptions = RunOptions(),
+) -> RunReport:
+    """What a run would do now, per dataset: the rows new, changed, unchanged and invalid, and
+    the batches and rows it would send. Reads the delta and the ledger; uploads nothing, writes
+    nothing to the state store and takes no lease.
+    """
+    report = RunReport(run_id="plan")
+    for dataset in select_datasets(spec, options.datasets):
+        dataset_report = DatasetReport(dataset.name)
+        report.datasets.append(dataset_report)
+        settings = _settings(spec, dataset, options, report.run_id, dry_run=True)
+        try:
+            DatasetSync(dataset, settings, state, _NoUploads(), sources[dataset.source],
+                        threading.Event(), dataset_report).run()
+        except InvalidRowsError as error:
+            _record_failure(dataset_report, error, INVALID)
+        except AitemsSyncError as error:
+            _record_failure(dataset_report, error, FAILED)
+    return report

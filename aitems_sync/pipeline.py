@@ -204,3 +204,29 @@ class Window:
 def show(mark: Mark | None) -> str | None:
     """A mark's cursor value as the report shows it."""
     return None if mark is None else str(mark.cursor)
+
+
+class DryWindow:
+    """The window of a dry run (``plan``): counts the batches it would send, writes nothing.
+
+    Nothing commits, so the caller keeps every cut batch's hashes as its near-future ledger:
+    the counts equal what a run would send, at the cost of memory growing with the delta's keys.
+    """
+
+    def __init__(self, report: DatasetReport) -> None:
+        self.report = report
+
+    def __enter__(self) -> DryWindow:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+    def emit(self, batch: Batch) -> None:
+        """Count a batch that a run would upload (one without rows would only move the mark)."""
+        if not batch.empty:
+            self.report.batches += 1
+            self.report.sent += len(batch.rows)
+
+    def drain(self, *, final: bool) -> None:
+        """Nothing is in flight in a dry run."""

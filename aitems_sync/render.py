@@ -8,15 +8,23 @@ _COLUMNS = ("dataset", "status", "read", "new", "changed", "unchanged", "invalid
             "batches", "ambiguous", "seconds")
 
 
-def run_summary(report: RunReport) -> str:
-    """A table of per-dataset counts, then the errors and ambiguous batches, if any."""
-    rows = [_COLUMNS]
+def run_summary(report: RunReport, *, planned: bool = False) -> str:
+    """A table of per-dataset counts, then the errors and ambiguous batches, if any.
+
+    For a plan, ``sent`` and ``batches`` are what a run would send now.
+    """
+    columns: tuple[str, ...] = _COLUMNS
+    if planned:
+        columns = tuple({"sent": "to send", "batches": "batches to send"}.get(c, c)
+                        for c in _COLUMNS)
+    rows = [columns]
     for d in report.datasets:
         rows.append((d.dataset, d.status, str(d.read), str(d.new), str(d.changed),
                      str(d.unchanged), str(d.invalid), str(d.sent), str(d.batches),
                      str(len(d.ambiguous)), f"{d.seconds:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    lines = [f"run {report.run_id}: {report.status}"]
+    lines = ["plan (nothing sent or written)" if planned
+             else f"run {report.run_id}: {report.status}"]
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
