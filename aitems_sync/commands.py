@@ -7,6 +7,7 @@ AiTEMS client), calls the engine, closes everything, and returns data for the CL
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -122,10 +123,15 @@ def run(
     with open_state(spec) as state, open_sources(spec) as sources:
         client = AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2))
         try:
-            return engine.run(spec, state=state, uploader=client, sources=sources,
-                              options=options, stop=stop)
+            report = engine.run(spec, state=state, uploader=client, sources=sources,
+                                options=options, stop=stop)
         finally:
             client.close()
+    if spec.metrics.pushgateway:
+        from aitems_sync.metrics import push_run_metrics
+
+        push_run_metrics(report, spec.metrics, now=time.time())
+    return report
 
 
 def plan(config: Path, *, datasets: Sequence[str] = (), full_refresh: bool = False

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from aitems_sync.cli import main_group
+from aitems_sync.emulator import EmulatorServer
 from aitems_sync.metrics import push_run_metrics
 from aitems_sync.report import FAILED, OK, AmbiguousBatch, DatasetReport, RunReport
 from aitems_sync.spec import MetricsConfig
 from tests import pushgateway
 from tests.conftest import IN_CI
+from tests.shop import Shop, customer_rows, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +82,19 @@ def test_an_unreachable_gateway_is_logged_not_fatal(caplog: pytest.LogCaptureFix
                      now=0.0, timeout=2)
 
     assert "could not push metrics for users" in caplog.text
+
+
+def test_run_pushes_its_figures_when_a_pushgateway_is_configured(
+        gateway: str, tmp_path: Path, emulator: EmulatorServer) -> None:
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.add_customers(customer_rows(12))
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=shop.url,
+                      state_url=f"sqlite:///{tmp_path / 'state.db'}")
+    spec.write_text(spec.read_text() + f"metrics: {{pushgateway: '{gateway}', job: e2e}}\n")
+
+    result = CliRunner().invoke(main_group, ["--config", str(spec), "run", "users"])
+
+    assert result.exit_code == 0, result.output
+    text = urllib.request.urlopen(gateway + "/metrics", timeout=5).read().decode()
+    assert 'aitems_sync_rows_sent{dataset="users",instance="",job="e2e"} 12' in text
+    shop.close()
