@@ -89,7 +89,7 @@ def state_set(ctx: Context, dataset: str, cursor: str, kind: str) -> None:
 
 @click.group()
 def quarantine() -> None:
-    """List, show, export and drop the rows that failed validation."""
+    """List, show, export, retry and drop the rows that failed validation."""
 
 
 @quarantine.command("list")
@@ -130,6 +130,25 @@ def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
         for record in admin.quarantine_list(store, dataset):
             output.write(json.dumps(admin.quarantine_record_dict(record), default=str,
                                     ensure_ascii=False) + "\n")
+
+
+@quarantine.command("retry")
+@click.argument("datasets", nargs=-1)
+@click.pass_obj
+def quarantine_retry(ctx: Context, datasets: tuple[str, ...]) -> None:
+    """Re-shape and re-validate quarantined rows (of DATASETS, or all) with the current spec
+    and send those that now pass; rows superseded by a later delivered version are dropped."""
+    from aitems_sync import commands
+    from aitems_sync.retry import report_dict
+
+    reports = commands.quarantine_retry(ctx.config, datasets=datasets)
+    if ctx.json_output:
+        _echo_json([report_dict(r) for r in reports])
+        return
+    for r in reports:
+        click.echo(f"{r.dataset}: {r.checked} quarantined, sent {r.sent}, still invalid "
+                   f"{r.still_invalid}, refused again {r.refused}, dropped as already "
+                   f"delivered {r.already_delivered}, dropped as superseded {r.superseded}")
 
 
 @quarantine.command("drop")

@@ -17,6 +17,7 @@ from aitems_sync import engine
 from aitems_sync.client import AitemsClient
 from aitems_sync.errors import SpecError, SpecProblem
 from aitems_sync.report import RunReport
+from aitems_sync.retry import RetryReport, retry_quarantine
 from aitems_sync.shape import Shaper
 from aitems_sync.source import Source
 from aitems_sync.spec import Spec, load_spec
@@ -142,6 +143,20 @@ def plan(config: Path, *, datasets: Sequence[str] = (), full_refresh: bool = Fal
     engine.select_datasets(spec, options.datasets)
     with open_state(spec) as state, open_sources(spec) as sources:
         return engine.plan(spec, state=state, sources=sources, options=options)
+
+
+def quarantine_retry(config: Path, *, datasets: Sequence[str] = ()) -> list[RetryReport]:
+    """Re-shape quarantined rows with the current spec and send those that now pass."""
+    spec = load_spec(config)
+    selected = engine.select_datasets(spec, datasets)
+    reports = []
+    with open_state(spec) as state, open_sources(spec) as sources, \
+            AitemsClient.from_config(spec.aitems) as client:
+        for dataset in selected:
+            reports.append(retry_quarantine(
+                spec, dataset, state=state, uploader=client,
+                timezone=sources[dataset.source].timezone, run_id=engine.new_run_id()))
+    return reports
 
 
 @contextmanager

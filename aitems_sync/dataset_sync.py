@@ -22,7 +22,14 @@ from typing import Any, Protocol
 import orjson
 
 from aitems_sync.delivery import Target, Uploader
-from aitems_sync.delta import Batch, BatchBuilder, cursor_position, mark_of, row_hash
+from aitems_sync.delta import (
+    Batch,
+    BatchBuilder,
+    cursor_position,
+    encode_row,
+    mark_of,
+    row_hash,
+)
 from aitems_sync.errors import AitemsSyncError, InvalidRowsError
 from aitems_sync.pipeline import DryWindow, Window, show
 from aitems_sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
@@ -67,6 +74,7 @@ class _Row:
     encoded: bytes | None = None
     entry: LedgerEntry | None = None
     key: Any = None
+    rejected_key_hash: int | None = None  # of an invalid row's coerced key, to note the ledger
 
 
 @dataclass
@@ -191,7 +199,8 @@ class DatasetSync:
         rows = [self._shape(raw) for raw in chunk]
         ledger: dict[int, int] = {}
         if self.use_ledger:
-            hashes = [r.entry.key_hash for r in rows if r.entry is not None]
+            hashes = [h for r in rows if (h := r.entry.key_hash if r.entry is not None
+                                          else r.rejected_key_hash) is not None]
             ledger = self.state.ledger_lookup(self.dataset.name, hashes) if hashes else {}
         stop = self.stop
         for index, row in enumerate(rows):
@@ -205,27 +214,36 @@ class DatasetSync:
     def _shape(self, raw: Sequence[Any]) -> _Row:
         values = self.shaper.shape(raw)
         if values is None:
-            return _Row(raw)
-        names = self.shaper.field_names
-        encoded = orjson.dumps(dict(zip(names, values, strict=True)))
-        payload = row_hash(encoded)
-        if self.is_interaction:
-            key_hash, key = payload, None
-        else:
+            return _Row(raw, rejected_key_hash=self._rejected_key_hash(raw))
+        encoded, key_hash, payload = encode_row(
+            self.shaper.field_names, values,
+            None if self.is_interaction else self.key_positions)
+        key = None
+        if not self.is_interaction:
             key_values = [values[i] for i in self.key_positions]
-            key_hash = row_hash(orjson.dumps(key_values))
             key = key_values[0] if len(key_values) == 1 else key_values
         position = None
         if self.is_interaction:
             position = cursor_position(raw[self.extraction.cursor_index], self.source.timezone)
         return _Row(raw, encoded, LedgerEntry(key_hash, payload, position), key)
 
+    def _rejected_key_hash(self, raw: Sequence[Any]) -> int | None:
+        """The key hash an invalid row would have, so its quarantine record can note what the
+        ledger held for the key then (``quarantine retry`` compares). Interactions have none."""
+        if self.is_interaction:
+            return None
+        coerced = self.shaper.coerce(raw)
+        try:
+            return row_hash(orjson.dumps([coerced[i] for i in self.key_positions]))
+        except TypeError:
+            return None
+
     def _route(self, row: _Row, ledger: dict[int, int]) -> None:
         report = self.report
         report.read += 1
         mark = mark_of(row.raw, self.extraction.cursor_index, self.extraction.key_indices)
         if row.entry is None or row.encoded is None:
-            self._reject(row, mark)
+            self._reject(row, mark, ledger)
         elif self._already_delivered(row.entry, ledger, mark):
             report.unchanged += 1
             self.builder.skip()
@@ -253,7 +271,7 @@ class DatasetSync:
         return self.settings.full_refresh and self.is_interaction and _at_or_before(
             mark, self.old_mark)
 
-    def _reject(self, row: _Row, mark: Mark) -> None:
+    def _reject(self, row: _Row, mark: Mark, ledger: dict[int, int]) -> None:
         errors = [{"path": e.path, "message": e.message} for e in self.shaper.explain(row.raw)]
         key = dict(zip(self.dataset.key_fields, mark.key, strict=False))
         self.report.invalid += 1
@@ -268,6 +286,8 @@ class DatasetSync:
         self.builder.reject(QuarantineEntry(
             dataset=self.dataset.name, run_id=self.settings.run_id, key=key,
             raw=dict(zip(columns, row.raw, strict=False)), errors=errors, origin="local",
+            ledger_hash=None if row.rejected_key_hash is None else ledger.get(
+                row.rejected_key_hash),
         ))
 
     # -- batches -------------------------------------------------------------------------

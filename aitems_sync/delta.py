@@ -14,6 +14,8 @@ from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry
 
 #: Bytes of ``{"type":"interaction","value":[]}`` rounded up: the body around the rows.
@@ -27,6 +29,20 @@ def row_hash(data: bytes) -> int:
     2**-64 event per comparison, which we accept and document.
     """
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def encode_row(field_names: Sequence[str], values: Sequence[Any],
+               key_positions: Sequence[int] | None) -> tuple[bytes, int, int]:
+    """A shaped row's JSON (keys in schema order), its key hash and its payload hash.
+
+    ``key_positions`` None means the whole row is the key (interactions): both hashes are the
+    payload's.
+    """
+    encoded = orjson.dumps(dict(zip(field_names, values, strict=True)))
+    payload = row_hash(encoded)
+    if key_positions is None:
+        return encoded, payload, payload
+    return encoded, row_hash(orjson.dumps([values[i] for i in key_positions])), payload
 
 
 def cursor_position(value: Any, timezone: tzinfo) -> float | None:

@@ -179,13 +179,19 @@ class Window:
                             extra={"event": "batch_abandoned", "dataset": self.dataset.name})
 
     def _server_rejections(self, batch: Batch, delivery: Delivery) -> list[QuarantineEntry]:
+        if not delivery.rejected:
+            return []
+        # What the ledger holds for the refused keys now, for `quarantine retry` to compare.
+        hashes = [batch.ledger[index].key_hash for index, _ in delivery.rejected]
+        ledger = self.state.ledger_lookup(self.dataset.name, hashes)
         entries = []
-        for index, answer in delivery.rejected:
+        for (index, answer), key_hash in zip(delivery.rejected, hashes, strict=True):
             sent = orjson.loads(batch.rows[index])
             key = {k: sent.get(k) for k in self.dataset.key_fields}
             entries.append(QuarantineEntry(
                 dataset=self.dataset.name, run_id=self.run_id, key=key, raw=sent,
                 errors=[{"path": "$", "message": answer}], origin="server",
+                ledger_hash=None if self.dataset.type == "interaction" else ledger.get(key_hash),
             ))
         return entries
 

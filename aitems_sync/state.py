@@ -251,11 +251,13 @@ class StateStore:
         ledger: Sequence[LedgerEntry],
         mark: Mark | None,
         quarantine: Sequence[QuarantineEntry] = (),
+        resolved: Sequence[int] = (),
     ) -> None:
         """Commit an acknowledged batch in ONE transaction, all or nothing.
 
         The journal row becomes ``committed`` (when ``batch_id`` is given), the ledger entries
-        are upserted, the mark moves (when not None) and the quarantined rows are stored.
+        are upserted, the mark moves (when not None), the quarantined rows are stored, and the
+        quarantine rows ``resolved`` (sent by ``quarantine retry``) are deleted.
         """
         dataset_id = self._known_id(dataset)
         now = self._clock()
@@ -276,6 +278,8 @@ class StateStore:
                 self._put_mark(conn, dataset_id, mark)
             if rejected:
                 conn.execute(sa.insert(t.quarantine), rejected)
+            for chunk in se.chunks(resolved):
+                conn.execute(sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk)))
 
     def _set_status(self, conn: sa.Connection, dataset_id: int, ids: Sequence[int], status: str,
                     now: datetime, *, only_sending: bool = False) -> int:

@@ -49,6 +49,7 @@ class QuarantineEntry:
     raw: Mapping[str, Any]
     errors: Sequence[Mapping[str, str]]
     origin: str = "local"
+    ledger_hash: int | None = None  # the ledger's payload hash for the key when rejected
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class QuarantineRecord:
     errors: list[dict[str, str]]
     origin: str
     created_at: datetime
+    ledger_hash: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def quarantine_row(entry: QuarantineEntry, dataset_id: int, now: datetime) -> di
         "errors": dumps(errors),
         "origin": entry.origin,
         "created_at": now,
+        "ledger_hash": entry.ledger_hash,
     }
 
 
@@ -143,6 +146,7 @@ def quarantine_record(row: Any) -> QuarantineRecord:
         errors=loads(row.errors),
         origin=row.origin,
         created_at=row.created_at,
+        ledger_hash=row.ledger_hash,
     )
 
 

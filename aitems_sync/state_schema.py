@@ -159,6 +159,10 @@ quarantine = sa.Table(
     sa.Column("errors", _JSON, nullable=False),
     sa.Column("origin", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # Version 2: the ledger's payload hash for the row's key when it was rejected (None: the
+    # key had never been delivered). `quarantine retry` sends the row only if the ledger still
+    # holds that value: otherwise a later version of the key was delivered since.
+    sa.Column("ledger_hash", sa.BigInteger, nullable=True),
     sa.CheckConstraint("origin IN ('local', 'server')", name="quarantine_origin"),
     **_MYSQL_TABLE,
 )
@@ -179,9 +183,16 @@ _VERSION_1_TABLES = (datasets, runs, marks, ledger, batches, quarantine, leases)
 
 
 def _create_version_1(conn: sa.Connection) -> None:
-    # These are the current definitions; when version 2 changes a table, freeze version 1's
-    # DDL here so that a fresh store built by 1 then 2 equals an upgraded one.
+    # These are the current definitions: a fresh store gets version 2's columns here already,
+    # and each later step adds its columns only where they are missing, so a fresh store built
+    # by 1 then 2 equals an upgraded one.
     metadata.create_all(conn, tables=list(_VERSION_1_TABLES))
+
+
+def _add_quarantine_ledger_hash(conn: sa.Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("quarantine")}
+    if "ledger_hash" not in columns:
+        conn.execute(sa.text("ALTER TABLE quarantine ADD COLUMN ledger_hash BIGINT"))
 
 
 # MySQL commits each DDL statement at once: a step that fails half-way stays half done there.
@@ -190,6 +201,7 @@ Migration = Callable[[sa.Connection], None]
 
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _create_version_1),
+    (2, _add_quarantine_ledger_hash),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

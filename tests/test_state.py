@@ -552,6 +552,25 @@ def test_opening_twice_keeps_the_data_and_the_version(store_url: str) -> None:
     engine.dispose()
 
 
+def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str) -> None:
+    with StateStore.open(store_url) as store:
+        store.set_mark("users", Mark(cursor=5, key=("u5",)))
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:  # what version 1 left: no quarantine.ledger_hash
+        conn.execute(sa.text("ALTER TABLE quarantine DROP COLUMN ledger_hash"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 1"))
+
+    with StateStore.open(store_url) as store:
+        store.add_quarantine([QuarantineEntry("users", "r", {"USER_ID": "u1"}, {"id": "u1"},
+                                              [], ledger_hash=42)])
+        [record] = store.quarantined("users")
+        assert store.get_mark("users") == Mark(cursor=5, key=("u5",))
+    assert record.ledger_hash == 42
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 2
+    engine.dispose()
+
+
 def test_a_store_from_a_newer_version_is_refused(store_url: str) -> None:
     StateStore.open(store_url).close()
     engine = sa.create_engine(store_url)
