@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ class Context:
     config: Path
     json_output: bool
     debug: bool
+    log_format: str = "text"
+
+    @property
+    def show_progress(self) -> bool:
+        """A progress display only for a person at a terminal reading text."""
+        return not self.json_output and self.log_format == "text" and sys.stderr.isatty()
 
 
 def _setup_logging(level: str, fmt: str) -> None:
@@ -86,7 +93,8 @@ def main_group(
 ) -> None:
     """Keep NAVER Cloud AiTEMS datasets fed from SQL databases, incrementally."""
     _setup_logging("debug" if debug else log_level, log_format)
-    ctx.obj = Context(config=config, json_output=json_output, debug=debug)
+    ctx.obj = Context(config=config, json_output=json_output, debug=debug,
+                      log_format=log_format)
 
 
 @main_group.command()
@@ -138,10 +146,15 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
     """
     from aitems_sync import commands
 
-    with signals.stop_on_signals(grace) as stop:
+    with signals.stop_on_signals(grace) as stop, ExitStack() as display:
+        progress = None
+        if ctx.show_progress:
+            from aitems_sync.progress import terminal_progress
+
+            progress = display.enter_context(terminal_progress(sys.stderr))
         report = commands.run(ctx.config, datasets=datasets, full_refresh=full_refresh,
                               stop=stop.event, lease_ttl=lease_ttl, wait=wait,
-                              parallel=parallel)
+                              parallel=parallel, progress=progress)
         if stop.exit_code is not None:
             report.interrupted_exit_code = stop.exit_code
     if ctx.json_output:

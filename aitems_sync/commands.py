@@ -111,6 +111,7 @@ def run(
     lease_ttl: float | None = None,
     wait: float | None = None,
     parallel: int = 1,
+    progress: engine.Progress | None = None,
 ) -> RunReport:
     """Load the spec and run the sync once; see ``engine.run`` and ``engine.RunOptions``."""
     spec = load_spec(config)
@@ -125,7 +126,7 @@ def run(
         client = AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2))
         try:
             report = engine.run(spec, state=state, uploader=client, sources=sources,
-                                options=options, stop=stop)
+                                options=options, stop=stop, progress=progress)
         finally:
             client.close()
     if spec.metrics.pushgateway:

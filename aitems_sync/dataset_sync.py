@@ -106,6 +106,7 @@ class DatasetSync:
         self, dataset: DatasetSpec, settings: SyncSettings, state: StateStore,
         uploader: Uploader, source: Source, stop: StopFlag, report: DatasetReport,
         check_lease: Callable[[], None] = _no_check,
+        progress: Callable[[DatasetReport], None] | None = None,
     ) -> None:
         self.dataset = dataset
         self.settings = settings
@@ -115,6 +116,7 @@ class DatasetSync:
         self.stop = stop
         self.report = report
         self.check_lease = check_lease
+        self.progress = progress
         self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes)
         self.inflight = _Inflight()
         self.is_interaction = dataset.type == "interaction"
@@ -152,6 +154,8 @@ class DatasetSync:
                 if not self._take_chunk(chunk):
                     self.report.status = INTERRUPTED
                     break
+                if self.progress is not None:
+                    self.progress(self.report)
             else:
                 if self.builder.pending_rows:
                     self._emit(self.builder.cut(self.last_mark))
@@ -166,6 +170,8 @@ class DatasetSync:
                               extra={"event": "batch_failed", "dataset": self.dataset.name})
             raise
         self.window.drain(final=True)
+        if self.progress is not None:
+            self.progress(self.report)  # the last batches committed after the last chunk
 
     def _window(self) -> Window | DryWindow:
         if self.settings.dry_run:

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,6 +32,13 @@ from aitems_sync.spec import DatasetSpec, Spec
 from aitems_sync.state import StateStore
 
 log = logging.getLogger(__name__)
+
+#: Told a dataset's report after every chunk of rows, from the thread syncing that dataset.
+Progress = Callable[[DatasetReport], None]
+
+
+def _no_progress(_report: DatasetReport) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,11 @@ def run(
     options: RunOptions = RunOptions(),
     stop: threading.Event | None = None,
     run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> RunReport:
     """Sync the selected datasets once and report what happened; see ``RunReport.exit_code``.
+
+    ``progress`` is called with a dataset's report after every chunk of rows (for a display).
 
     Raises LockHeldError (exit 75) when another run holds one of the datasets, before any work
     (with ``options.wait``, only once the wait is over). If ``stop`` is set while waiting, every
@@ -93,7 +103,7 @@ def run(
             pid=os.getpid(),
         )
         _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
-             report).sync(selected)
+             report, progress or _no_progress).sync(selected)
     finally:
         leases.release()
         state.end_run(run_id, status=report.status, summary=report.to_dict())
@@ -133,10 +143,11 @@ class _Run:
 
     def __init__(
         self, spec: Spec, state: StateStore, uploader: Uploader, sources: Mapping[str, Source],
-        options: RunOptions, halt: _Halt, leases: Leases, report: RunReport,
+        options: RunOptions, halt: _Halt, leases: Leases, report: RunReport, progress: Progress,
     ) -> None:
         self.spec, self.state, self.uploader, self.sources = spec, state, uploader, sources
         self.options, self.halt, self.leases, self.report = options, halt, leases, report
+        self.progress = progress
 
     def sync(self, selected: Sequence[DatasetSpec]) -> None:
         reports = [DatasetReport(d.name) for d in selected]
@@ -164,7 +175,8 @@ class _Run:
         try:
             DatasetSync(dataset, settings, self.state, self.uploader,
                         self.sources[dataset.source], self.halt, report,
-                        check_lease=lambda: self.leases.check(dataset.name)).run()
+                        check_lease=lambda: self.leases.check(dataset.name),
+                        progress=self.progress).run()
         except AuthError as error:
             self.halt.fail_run(error)  # the same keys fail every dataset: stop the run
             _record_failure(report, error, FAILED)
