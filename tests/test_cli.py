@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -92,20 +93,32 @@ def test_run_with_an_unknown_dataset_is_a_usage_error() -> None:
     assert "unknown dataset nope: the spec defines users, items, events" in result.stderr
 
 
-def _commands() -> list[str]:
-    return sorted(main_group.commands)
+def _commands() -> list[tuple[str, click.Command]]:
+    """Every command and subcommand, as `aitems-sync NAME...` would run it."""
+    found = []
+
+    def walk(prefix: str, group: click.Group) -> None:
+        for name, command in sorted(group.commands.items()):
+            found.append((f"{prefix} {name}", command))
+            if isinstance(command, click.Group):
+                walk(f"{prefix} {name}", command)
+
+    walk("aitems-sync", main_group)
+    return found
 
 
-@pytest.mark.parametrize("name", _commands())
-def test_every_command_and_option_has_help_and_a_readme_mention(name: str) -> None:
-    command = main_group.commands[name]
+@pytest.mark.parametrize(("name", "command"), _commands(), ids=[n for n, _ in _commands()])
+def test_every_command_and_option_has_help_and_a_readme_mention(
+        name: str, command: click.Command) -> None:
     readme = (ROOT / "README.md").read_text()
 
     assert command.help, f"{name} has no help text"
-    assert f"aitems-sync {name}" in readme, f"README does not mention `aitems-sync {name}`"
+    assert f"`{name}" in readme, f"README does not mention `{name}`"
     for param in command.params:
-        if isinstance(param, __import__("click").Option):
+        if isinstance(param, click.Option):
             assert param.help, f"{name} {param.opts} has no help text"
+            assert any(opt in readme for opt in param.opts if opt.startswith("--")), \
+                f"README does not mention {name} {param.opts}"
 
 
 def test_demo_runs_end_to_end_and_shows_only_the_delta_second(tmp_path: Path) -> None:
