@@ -8,22 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from aitems_sync.client import AitemsClient
 from aitems_sync.errors import UsageError
 from aitems_sync.spec import DatasetSpec, Spec
-from aitems_sync.state import (
-    BatchRecord,
-    LeaseHolder,
-    Mark,
-    QuarantineRecord,
-    RunRecord,
-    StateStore,
-    encode_value,
-)
+from aitems_sync.state_records import BatchRecord, LeaseHolder, QuarantineRecord, RunRecord
+from aitems_sync.values import Mark, encode_value
+
+if TYPE_CHECKING:  # SQLAlchemy and requests load only for the commands that use them
+    from aitems_sync.client import AitemsClient
+    from aitems_sync.state import StateStore
 
 #: Cursor types ``state set`` can parse a value into.
 CURSOR_TYPES = ("auto", "str", "int", "decimal", "date", "datetime")
@@ -218,6 +212,8 @@ def schema_pull(spec: Spec, client: AitemsClient, name: str) -> str:
         if field.get("categorical"):
             entry["categorical"] = True
         fields.append(entry)
+    import yaml
+
     header = (f"# schema {schema.get('name')} of AiTEMS dataset {dataset.dataset_id} "
               f"({schema.get('datasetType')})\n")
     return header + yaml.safe_dump({"fields": fields}, sort_keys=False,
