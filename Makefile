@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict aitems_sync
 	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) state/*.db* examples/data/*.db
