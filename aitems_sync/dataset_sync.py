@@ -131,10 +131,10 @@ class DatasetSync:
             self._report_leftovers()
             self.old_mark = self.state.get_mark(self.dataset.name)
             mark = None if self.settings.full_refresh else self.old_mark
-            # Interaction rows outside the lookback window are excluded by the mark alone, so
-            # their ledger is only consulted when something put entries there.
-            self.use_ledger = not self.is_interaction or self.state.ledger_size(
-                self.dataset.name) > 0 or self.dataset.lookback > timedelta(0)
+            # Interaction rows outside the lookback window are excluded by the mark alone: such
+            # a dataset keeps no ledger, and consults one only if a failed run left entries.
+            self.keeps_ledger = not self.is_interaction or self.dataset.lookback > timedelta(0)
+            self.use_ledger = self.keeps_ledger or self.state.has_ledger(self.dataset.name)
             with self._window() as self.window, self.source.extract(
                 self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
                 mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
@@ -180,6 +180,7 @@ class DatasetSync:
             self.dataset, self.settings.run_id, self.settings.target,
             self.settings.batch.in_flight, self.state, self.uploader, self.report,
             check_lease=self.check_lease, on_commit=self.inflight.committed.append,
+            keep_ledger=self.keeps_ledger,
         )
 
     def _after_stream(self) -> None:

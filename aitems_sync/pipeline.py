@@ -47,13 +47,17 @@ class Window:
 
     ``check_lease`` is called before every write and raises when the run lost the dataset's
     lease: from then on another run owns the dataset and this one must not commit.
-    ``on_commit`` is told each batch whose commit made it part of the ledger.
+    ``on_commit`` is told each batch whose commit made it part of the ledger. Without
+    ``keep_ledger`` (an interaction dataset with no lookback: the mark alone excludes what was
+    sent) in-order commits write no ledger entries; batches acknowledged after a failure still
+    do, since the mark does not cover them and the re-run must not send them again.
     """
 
     def __init__(
         self, dataset: DatasetSpec, run_id: str, target: Target, in_flight: int,
         state: StateStore, uploader: Uploader, report: DatasetReport,
         check_lease: Callable[[], None], on_commit: Callable[[Batch], None],
+        keep_ledger: bool = True,
     ) -> None:
         self.dataset = dataset
         self.run_id = run_id
@@ -64,6 +68,7 @@ class Window:
         self.report = report
         self.check_lease = check_lease
         self.on_commit = on_commit
+        self.keep_ledger = keep_ledger
         self._slots: deque[_Slot] = deque()
         self._pool = ThreadPoolExecutor(self.in_flight,
                                         thread_name_prefix=f"upload-{dataset.name}")
@@ -125,7 +130,8 @@ class Window:
         ledger: list[LedgerEntry] = []
         quarantine = list(batch.quarantine)
         if delivery is not None:
-            ledger = [batch.ledger[i] for i in delivery.delivered]
+            if self.keep_ledger:
+                ledger = [batch.ledger[i] for i in delivery.delivered]
             quarantine.extend(self._server_rejections(batch, delivery))
         self.check_lease()
         self.state.commit_batch(

@@ -217,6 +217,15 @@ class StateStore:
         with self._read(f"count the ledger of dataset {dataset!r}") as conn:
             return int(conn.execute(query.where(t.ledger.c.dataset_id == dataset_id)).scalar_one())
 
+    def has_ledger(self, dataset: str) -> bool:
+        """Whether the dataset's ledger holds any entry (one index probe, not a count)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return False
+        query = sa.select(t.ledger.c.key_hash).where(t.ledger.c.dataset_id == dataset_id)
+        with self._read(f"probe the ledger of dataset {dataset!r}") as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     def prune_ledger(self, dataset: str, before: float) -> int:
         """Delete the dataset's entries whose position is below ``before``; returns how many."""
         dataset_id = self._dataset_id(dataset)

@@ -213,6 +213,11 @@ def test_interactions_are_appended_once_and_not_resent(world: World) -> None:
         "USER_ID": "u1", "ITEM_ID": "i1", "TIMESTAMP": epoch, "EVENT_TYPE": "buy"}
     assert list(received.deliveries[-1]) == ["USER_ID", "ITEM_ID", "TIMESTAMP", "EVENT_TYPE"]
     assert report["events"]["sent"] == 1
+    store = world.state()
+    try:  # without lookback the mark alone excludes what was sent: no ledger is kept
+        assert store.ledger_size("events") == 0
+    finally:
+        store.close()
 
 
 def test_full_refresh_rereads_everything_and_sends_nothing_already_delivered(world: World
