@@ -117,11 +117,12 @@ class DatasetSync:
         self.report = report
         self.check_lease = check_lease
         self.progress = progress
-        self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes)
+        self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes,
+                                    self._mark_of)
         self.inflight = _Inflight()
         self.is_interaction = dataset.type == "interaction"
         self.old_mark: Mark | None = None
-        self.last_mark: Mark | None = None
+        self.last_row: Sequence[Any] | None = None  # the last row routed
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ class DatasetSync:
                     self.progress(self.report)
             else:
                 if self.builder.pending_rows:
-                    self._emit(self.builder.cut(self.last_mark))
+                    self._emit(self.builder.cut(self._last_mark()))
         except BaseException as error:
             # Batches cut before the failure are sound: commit what AiTEMS acknowledged, in
             # order (a failed upload among them abandons the rest), then report the failure.
@@ -185,7 +186,7 @@ class DatasetSync:
 
     def _after_stream(self) -> None:
         dataset, report = self.dataset, self.report
-        if (self.is_interaction and self.use_ledger and self.last_mark is not None
+        if (self.is_interaction and self.use_ledger and self.last_row is not None
                 and not self.settings.dry_run):
             self._prune_ledger()
         if report.status == INTERRUPTED:
@@ -215,7 +216,7 @@ class DatasetSync:
                 return False
             self._route(row, ledger)
             if self.builder.pending_rows >= self.settings.mark_every:
-                self._emit(self.builder.cut(self.last_mark))
+                self._emit(self.builder.cut(self._last_mark()))
         return True
 
     def _shape(self, raw: Sequence[Any]) -> _Row:
@@ -248,10 +249,9 @@ class DatasetSync:
     def _route(self, row: _Row, ledger: dict[int, int]) -> None:
         report = self.report
         report.read += 1
-        mark = mark_of(row.raw, self.extraction.cursor_index, self.extraction.key_indices)
         if row.entry is None or row.encoded is None:
-            self._reject(row, mark, ledger)
-        elif self._already_delivered(row.entry, ledger, mark):
+            self._reject(row, ledger)
+        elif self._already_delivered(row.entry, ledger, row.raw):
             report.unchanged += 1
             self.builder.skip()
         else:
@@ -260,11 +260,19 @@ class DatasetSync:
             else:
                 report.new += 1
             if not self.builder.fits(row.encoded):
-                self._emit(self.builder.cut(self.last_mark))
-            self.builder.add(row.encoded, row.entry, row.key, mark)
-        self.last_mark = mark
+                self._emit(self.builder.cut(self._last_mark()))
+            self.builder.add(row.encoded, row.entry, row.key, row.raw)
+        self.last_row = row.raw
 
-    def _already_delivered(self, entry: LedgerEntry, ledger: dict[int, int], mark: Mark) -> bool:
+    def _mark_of(self, raw: Sequence[Any]) -> Mark:
+        return mark_of(raw, self.extraction.cursor_index, self.extraction.key_indices)
+
+    def _last_mark(self) -> Mark | None:
+        """The mark of the last row routed: where a batch cut now moves the mark."""
+        return None if self.last_row is None else self._mark_of(self.last_row)
+
+    def _already_delivered(self, entry: LedgerEntry, ledger: dict[int, int],
+                           raw: Sequence[Any]) -> bool:
         pending = self.builder.holds(entry.key_hash)
         if pending is not None:
             return pending == entry.payload_hash
@@ -276,11 +284,11 @@ class DatasetSync:
         # A full refresh re-reads interactions the mark already covers; without a ledger entry
         # the mark is the record that they were delivered.
         return self.settings.full_refresh and self.is_interaction and _at_or_before(
-            mark, self.old_mark)
+            self._mark_of(raw), self.old_mark)
 
-    def _reject(self, row: _Row, mark: Mark, ledger: dict[int, int]) -> None:
+    def _reject(self, row: _Row, ledger: dict[int, int]) -> None:
         errors = [{"path": e.path, "message": e.message} for e in self.shaper.explain(row.raw)]
-        key = dict(zip(self.dataset.key_fields, mark.key, strict=False))
+        key = dict(zip(self.dataset.key_fields, self._mark_of(row.raw).key, strict=False))
         self.report.invalid += 1
         if self.dataset.on_invalid == "fail":
             first = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:3])

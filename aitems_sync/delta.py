@@ -8,7 +8,7 @@ with a batch) can be tested on their own.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
@@ -106,6 +106,7 @@ class BatchBuilder:
 
     max_rows: int
     max_bytes: int
+    mark_of: Callable[[Sequence[Any]], Mark]  # a row's mark; built only when a batch is cut
     seq: int = 0
     superseded: int = 0
     _rows: list[bytes] = field(default_factory=list)
@@ -114,8 +115,8 @@ class BatchBuilder:
     _slot: dict[int, int] = field(default_factory=dict)
     _quarantine: list[QuarantineEntry] = field(default_factory=list)
     _bytes: int = ENVELOPE_BYTES
-    _first: Mark | None = None
-    _last: Mark | None = None
+    _first: Sequence[Any] | None = None  # first and last rows sent
+    _last: Sequence[Any] | None = None
     _pending_rows: int = 0  # rows taken in since the last cut, sent or not
 
     def fits(self, encoded: bytes) -> bool:
@@ -124,7 +125,7 @@ class BatchBuilder:
             return True
         return len(self._rows) < self.max_rows and self._bytes + len(encoded) + 1 <= self.max_bytes
 
-    def add(self, encoded: bytes, entry: LedgerEntry, key: Any, mark: Mark) -> None:
+    def add(self, encoded: bytes, entry: LedgerEntry, key: Any, row: Sequence[Any]) -> None:
         """Take in a row to send. The caller checks ``fits`` first and cuts when it does not."""
         slot = self._slot.get(entry.key_hash)
         if slot is not None:
@@ -139,8 +140,8 @@ class BatchBuilder:
             self._keys.append(key)
             self._bytes += len(encoded) + 1
         if self._first is None:
-            self._first = mark
-        self._last = mark
+            self._first = row
+        self._last = row
         self._pending_rows += 1
 
     def skip(self) -> None:
@@ -174,8 +175,8 @@ class BatchBuilder:
             rows=self._rows,
             ledger=self._ledger,
             keys=self._keys,
-            first=self._first,
-            last=self._last,
+            first=None if self._first is None else self.mark_of(self._first),
+            last=None if self._last is None else self.mark_of(self._last),
             end=end,
             quarantine=self._quarantine,
             body_bytes=self._bytes,
