@@ -14,14 +14,20 @@ from tests import mariadbserver, pgserver
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def require_server(present: bool, what: str) -> None:
+    """Skip a test whose server is not installed; under CI=true fail instead, never skip."""
+    if present:
+        return
+    message = f"{what} not found; run scripts/ensure-servers.sh"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: tests that need it must not skip)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[str]:
     """Base URL of a throwaway PostgreSQL cluster. Skips locally without one; fails under CI."""
-    if pgserver.find_bindir() is None:
-        message = "PostgreSQL server binaries not found; run scripts/ensure-servers.sh"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: tests needing PostgreSQL must not skip)")
-        pytest.skip(message)
+    require_server(pgserver.find_bindir() is not None, "PostgreSQL server binaries")
     with pgserver.running_cluster() as url:
         yield url
 
@@ -35,11 +41,7 @@ def pg_url(pg_cluster: str) -> str:
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[str]:
     """Base URL of a throwaway MariaDB server. Skips locally without one; fails under CI."""
-    if mariadbserver.find_server() is None:
-        message = "MariaDB server binaries not found; run scripts/ensure-servers.sh"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: tests needing MariaDB must not skip)")
-        pytest.skip(message)
+    require_server(mariadbserver.find_server() is not None, "MariaDB server binaries")
     with mariadbserver.running_server() as url:
         yield url
 

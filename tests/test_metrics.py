@@ -15,17 +15,13 @@ from aitems_sync.metrics import push_run_metrics
 from aitems_sync.report import FAILED, OK, AmbiguousBatch, DatasetReport, RunReport
 from aitems_sync.spec import MetricsConfig
 from tests import pushgateway
-from tests.conftest import IN_CI
+from tests.conftest import require_server
 from tests.shop import Shop, customer_rows, write_spec
 
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
-    if pushgateway.find_binary() is None:
-        message = "prometheus-pushgateway not found; run scripts/ensure-servers.sh"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: tests needing it must not skip)")
-        pytest.skip(message)
+    require_server(pushgateway.find_binary() is not None, "prometheus-pushgateway")
     with pushgateway.running_pushgateway() as url:
         yield url
 
