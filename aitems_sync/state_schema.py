@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
 from aitems_sync.errors import StateError
 
@@ -37,8 +36,10 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        if dialect.name in ("mysql", "mariadb"):  # the MySQL dialect loads only for MySQL
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
         return dialect.type_descriptor(sa.DateTime(timezone=False))
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
@@ -66,8 +67,22 @@ def _dataset_fk() -> sa.ForeignKey:
 
 
 _NAME = sa.String(255)
-# MySQL's TEXT holds 64 KiB; a quarantined row or a run summary can be longer.
-_JSON = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+class _JsonText(sa.types.TypeDecorator[str]):
+    """JSON as text. MySQL's TEXT holds 64 KiB; a quarantined row or a run summary can be
+    longer, so there it is LONGTEXT."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import LONGTEXT
+
+            return dialect.type_descriptor(LONGTEXT())
+        return dialect.type_descriptor(sa.Text())
+
+
+_JSON = _JsonText()
 # MySQL compares text by the table's collation, and the usual defaults (utf8mb4_general_ci,
 # latin1_swedish_ci) ignore case and accents: datasets `users` and `Users` would share one
 # state, and latin1 cannot store most quarantined text. Binary utf8mb4 compares like SQLite.
