@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from aitems_sync.cli import main_group
 from aitems_sync.emulator import EmulatorServer
 from aitems_sync.state import StateStore
-from tests.shop import T0, Shop, customer_rows
+from tests.shop import EVENTS_DATASET, T0, Shop, customer_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS_ID, EVENTS_ID = "dsusers0001", "dsevent0001"
@@ -58,20 +58,7 @@ datasets:
       - {{name: USER_ID, type: string}}
       - {{name: AGE, type: [{age_type}, "null"]}}
       - {{name: GENDER, type: [string, "null"], categorical: true}}
-  events:
-    type: interaction
-    dataset_id: dsevent0001
-    source: shop
-    query: >-
-      SELECT id AS event_id, user_id AS USER_ID, item_id AS ITEM_ID,
-      occurred_at AS TIMESTAMP, event_type AS EVENT_TYPE FROM events
-    cursor: event_id
-    fields:
-      - {{name: USER_ID, type: string}}
-      - {{name: ITEM_ID, type: string}}
-      - {{name: TIMESTAMP, type: long}}
-      - {{name: EVENT_TYPE, type: string}}
-"""
+""" + EVENTS_DATASET
 
 
 def event_rows(count: int) -> list[tuple[int, str, str, str, datetime]]:

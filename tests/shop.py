@@ -70,6 +70,23 @@ def customer_rows(count: int, start: int = 0, at: datetime = T0) -> list[tuple[s
             for i in range(start, start + count)]
 
 
+#: The events dataset of every test spec (a format string, like the rest of the spec).
+EVENTS_DATASET = """\
+  events:
+    type: interaction
+    dataset_id: dsevent0001
+    source: shop
+    query: >-
+      SELECT id AS event_id, user_id AS USER_ID, item_id AS ITEM_ID,
+      occurred_at AS TIMESTAMP, event_type AS EVENT_TYPE FROM events
+    cursor: event_id
+    fields:
+      - {{name: USER_ID, type: string}}
+      - {{name: ITEM_ID, type: string}}
+      - {{name: TIMESTAMP, type: long}}
+      - {{name: EVENT_TYPE, type: string}}
+"""
+
 SPEC = """\
 version: 1
 aitems:
@@ -97,20 +114,7 @@ datasets:
       - {{name: AGE, type: [int, "null"]}}
       - {{name: GENDER, type: [string, "null"], categorical: true}}
 {extra}
-  events:
-    type: interaction
-    dataset_id: dsevent0001
-    source: shop
-    query: >-
-      SELECT id AS event_id, user_id AS USER_ID, item_id AS ITEM_ID,
-      occurred_at AS TIMESTAMP, event_type AS EVENT_TYPE FROM events
-    cursor: event_id
-    fields:
-      - {{name: USER_ID, type: string}}
-      - {{name: ITEM_ID, type: string}}
-      - {{name: TIMESTAMP, type: long}}
-      - {{name: EVENT_TYPE, type: string}}
-"""
+""" + EVENTS_DATASET
 
 
 def write_spec(path: Path, *, endpoint: str, source_url: str, state_url: str,
