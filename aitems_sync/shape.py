@@ -8,6 +8,9 @@ one rule of ours, JSON representability: a value must be one orjson writes as th
 so NaN and infinities (orjson writes null), integers outside [-2**63, 2**64-1], strings holding
 lone surrogates and non-JSON Python types (Decimal, ...) are invalid. ``explain`` is the slow path
 that says why a row was rejected.
+
+jsonschema is imported when ``explain`` is first called (rejected rows are rare), not when a
+Shaper is built: the import costs ~50 ms of every run's start-up.
 """
 
 from __future__ import annotations
@@ -16,9 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Any
-
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from aitems_sync.columns import ColumnMatchError, match_column
 from aitems_sync.errors import SpecError, SpecProblem
@@ -32,6 +33,9 @@ from aitems_sync.shape_schema import (
     generated_schema,
 )
 from aitems_sync.spec import DatasetSpec, FieldType
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 __all__ = ["RowError", "Shaper", "combined_schema", "generated_schema"]
 
@@ -180,7 +184,7 @@ class Shaper:
         self._coercers = tuple(_union_coercer(t, self._convert) for t in self.types)
         self._valid = tuple(_predicate(_union(_VALID, t, "v")) for t in self.types)
         self._user = compile_user_schema(dataset)
-        self._explainer = Draft202012Validator(combined_schema(dataset))
+        self._explainer: Draft202012Validator | None = None  # built by the first explain()
         self.shape: ShapeFunction
         self.is_valid: VerdictFunction
         self.shape, self.is_valid = self._compile()
@@ -215,6 +219,14 @@ class Shaper:
         exec("\n".join(shape + is_valid), namespace)  # source built from field types only
         return namespace["shape"], namespace["is_valid"]
 
+    def _explain_schema(self) -> Draft202012Validator:
+        """jsonschema's validator of the combined schema, built on first use."""
+        if self._explainer is None:
+            from jsonschema import Draft202012Validator  # here: see the module docstring
+
+            self._explainer = Draft202012Validator(combined_schema(self.dataset))
+        return self._explainer
+
     def coerce(self, row: Sequence[Any]) -> tuple[Any, ...]:
         """The row's values coerced to their fields, in schema order. Never raises; a value that
         cannot be coerced is left as it is (validation then rejects it)."""
@@ -245,7 +257,7 @@ class Shaper:
                 judged_here.add(k)
         row_errors: list[RowError] = []
         position = {name: k for k, name in enumerate(self.field_names)}
-        for error in self._explainer.iter_errors(doc):
+        for error in self._explain_schema().iter_errors(doc):
             head = error.absolute_path[0] if error.absolute_path else None
             field = position.get(head) if isinstance(head, str) else None
             if field is None:

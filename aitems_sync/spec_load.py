@@ -20,6 +20,10 @@ An interpolated value stays a string: numbers such as ``max_rows`` also accept a
 digits for that reason. Defaults are not interpolated again, and neither is a value read from
 the environment or a file. Messages never repeat a value that came from the environment or a
 file, nor any URL or key: they may be secrets.
+
+jsonschema is imported only for a spec that ``aitems_sync.spec_verdict``'s quick check of the
+schema refuses: its errors are what the messages are made of, but importing it costs ~50 ms of
+every run's start-up, and a valid spec needs only the verdict.
 """
 
 from __future__ import annotations
@@ -32,14 +36,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from jsonschema import Draft202012Validator, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from aitems_sync.errors import SpecError, SpecProblem
 from aitems_sync.spec import Spec, spec_schema
+from aitems_sync.spec_verdict import UnsupportedSchema, Verdict, compile_verdict
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +136,10 @@ def load_spec(path: Path | str, env: Mapping[str, str] | None = None) -> Spec:
     absolute = Path(os.path.abspath(path))
     doc = Document(file=str(path), folder=absolute.parent)
     data = read_document(absolute, doc, os.environ if env is None else env)
-    for error in _validator().iter_errors(data):
-        schema_problem(doc, error)
+    quick = _quick_verdict()
+    if quick is None or not quick(data):  # jsonschema judges, and says why
+        for error in _validator().iter_errors(data):
+            schema_problem(doc, error)
     spec = build_spec(data, doc, absolute)
     if doc.problems:
         raise SpecError(sorted(doc.problems, key=lambda p: p.line or 0))
@@ -292,7 +301,19 @@ class _Reader:
 
 
 @functools.cache
+def _quick_verdict() -> Verdict | None:
+    """jsonschema's verdict on the spec schema without jsonschema; None if it cannot be had."""
+    try:
+        return compile_verdict(spec_schema())
+    except UnsupportedSchema as error:
+        log.debug("the spec schema is checked by jsonschema alone: it uses %s", error)
+        return None
+
+
+@functools.cache
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator  # here: see the module docstring
+
     return Draft202012Validator(spec_schema())
 
 
