@@ -17,21 +17,24 @@ an explicit (connect, read) timeout, and is retried only when the failure is ret
 
 "Ambiguous" means the server may have stored the request although no success came back, so a
 batch that later succeeds (or is sent again by a later run) may be delivered twice.
+
+requests is imported when the client makes its first request, not when it is built: every run
+builds a client, a run with nothing to send makes no request, and importing requests (urllib3,
+charset_normalizer, idna, http.cookiejar, ...) costs ~50 ms of start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import random as _random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
-import requests
-from requests.adapters import HTTPAdapter
 
 from aitems_sync import signing
 from aitems_sync.errormap import (
@@ -43,6 +46,9 @@ from aitems_sync.errormap import (
 )
 from aitems_sync.errors import FatalApiError, RetriableApiError, RetriesExhaustedError
 from aitems_sync.spec import AitemsConfig, RetryPolicy
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,18 @@ def backoff_wait(
     return max(retry_after, wait) if retry_after is not None else wait
 
 
+def _new_session(pool_size: int) -> requests.Session:
+    import requests  # here: see the module docstring
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    # Retries are ours (with backoff and ambiguity tracking), so urllib3 makes none.
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 def _segment(value: str) -> str:
     """One path segment (an ID or a name), percent-encoded so it cannot change the path."""
     return quote(value, safe="")
@@ -95,8 +113,8 @@ class AitemsClient:
     """A thread-safe client for the AiTEMS API that signs, retries and maps errors.
 
     Concurrent uploads from several threads share one Session and its connection pool of
-    ``pool_size``. A Session passed in is used as is (mount your own adapter on it) and is not
-    closed by ``close``.
+    ``pool_size``, created by the first request. A Session passed in is used as is (mount your
+    own adapter on it) and is not closed by ``close``.
     """
 
     def __init__(
@@ -130,16 +148,32 @@ class AitemsClient:
         self._sleep = sleep
         self._clock = clock
         self._random = random
+        self._pool_size = pool_size
         self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            # Retries are ours (with backoff and ambiguity tracking), so urllib3 makes none.
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-        self._session = session
+        self._session_lock = threading.Lock()
+        self._made: requests.Session | None = None
+        self._send_settings: Mapping[str, Any] = {}
+        if session is not None:
+            self._use(session)
+
+    def _use(self, session: requests.Session) -> requests.Session:
         # Proxies and CA bundle from the environment, resolved once for the one host we call.
-        self._send_settings = session.merge_environment_settings(endpoint, {}, None, None, None)
+        self._send_settings = session.merge_environment_settings(
+            self.endpoint, {}, None, None, None
+        )
+        self._made = session  # last: another thread that sees the session sees its settings
+        return session
+
+    @property
+    def _session(self) -> requests.Session:
+        """The Session, created on first use (see the module docstring for why)."""
+        session = self._made
+        if session is None:
+            with self._session_lock:  # upload threads may make the first request together
+                session = self._made
+                if session is None:
+                    session = self._use(_new_session(self._pool_size))
+        return session
 
     def __repr__(self) -> str:
         return f"AitemsClient(endpoint={self.endpoint!r}, access_key={self._access_key!r})"
@@ -161,8 +195,8 @@ class AitemsClient:
 
     def close(self) -> None:
         """Close the connection pool (only when this client created the Session)."""
-        if self._owns_session:
-            self._session.close()
+        if self._owns_session and self._made is not None:
+            self._made.close()
 
     def __enter__(self) -> AitemsClient:
         return self
@@ -291,6 +325,9 @@ class AitemsClient:
 
     def _attempt(self, method: str, url: str, shown: str, body: bytes | None) -> requests.Response:
         """One signed HTTP attempt; raises the mapped ApiError for anything but a 2xx."""
+        session = self._session
+        import requests  # here: see the module docstring (imported by now: a dict lookup)
+
         prepared = requests.Request(method, url, data=body).prepare()
         # Sign exactly what goes on the request line: the prepared path and query.
         uri = prepared.path_url
@@ -302,7 +339,7 @@ class AitemsClient:
         prepared.headers["Accept"] = "application/json"
         began = time.monotonic()
         try:
-            response = self._session.send(
+            response = session.send(
                 prepared, timeout=self.timeout, allow_redirects=False, **self._send_settings
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -339,6 +376,8 @@ class AitemsClient:
         self, exc: requests.RequestException, method: str, shown: str
     ) -> RetriableApiError:
         """The RetriableApiError for a request that got no HTTP answer."""
+        import requests
+
         connect, read = self.timeout
         reason = describe_exception(exc)
         if isinstance(exc, requests.ReadTimeout):

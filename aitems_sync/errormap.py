@@ -3,6 +3,10 @@
 No I/O here: the client passes in the status, body, headers and the local clock, and gets back
 the ApiError to raise, with an operator message naming the call and what to do. Messages never
 hold headers, signatures, secrets or the request body.
+
+requests and urllib3 are imported by the functions that look at their exceptions, which exist
+only once the client has made a request: a run that sends nothing never imports them (see
+``aitems_sync.client``).
 """
 
 from __future__ import annotations
@@ -10,10 +14,9 @@ from __future__ import annotations
 import email.utils
 import math
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import orjson
-import requests
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError
 
 from aitems_sync.errors import (
     ApiError,
@@ -25,6 +28,9 @@ from aitems_sync.errors import (
     RetriableApiError,
 )
 from aitems_sync.signing import MAX_CLOCK_SKEW_MS
+
+if TYPE_CHECKING:
+    import requests
 
 #: Statuses worth sending again later.
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -203,6 +209,9 @@ def error_for_response(
 
 def request_was_sent(exc: requests.RequestException) -> bool:
     """Whether a failed request may have reached the server (False only for connect failures)."""
+    import requests  # here: see the module docstring
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
+
     if isinstance(exc, requests.ConnectTimeout):
         return False
     reason = exc.args[0] if exc.args else None
@@ -220,12 +229,17 @@ def may_have_landed(err: RetriableApiError) -> bool:
     """
     if err.status is not None:
         return err.status in AMBIGUOUS_STATUSES
+    import requests
+
     cause = err.__cause__
     return not isinstance(cause, requests.RequestException) or request_was_sent(cause)
 
 
 def describe_exception(exc: BaseException) -> str:
     """A short, operator-readable reason for a failed connection, without the urllib3 noise."""
+    import requests
+    from urllib3.exceptions import MaxRetryError, ProtocolError
+
     if isinstance(exc, requests.ConnectTimeout):
         return "the connection timed out"
     if isinstance(exc, requests.ReadTimeout):

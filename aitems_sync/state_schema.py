@@ -17,7 +17,7 @@ written; dataset rows are never deleted, so the reference cannot dangle.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -86,7 +86,9 @@ _JSON = _JsonText()
 # MySQL compares text by the table's collation, and the usual defaults (utf8mb4_general_ci,
 # latin1_swedish_ci) ignore case and accents: datasets `users` and `Users` would share one
 # state, and latin1 cannot store most quarantined text. Binary utf8mb4 compares like SQLite.
-# (The mariadb:// dialect reads only its own prefix.)
+# (The mariadb:// dialect reads only its own prefix.) They are added by _create, on MySQL and
+# MariaDB only, not passed to sa.Table: SQLAlchemy imports its MySQL dialect to check a `mysql_*`
+# keyword (~10 ms of every run's start-up), for SQLite and PostgreSQL stores too.
 _MYSQL_TABLE: dict[str, Any] = {
     f"{dialect}_{option}": value
     for dialect in ("mysql", "mariadb")
@@ -98,7 +100,6 @@ schema_version = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.Integer, nullable=False),
-    **_MYSQL_TABLE,
 )
 
 datasets = sa.Table(
@@ -106,7 +107,6 @@ datasets = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", _NAME, nullable=False, unique=True),
-    **_MYSQL_TABLE,
 )
 
 runs = sa.Table(
@@ -120,7 +120,6 @@ runs = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("datasets", _JSON, nullable=False),
     sa.Column("summary", _JSON, nullable=False),
-    **_MYSQL_TABLE,
 )
 
 marks = sa.Table(
@@ -130,7 +129,6 @@ marks = sa.Table(
     sa.Column("cursor", _JSON, nullable=False),
     sa.Column("key", _JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
-    **_MYSQL_TABLE,
 )
 
 ledger = sa.Table(
@@ -141,7 +139,6 @@ ledger = sa.Table(
     sa.Column("payload_hash", sa.BigInteger, nullable=False),
     sa.Column("position", sa.Double, nullable=True),
     sqlite_with_rowid=False,
-    **_MYSQL_TABLE,
 )
 
 batches = sa.Table(
@@ -160,7 +157,6 @@ batches = sa.Table(
     sa.CheckConstraint("status IN ('sending', 'committed', 'ambiguous')", name="batch_status"),
     sa.Index("ix_batches_dataset_status", "dataset_id", "status"),
     sqlite_autoincrement=True,
-    **_MYSQL_TABLE,
 )
 
 quarantine = sa.Table(
@@ -179,7 +175,6 @@ quarantine = sa.Table(
     # holds that value: otherwise a later version of the key was delivered since.
     sa.Column("ledger_hash", sa.BigInteger, nullable=True),
     sa.CheckConstraint("origin IN ('local', 'server')", name="quarantine_origin"),
-    **_MYSQL_TABLE,
 )
 
 leases = sa.Table(
@@ -191,7 +186,6 @@ leases = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("acquired_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
-    **_MYSQL_TABLE,
 )
 
 _VERSION_1_TABLES = (datasets, runs, marks, ledger, batches, quarantine, leases)
@@ -201,7 +195,15 @@ def _create_version_1(conn: sa.Connection) -> None:
     # These are the current definitions: a fresh store gets version 2's columns here already,
     # and each later step adds its columns only where they are missing, so a fresh store built
     # by 1 then 2 equals an upgraded one.
-    metadata.create_all(conn, tables=list(_VERSION_1_TABLES))
+    _create(conn, _VERSION_1_TABLES)
+
+
+def _create(conn: sa.Connection, tables: Sequence[sa.Table]) -> None:
+    """Create the missing ``tables``; on MySQL and MariaDB as utf8mb4 with a binary collation."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        for table in tables:
+            table.dialect_kwargs.update(_MYSQL_TABLE)  # the same every time: idempotent
+    metadata.create_all(conn, tables=list(tables))
 
 
 def _add_quarantine_ledger_hash(conn: sa.Connection) -> None:
@@ -229,7 +231,7 @@ def migrate(conn: sa.Connection, display_url: str) -> int:
     by a newer aitems-sync, which this code could damage.
     """
     _serialize_migrations(conn)
-    metadata.create_all(conn, tables=[schema_version])
+    _create(conn, (schema_version,))
     found = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
     current = found or 0
     if current > LATEST_VERSION:

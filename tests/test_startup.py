@@ -1,0 +1,76 @@
+"""What a run imports: a run with nothing to send never imports jsonschema or requests.
+
+Every run is a new process, so start-up is most of a no-op run (benchmarks/README.md, "No-op:
+process start is the run"); these packages cost ~100-150 ms together and a run needs them only
+to explain a broken spec or a rejected row, to check a user's json_schema, or to send.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+#: Imported only on the paths that need them (see the docstrings of spec_load, shape, client).
+LAZY = ("jsonschema", "requests", "urllib3", "fastjsonschema")
+REPORT = f"import sys; print('imported:', sorted(m for m in {LAZY!r} if m in sys.modules))"
+
+
+def imported(code: str, *args: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """Run ``code`` in a fresh interpreter; the LAZY packages it imported, and the process."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("imported: ")]
+    assert lines, done.stdout + done.stderr
+    return lines[-1].removeprefix("imported: "), done
+
+
+def test_importing_what_run_imports_leaves_the_lazy_packages_out() -> None:
+    found, _ = imported(f"import aitems_sync.cli, aitems_sync.commands\n{REPORT}")
+
+    assert found == "[]"
+
+
+def test_a_run_with_nothing_to_send_imports_none_of_them(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "shop.db") as db:
+        db.execute("CREATE TABLE items (id TEXT, changed INTEGER)")
+    db.close()
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(textwrap.dedent("""\
+        version: 1
+        aitems: {endpoint: "http://127.0.0.1:9/api/v1", service_id: svc, access_key: ak,
+                 secret_key: sk}
+        state: sqlite:///state.db
+        sources:
+          shop: {url: "sqlite:///shop.db"}
+        datasets:
+          items:
+            type: item
+            dataset_id: dsitems0001
+            query: SELECT id AS ITEM_ID, changed FROM items
+            cursor: changed
+            fields: [{name: ITEM_ID, type: string}]
+        """))
+    code = f"from aitems_sync.cli import main\ntry:\n    main()\nfinally:\n    {REPORT}"
+
+    found, done = imported(code, "--json", "--config", str(spec), "run")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"sent": 0' in done.stdout
+    assert found == "[]"
+
+
+def test_a_broken_spec_still_gets_jsonschemas_messages(tmp_path: Path) -> None:
+    spec = tmp_path / "sync.yaml"
+    spec.write_text("version: 1\naitems: {service_id: svc, access_key: ak, secret_key: sk}\n"
+                    "sources: {}\ndatasets: {}\nstate: 7\n")
+    code = f"from aitems_sync.cli import main\ntry:\n    main()\nfinally:\n    {REPORT}"
+
+    found, done = imported(code, "--config", str(spec), "validate")
+
+    assert done.returncode == 2
+    assert "sync.yaml:3: sources: must have at least one entry" in done.stderr
+    assert "sync.yaml:5: state: must be a SQLAlchemy URL (got a whole number)" in done.stderr
+    assert "jsonschema" in found
