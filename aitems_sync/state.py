@@ -26,12 +26,14 @@ from aitems_sync import state_records as rec
 from aitems_sync import state_schema as t
 from aitems_sync.errors import LockHeldError, StateError
 from aitems_sync.state_records import (
+    BatchCommit,
     BatchRecord,
     LeaseHolder,
     LedgerEntry,
     QuarantineEntry,
     QuarantineRecord,
     RunRecord,
+    Sending,
 )
 from aitems_sync.values import (
     CursorValue,
@@ -45,6 +47,7 @@ from aitems_sync.values import (
 from aitems_sync.values import encode_value as encode_value
 
 __all__ = [
+    "BatchCommit",
     "BatchRecord",
     "CursorValue",
     "LeaseHolder",
@@ -53,6 +56,7 @@ __all__ = [
     "QuarantineEntry",
     "QuarantineRecord",
     "RunRecord",
+    "Sending",
     "StateStore",
     "decode_value",
     "encode_value",
@@ -63,6 +67,13 @@ log = logging.getLogger(__name__)
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _batches(ids: Sequence[int]) -> str:
+    """``batch 7`` or ``batches 7, 8``, for messages."""
+    if len(ids) == 1:
+        return f"batch {ids[0]}"
+    return "batches " + ", ".join(str(i) for i in ids) if ids else "a batch"
 
 
 class StateStore:
@@ -242,14 +253,9 @@ class StateStore:
         self, dataset: str, run_id: str, *, rows: int, first: Mark | None, last: Mark | None
     ) -> int:
         """Journal a batch as ``sending`` and commit, before its request leaves; its batch id."""
-        now = self._clock()
-        row = {"dataset_id": self._known_id(dataset), "run_id": run_id, "status": "sending",
-               "rows": rows, "first": mark_to_json(first), "last": mark_to_json(last),
-               "created_at": now, "updated_at": now}
-        with self._write(f"journal a batch of dataset {dataset!r}") as conn:
-            inserted = conn.execute(sa.insert(t.batches), row).inserted_primary_key
-        assert inserted is not None
-        return int(inserted[0])
+        [batch_id] = self.commit_batches(dataset, run_id=run_id, commits=(),
+                                         sending=[Sending(rows, first, last)])
+        return batch_id
 
     def commit_batch(
         self,
@@ -262,33 +268,70 @@ class StateStore:
         quarantine: Sequence[QuarantineEntry] = (),
         resolved: Sequence[int] = (),
     ) -> None:
-        """Commit an acknowledged batch in ONE transaction, all or nothing.
+        """Commit one acknowledged batch in ONE transaction, all or nothing.
 
         The journal row becomes ``committed`` (when ``batch_id`` is given), the ledger entries
         are upserted, the mark moves (when not None), the quarantined rows are stored, and the
         quarantine rows ``resolved`` (sent by ``quarantine retry``) are deleted.
         """
+        self.commit_batches(dataset, run_id=run_id,
+                            commits=[BatchCommit(batch_id, ledger, mark, quarantine)],
+                            resolved=resolved)
+
+    def commit_batches(
+        self,
+        dataset: str,
+        *,
+        run_id: str,
+        commits: Sequence[BatchCommit],
+        sending: Sequence[Sending] = (),
+        resolved: Sequence[int] = (),
+    ) -> list[int]:
+        """Commit acknowledged batches and journal the next ones: ONE transaction, one fsync.
+
+        ``commits`` are applied in order, as :meth:`commit_batch` would one by one (the last
+        mark given wins, and so does a key's last ledger entry); each of ``sending`` gets a
+        journal row ``sending``. Returns the new batch ids, in the order of ``sending``.
+        Committing a group at once is what makes a backfill's commits cheap: the engine groups
+        the batches acknowledged while its previous commit was being written.
+        """
         dataset_id = self._known_id(dataset)
         now = self._clock()
-        rejected = [rec.quarantine_row(e, self._known_id(e.dataset), now) for e in quarantine]
-        entries = [(dataset_id, e.key_hash, e.payload_hash, e.position) for e in ledger]
-        with self._write(f"commit batch {batch_id} of dataset {dataset!r} (run {run_id})") as conn:
-            if batch_id is not None and not self._set_status(
-                conn, dataset_id, [batch_id], "committed", now
-            ):
+        batch_ids = [c.batch_id for c in commits if c.batch_id is not None]
+        entries = [(dataset_id, e.key_hash, e.payload_hash, e.position)
+                   for c in commits for e in c.ledger]
+        marks = [c.mark for c in commits if c.mark is not None]
+        rejected = [rec.quarantine_row(e, self._known_id(e.dataset), now)
+                    for c in commits for e in c.quarantine]
+        journal = [{"dataset_id": dataset_id, "run_id": run_id, "status": "sending",
+                    "rows": s.rows, "first": mark_to_json(s.first), "last": mark_to_json(s.last),
+                    "created_at": now, "updated_at": now} for s in sending]
+        what = (f"commit {_batches(batch_ids)} of dataset {dataset!r} (run {run_id})"
+                if commits else f"journal a batch of dataset {dataset!r}")
+        with self._write(what) as conn:
+            if batch_ids and self._set_status(
+                conn, dataset_id, batch_ids, "committed", now
+            ) != len(batch_ids):
                 raise StateError(
-                    f"batch {batch_id} of dataset {dataset!r} is not in the journal (was the "
-                    "dataset reset while this run was sending?); nothing was committed, so its "
-                    "rows are read again on the next run"
+                    f"{_batches(batch_ids)} of dataset {dataset!r} is not in the journal (was "
+                    "the dataset reset while this run was sending?); nothing was committed, so "
+                    "its rows are read again on the next run"
                 )
             if entries:
                 self._ledger_writer.write(conn, entries)
-            if mark is not None:
-                self._put_mark(conn, dataset_id, mark)
+            if marks:
+                self._put_mark(conn, dataset_id, marks[-1])
             if rejected:
                 conn.execute(sa.insert(t.quarantine), rejected)
             for chunk in se.chunks(resolved):
                 conn.execute(sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk)))
+            return [self._insert_sending(conn, row) for row in journal]
+
+    @staticmethod
+    def _insert_sending(conn: sa.Connection, row: dict[str, Any]) -> int:
+        inserted = conn.execute(sa.insert(t.batches), row).inserted_primary_key
+        assert inserted is not None
+        return int(inserted[0])
 
     def _set_status(self, conn: sa.Connection, dataset_id: int, ids: Sequence[int], status: str,
                     now: datetime, *, only_sending: bool = False) -> int:

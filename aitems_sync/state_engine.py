@@ -226,11 +226,14 @@ LedgerRow = tuple[int, int, int, float | None]
 class LedgerWriter:
     """The ledger upsert, written for speed: it is the one write whose size grows with a batch.
 
-    On SQLite (and MySQL) the upsert is compiled once to the driver's own SQL, so
-    ``executemany`` skips SQLAlchemy's per-row parameter work: a 1,000-entry commit went from
-    5 ms to 2.6 ms. On PostgreSQL (psycopg) one statement takes all entries as arrays through
-    ``unnest`` rather than one statement per entry: benchmarks/bench_state.py went from 24k to
-    73k ledger rows/s.
+    Each dialect gets ONE statement per commit, whatever the number of entries, so that the
+    database does the work in a single call that releases the GIL: the engine commits on its
+    own thread while the main thread shapes rows, and ``executemany`` would hand the GIL back
+    and forth once per entry (on SQLite that ran at under 1,000 entries/s beside a busy main
+    thread, against 140k+ in one statement). SQLite takes the entries as one JSON array through
+    ``json_each``; PostgreSQL (psycopg) as arrays through ``unnest`` (benchmarks/bench_state.py
+    went from 24k to 73k ledger rows/s); MySQL's driver turns ``executemany`` of an INSERT into
+    one multi-row statement itself.
     """
 
     COLUMNS = ("dataset_id", "key_hash", "payload_hash", "position")
@@ -242,9 +245,19 @@ class LedgerWriter:
         "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
         "SET payload_hash = excluded.payload_hash, position = excluded.position"
     )
+    # ``WHERE true`` tells SQLite's parser that ON CONFLICT belongs to the INSERT. Entries are
+    # applied in array order, so a key's last entry wins, as with one statement per entry.
+    _SQLITE_SQL = (
+        "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
+        "SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+        "json_extract(value, '$[2]') FROM json_each(?) WHERE true "
+        "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
+        "SET payload_hash = excluded.payload_hash, position = excluded.position"
+    )
 
     def __init__(self, dialect: sa.Dialect) -> None:
-        self._arrays = dialect.name == "postgresql" and dialect.driver == "psycopg"
+        self._kind = ("arrays" if dialect.name == "postgresql" and dialect.driver == "psycopg"
+                      else "json" if dialect.name == "sqlite" else "many")
         stmt = upsert(dialect.name, ledger, self.COLUMNS[:2], self.COLUMNS[2:])
         compiled = stmt.compile(dialect=dialect)
         self._sql = compiled.string
@@ -253,9 +266,15 @@ class LedgerWriter:
 
     def write(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
         """Upsert ``(dataset_id, key_hash, payload_hash, position)`` rows; the last row wins."""
-        if self._arrays:
+        if self._kind == "arrays":
             self._write_arrays(conn, rows)
-            return
+        elif self._kind == "json":
+            for dataset_id, entries in _by_dataset(rows).items():
+                conn.exec_driver_sql(self._SQLITE_SQL, (dataset_id, dumps(entries)))
+        else:
+            self._write_many(conn, rows)
+
+    def _write_many(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
         params: Sequence[Any]
         if self._order is None:
             params = [dict(zip(self.COLUMNS, row, strict=True)) for row in rows]
@@ -268,16 +287,22 @@ class LedgerWriter:
     def _write_arrays(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
         # One statement may not touch a row twice (ON CONFLICT), so repeated keys (identical
         # interaction rows) collapse first, the last one winning as in executemany.
-        by_dataset: dict[int, dict[int, LedgerRow]] = {}
-        for row in rows:
-            by_dataset.setdefault(row[0], {})[row[1]] = row
-        for dataset_id, latest in by_dataset.items():
+        for dataset_id, entries in _by_dataset(rows).items():
+            latest = {entry[0]: entry for entry in entries}
             conn.exec_driver_sql(self._PG_SQL, {
                 "dataset_id": dataset_id,
-                "keys": [row[1] for row in latest.values()],
-                "payloads": [row[2] for row in latest.values()],
-                "positions": [row[3] for row in latest.values()],
+                "keys": [entry[0] for entry in latest.values()],
+                "payloads": [entry[1] for entry in latest.values()],
+                "positions": [entry[2] for entry in latest.values()],
             })
+
+
+def _by_dataset(rows: Sequence[LedgerRow]) -> dict[int, list[tuple[int, int, float | None]]]:
+    """``(key_hash, payload_hash, position)`` entries per dataset id, in their order."""
+    grouped: dict[int, list[tuple[int, int, float | None]]] = {}
+    for dataset_id, key_hash, payload_hash, position in rows:
+        grouped.setdefault(dataset_id, []).append((key_hash, payload_hash, position))
+    return grouped
 
 
 def reason(exc: BaseException) -> str:

@@ -36,6 +36,27 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
+class BatchCommit:
+    """One acknowledged batch's share of a commit: its journal row, ledger entries, new mark
+    (None: the mark stays) and the rows it quarantined."""
+
+    batch_id: int | None
+    ledger: Sequence[LedgerEntry] = ()
+    mark: Mark | None = None
+    quarantine: Sequence[QuarantineEntry] = ()
+
+
+@dataclass(frozen=True)
+class Sending:
+    """A batch about to leave, as the journal records it: its row count and first and last
+    rows' marks."""
+
+    rows: int
+    first: Mark | None
+    last: Mark | None
+
+
+@dataclass(frozen=True)
 class QuarantineEntry:
     """A rejected row: its key, its raw source values and every error found.
 
