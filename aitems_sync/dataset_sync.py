@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -83,7 +84,8 @@ class _Inflight:
     future, so a key seen again before its first batch commits is still compared."""
 
     hashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # key -> (payload, seq)
-    committed: list[Batch] = field(default_factory=list)
+    # Appended by the window's committer thread, emptied by the reading thread.
+    committed: deque[Batch] = field(default_factory=deque)
 
     def add(self, batch: Batch) -> None:
         for entry in batch.ledger:
@@ -91,12 +93,12 @@ class _Inflight:
 
     def purge_committed(self) -> None:
         """Forget committed batches; called between chunks, after the ledger holds them."""
-        for batch in self.committed:
+        while self.committed:
+            batch = self.committed.popleft()
             for entry in batch.ledger:
                 held = self.hashes.get(entry.key_hash)
                 if held is not None and held[1] == batch.seq:
                     del self.hashes[entry.key_hash]
-        self.committed.clear()
 
 
 class DatasetSync:

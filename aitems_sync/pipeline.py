@@ -1,16 +1,30 @@
 """The upload window of one dataset: batches on the wire, committed strictly in batch order.
 
-Up to ``in_flight`` batches upload at once in a thread pool. Each is journalled ``sending``
-before its request leaves; commits run on the caller's thread, in order, each one a single
-transaction of the journal status, the ledger entries, the quarantined rows and the mark. So the
-mark never passes a batch AiTEMS has not acknowledged. When a batch fails, the uploads already on
-the wire finish, and what they delivered goes into the ledger but not the mark: a re-run reads
-those rows again (the mark is behind them) and the ledger keeps them off the wire.
+The caller (the thread reading and shaping rows) only cuts batches and hands them over. A
+committer thread owns every state write of the dataset while it streams, in a loop of single
+transactions: each one commits the batches acknowledged since the last one (journal status,
+ledger entries, quarantined rows and the mark after the last of them) and journals the batches
+cut since then as ``sending``, which then go to a pool of ``in_flight`` upload threads. So:
+
+- a batch is journalled, and durably, before its request leaves;
+- the mark never passes a batch AiTEMS has not acknowledged: only the acknowledged prefix of the
+  cut batches commits, in order, all of a batch or none of it;
+- commits group by themselves: whatever was acknowledged while the last transaction was being
+  written goes into the next. Nothing waits on a timer, so a batch stays acknowledged but
+  uncommitted only as long as one transaction takes (the window in which a crash leaves it
+  ``sending``, to be reported ambiguous and sent again by the next run), while a backfill pays
+  one fsync per group instead of two per batch, off the reading thread.
+
+When a batch fails, the uploads already on the wire finish, and what they delivered goes into
+the ledger but not the mark: a re-run reads those rows again (the mark is behind them) and the
+ledger keeps them off the wire. The failure is raised to the caller at its next ``emit`` or at
+``drain``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +38,7 @@ from aitems_sync.delta import Batch
 from aitems_sync.errors import AitemsSyncError
 from aitems_sync.report import AmbiguousBatch, DatasetReport
 from aitems_sync.spec import DatasetSpec
-from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry, StateStore
+from aitems_sync.state import BatchCommit, Mark, QuarantineEntry, Sending, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +49,35 @@ FAILED_MAYBE_LANDED = ("the upload failed after an attempt that may have landed;
 
 @dataclass
 class _Slot:
-    """A cut batch waiting for its commit turn (``future`` is None for a batch with no rows)."""
+    """A cut batch until it commits: journalled once ``batch_id`` is set, uploading while
+    ``future`` is not done (a batch without rows has neither: it only moves the mark)."""
 
     batch: Batch
-    batch_id: int | None
-    future: Future[Delivery] | None
+    batch_id: int | None = None
+    future: Future[Delivery] | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether the batch's fate is known: nothing to send, or its upload has finished."""
+        if self.batch.empty:
+            return True
+        return self.future is not None and self.future.done()
 
 
 class Window:
     """In-flight uploads of one dataset and their in-order commits; use as a context manager.
 
+    ``emit`` hands a cut batch to the committer thread and blocks while ``2 * in_flight + 2``
+    batches are cut and not yet committed: reading runs ahead of the uploads by a bounded
+    amount. ``drain`` waits until every batch is committed (or abandoned after a failure).
+
     ``check_lease`` is called before every write and raises when the run lost the dataset's
     lease: from then on another run owns the dataset and this one must not commit.
-    ``on_commit`` is told each batch whose commit made it part of the ledger. Without
-    ``keep_ledger`` (an interaction dataset with no lookback: the mark alone excludes what was
-    sent) in-order commits write no ledger entries; batches acknowledged after a failure still
-    do, since the mark does not cover them and the re-run must not send them again.
+    ``on_commit`` is told each batch whose commit made it part of the ledger (from the
+    committer thread). Without ``keep_ledger`` (an interaction dataset with no lookback: the
+    mark alone excludes what was sent) in-order commits write no ledger entries; batches
+    acknowledged after a failure still do, since the mark does not cover them and the re-run
+    must not send them again.
     """
 
     def __init__(
@@ -69,83 +96,170 @@ class Window:
         self.check_lease = check_lease
         self.on_commit = on_commit
         self.keep_ledger = keep_ledger
+        self.limit = 2 * self.in_flight + 2
+        self._wake = threading.Condition()
+        # Guarded by _wake: handed over by the caller, and the count of batches not committed.
+        self._cut: deque[Batch] = deque()
+        self._open = 0
+        self._closing = False
+        self._failure: BaseException | None = None
+        # The committer's own: every batch taken over and not yet committed, in batch order.
         self._slots: deque[_Slot] = deque()
         self._pool = ThreadPoolExecutor(self.in_flight,
                                         thread_name_prefix=f"upload-{dataset.name}")
+        self._committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                           name=f"commit-{dataset.name}")
+        self._committer.start()
 
     def __enter__(self) -> Window:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        # Uploads still on the wire finish before the dataset is done with (their batches stay
-        # journalled `sending` if nobody committed them: the next run reports them).
+        # Batches cut before an error are sound: they commit (or are abandoned) first. Uploads
+        # still on the wire finish before the dataset is done with; their batches stay
+        # journalled `sending` if nobody committed them, and the next run reports them.
+        self._close()
         self._pool.shutdown(wait=True)
 
-    # -- sending --------------------------------------------------------------------------
+    # -- the caller's side ------------------------------------------------------------------
 
     def emit(self, batch: Batch) -> None:
-        """Journal and send a batch (or queue a batch without rows); commit what is ready."""
-        future: Future[Delivery] | None = None
-        batch_id: int | None = None
-        if not batch.empty:
-            self.check_lease()
-            batch_id = self.state.journal_sending(
-                self.dataset.name, self.run_id, rows=len(batch.rows), first=batch.first,
-                last=batch.last,
-            )
-            future = self._pool.submit(deliver, self.uploader, self.target, batch.rows)
-        self._slots.append(_Slot(batch, batch_id, future))
-        self.drain(final=False)
+        """Hand a cut batch over to be journalled, sent and committed in order.
+
+        Blocks while the window is full; raises the failure that stopped the window, if any.
+        """
+        with self._wake:
+            while self._open >= self.limit and self._failure is None:
+                self._wake.wait()
+            if self._failure is not None:
+                raise self._failure
+            self._cut.append(batch)
+            self._open += 1
+            self._wake.notify_all()
 
     def drain(self, *, final: bool) -> None:
-        """Commit finished batches in order. Unless ``final``, return as soon as the head is
-        still uploading and there is room on the wire for another batch.
+        """Raise the failure that stopped the window, if any; with ``final``, first wait until
+        every batch handed over has committed, or was abandoned after a failure."""
+        if final:
+            self._close()
+        with self._wake:
+            if self._failure is not None:
+                raise self._failure
 
-        A failed batch abandons the window (see ``_abandon``) and its error is raised.
-        """
-        while self._slots:
-            head = self._slots[0]
-            if head.future is not None and not head.future.done():
-                # Batches cut but not committed are bounded too, not only those uploading: a
-                # slow head must not let the window grow without limit ahead of the mark.
-                busy = sum(1 for s in self._slots if s.future is not None)
-                if not final and busy < self.in_flight:
-                    return
+    def _close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify_all()
+        self._committer.join()
+
+    # -- the committer thread -----------------------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        try:
+            while self._next_cycle():
+                pass
+        except BaseException as error:  # raised to the caller; nothing is lost by catching
+            self._abandon()
+            with self._wake:
+                self._failure = error
+                self._open = 0
+                self._wake.notify_all()
+
+    def _next_cycle(self) -> bool:
+        """Wait for work, then run one transaction; False once closed and nothing is left."""
+        with self._wake:
+            while not (self._cut or (self._slots and self._slots[0].settled)):
+                if self._closing and not self._slots:
+                    return False
+                self._wake.wait()
+            fresh = [_Slot(batch) for batch in self._cut]
+            self._cut.clear()
+        self._slots.extend(fresh)
+        settled = self._settled_prefix()
+        failed = settled[-1] if settled and _failed(settled[-1]) else None
+        done = settled[:-1] if failed is not None else settled
+        to_send = [] if failed is not None else self._room_on_the_wire(done)
+        if done or to_send:
+            self._write(done, to_send)
+        if failed is not None:
             self._slots.popleft()
-            try:
-                delivery = head.future.result() if head.future is not None else None
-                if delivery is not None and delivery.error is not None:
-                    self._keep_delivered(head, delivery)
-                    raise delivery.error
-                self._commit(head, delivery)
-            except BaseException:
-                self._abandon()
-                raise
+            self._fail(failed)
+        return True
 
-    # -- committing -----------------------------------------------------------------------
+    def _settled_prefix(self) -> list[_Slot]:
+        """The settled slots at the head, up to and including the first failed one."""
+        prefix: list[_Slot] = []
+        for slot in self._slots:
+            if not slot.settled:
+                break
+            prefix.append(slot)
+            if _failed(slot):
+                break
+        return prefix
 
-    def _commit(self, slot: _Slot, delivery: Delivery | None) -> None:
-        batch, report = slot.batch, self.report
-        ledger: list[LedgerEntry] = []
+    def _room_on_the_wire(self, committing: list[_Slot]) -> list[_Slot]:
+        """The batches to journal and send now: the next ones in order, as long as no more
+        than ``in_flight`` batches stand between journalled and committed."""
+        journalled = sum(1 for s in self._slots if s.future is not None)
+        journalled -= sum(1 for s in committing if s.future is not None)
+        waiting = [s for s in self._slots if s.future is None and not s.batch.empty]
+        return waiting[:max(0, self.in_flight - journalled)]
+
+    def _write(self, done: list[_Slot], to_send: list[_Slot]) -> None:
+        """Commit ``done`` and journal ``to_send`` in one transaction, then send those."""
+        commits = [self._commit_of(slot) for slot in done]
+        self.check_lease()
+        ids = self.state.commit_batches(
+            self.dataset.name, run_id=self.run_id, commits=commits,
+            sending=[Sending(len(s.batch.rows), s.batch.first, s.batch.last) for s in to_send],
+        )
+        for slot, batch_id in zip(to_send, ids, strict=True):
+            slot.batch_id = batch_id
+            slot.future = self._pool.submit(deliver, self.uploader, self.target, slot.batch.rows)
+            slot.future.add_done_callback(self._notify)
+        for slot in done:
+            self._slots.popleft()
+            self._account(slot)
+        if done:
+            with self._wake:
+                self._open -= len(done)
+                self._wake.notify_all()
+
+    def _notify(self, _future: Future[Delivery]) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _commit_of(self, slot: _Slot) -> BatchCommit:
+        batch = slot.batch
         quarantine = list(batch.quarantine)
-        if delivery is not None:
+        ledger = []
+        if slot.future is not None:
+            delivery = slot.future.result()
             if self.keep_ledger:
                 ledger = [batch.ledger[i] for i in delivery.delivered]
             quarantine.extend(self._server_rejections(batch, delivery))
-        self.check_lease()
-        self.state.commit_batch(
-            self.dataset.name, run_id=self.run_id, batch_id=slot.batch_id, ledger=ledger,
-            mark=batch.end, quarantine=quarantine,
-        )
-        if delivery is not None:
+        return BatchCommit(slot.batch_id, ledger, batch.end, quarantine)
+
+    def _account(self, slot: _Slot) -> None:
+        """Count a committed batch in the report and tell ``on_commit``."""
+        if slot.future is not None:
+            delivery, report = slot.future.result(), self.report
             report.sent += len(delivery.delivered)
             report.invalid += len(delivery.rejected)
             report.batches += 1
             report.requests += delivery.requests
             if delivery.ambiguous:
                 self._note_ambiguous(slot, LOST_ANSWER)
-        self.on_commit(batch)
+        self.on_commit(slot.batch)
+
+    def _fail(self, slot: _Slot) -> None:
+        """Record what the failed batch delivered, then raise its error."""
+        assert slot.future is not None
+        delivery = slot.future.result()  # an upload thread's own bug raises here
+        self._keep_delivered(slot, delivery)
+        assert delivery.error is not None
+        raise delivery.error
 
     def _keep_delivered(self, slot: _Slot, delivery: Delivery) -> None:
         """Record what a failed or abandoned batch delivered: ledger entries, never the mark.
@@ -171,7 +285,10 @@ class Window:
             self._note_ambiguous(slot, LOST_ANSWER)
 
     def _abandon(self) -> None:
-        """After a failure: let the uploads on the wire finish and keep what they delivered."""
+        """After a failure: let the uploads on the wire finish and keep what they delivered.
+
+        Batches not journalled yet were never sent; the next run reads their rows again.
+        """
         slots, self._slots = list(self._slots), deque()
         for slot in slots:
             if slot.future is None:
@@ -211,6 +328,13 @@ class Window:
                     "rows twice", self.dataset.name, slot.batch_id, len(batch.rows),
                     show(batch.first), show(batch.last), reason,
                     extra={"event": "ambiguous_batch", "dataset": self.dataset.name})
+
+
+def _failed(slot: _Slot) -> bool:
+    """Whether a settled slot's upload failed (or its upload thread raised)."""
+    if slot.future is None:
+        return False
+    return slot.future.exception() is not None or slot.future.result().error is not None
 
 
 def show(mark: Mark | None) -> str | None:

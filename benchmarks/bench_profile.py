@@ -93,6 +93,20 @@ def _main_stage(frames: list[tuple[str, str, int]]) -> str:
     return f"other: {function} ({file})"
 
 
+def _committer_stage(frames: list[tuple[str, str, int]]) -> str:
+    functions = " ".join(f"{function} ({file}" for function, file, _ in frames)
+    leaf = f"{frames[-1][0]} ({frames[-1][1]}" if frames else ""
+    if "Condition.wait" in leaf or "wait (threading.py" in leaf:
+        return "committer: idle, waiting for a batch or an answer"
+    if "do_commit" in leaf:
+        return "committer: COMMIT (fsync)"
+    if "LedgerWriter.write" in functions:
+        return "committer: ledger upsert"
+    if "commit_batches" in functions:
+        return "committer: other statements of the transaction"
+    return "committer: bookkeeping (Python)"
+
+
 def _upload_stage(frames: list[tuple[str, str, int]]) -> str:
     functions = [f"{function} ({file}" for function, file, _ in frames]
     leaf = functions[-1] if functions else ""
@@ -109,7 +123,8 @@ def _upload_stage(frames: list[tuple[str, str, int]]) -> str:
 
 
 def summarise(path: Path) -> tuple[Counter[str], Counter[str], Counter[str]]:
-    """Samples per main-thread stage, per upload-thread stage, and main-thread own-time lines."""
+    """Samples per main-thread stage, per upload- and committer-thread stage, and main-thread
+    own-time lines."""
     main: Counter[str] = Counter()
     uploads: Counter[str] = Counter()
     lines: Counter[str] = Counter()
@@ -122,6 +137,8 @@ def summarise(path: Path) -> tuple[Counter[str], Counter[str], Counter[str]]:
         frames = _frames(rest)
         if "upload-" in thread:
             uploads[_upload_stage(frames)] += count
+        elif "commit-" in thread:
+            uploads[_committer_stage(frames)] += count
         elif "lease-renewer" in thread:
             continue
         else:  # the main thread (named once threading has started)
@@ -139,9 +156,11 @@ def report(path: Path, top: int) -> str:
     out = [f"{path.name}: {total:,} main-thread samples (wall time, idle included)",
            "", "main thread, by stage                                         share"]
     out += [f"  {stage:<60} {count / total:6.1%}" for stage, count in main.most_common()]
-    upload_total = sum(uploads.values()) or 1
-    out += ["", f"upload threads ({upload_total:,} samples over all threads)"]
-    out += [f"  {stage:<60} {count / upload_total:6.1%}" for stage, count in uploads.most_common()]
+    for kind in ("upload threads", "committer"):
+        stages = Counter({s: c for s, c in uploads.items() if s.startswith(kind)})
+        kind_total = sum(stages.values()) or 1
+        out += ["", f"{kind} ({kind_total:,} samples over all its threads)"]
+        out += [f"  {stage:<60} {count / kind_total:6.1%}" for stage, count in stages.most_common()]
     out += ["", f"main thread, innermost frame (top {top})"]
     out += [f"  {count / total:6.1%}  {where}" for where, count in lines.most_common(top)]
     return "\n".join(out)
