@@ -782,6 +782,23 @@ def test_a_sql_error_while_streaming_is_a_source_error_and_releases(pg_url: str)
     source.close()
 
 
+def test_a_sqlite_error_while_streaming_is_a_source_error_and_releases(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    rows = ", ".join(f"({i}, '[{i}]')" for i in range(1, 3001))
+    run_sql(url, "CREATE TABLE docs (id integer PRIMARY KEY, body text)",
+            f"INSERT INTO docs VALUES {rows}", "UPDATE docs SET body = '{oops' WHERE id = 2500")
+    source = make_source(url)
+    query = "SELECT id, id AS c, json_extract(body, '$[0]') AS n FROM docs"
+    read = 0
+    with pytest.raises(SourceError, match=r"^source 'shop': the query failed: malformed JSON"):  # noqa: SIM117
+        with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=100) as ex:
+            for chunk in ex.chunks:
+                read += len(chunk)
+    assert read == 2400  # the chunks before the failing row arrived, as tuples
+    assert source.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    source.close()
+
+
 def test_the_source_timezone_is_the_configured_zone(tmp_path: Path) -> None:
     assert make_source("sqlite://", "Asia/Seoul").timezone == ZoneInfo("Asia/Seoul")
     with pytest.raises(SourceError, match="unknown timezone 'Mars/Base'"):
