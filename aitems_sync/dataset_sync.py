@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -67,8 +67,7 @@ def _no_check() -> None:
     return None
 
 
-@dataclass
-class _Row:
+class _Row(NamedTuple):
     """One extracted row after shaping and hashing (``encoded`` is None when invalid)."""
 
     raw: Sequence[Any]

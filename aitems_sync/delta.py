@@ -54,6 +54,8 @@ def cursor_position(value: Any, timezone: tzinfo) -> float | None:
     Datetimes and dates become epoch seconds (naive ones read in ``timezone``), numbers stay
     numbers, ISO 8601 text is parsed; anything else has no position (its ledger is not pruned).
     """
+    if type(value) is int or type(value) is float:  # the common cases, first and cheaply
+        return float(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float | Decimal):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aitems_sync.errors import StateError
 from aitems_sync.values import (
@@ -22,12 +22,12 @@ from aitems_sync.values import (
 )
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
+class LedgerEntry(NamedTuple):
     """A key's hash and the hash of its last acknowledged payload (both signed 64-bit).
 
     ``position`` is the row's numeric cursor position (epoch seconds for datetimes), used to
-    prune interaction ledgers down to the lookback window.
+    prune interaction ledgers down to the lookback window. A named tuple rather than a frozen
+    dataclass: one is made per row on the reading thread, in a third of the time.
     """
 
     key_hash: int
