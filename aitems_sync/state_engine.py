@@ -270,6 +270,9 @@ class LedgerWriter:
             self._write_arrays(conn, rows)
         elif self._kind == "json":
             for dataset_id, entries in _by_dataset(rows).items():
+                # In key order the B-tree's pages are visited once each, in order (a stable
+                # sort: a repeated key's last entry still comes last and wins).
+                entries.sort(key=_key_hash)
                 conn.exec_driver_sql(self._SQLITE_SQL, (dataset_id, dumps(entries)))
         else:
             self._write_many(conn, rows)
@@ -295,6 +298,10 @@ class LedgerWriter:
                 "payloads": [entry[1] for entry in latest.values()],
                 "positions": [entry[2] for entry in latest.values()],
             })
+
+
+def _key_hash(entry: tuple[int, int, float | None]) -> int:
+    return entry[0]
 
 
 def _by_dataset(rows: Sequence[LedgerRow]) -> dict[int, list[tuple[int, int, float | None]]]:
