@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench_backfill import backfill
 from bench_delta import delta
-from bench_latency import latency_runs, ratios
+from bench_latency import LATENCY_ROWS, latency_runs, ratios
 from bench_memory import FLAT_MB, TARGET_MB
 from bench_noop import noop, startup_floor
 from harness import (
@@ -132,7 +132,7 @@ def main() -> None:
         figures += _events(emu, args.rows, args.big_rows if args.big else 0)
         figures += _items(emu, args.rows)
     with emulator("--latency", "0.05") as emu:
-        for figure in ratios(latency_runs(emu, 50_000, [1, 4, 8])):
+        for figure in ratios(latency_runs(emu, LATENCY_ROWS, [1, 4, 8])):
             figures.append(show(figure))
     floor = startup_floor()
     print("\n".join(floor))
