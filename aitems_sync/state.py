@@ -76,6 +76,24 @@ def _batches(ids: Sequence[int]) -> str:
     return "batches " + ", ".join(str(i) for i in ids) if ids else "a batch"
 
 
+class _Statements:
+    """The statements a streaming dataset's committer runs in every transaction, built once:
+    building a SQLAlchemy statement (and its cache key) per call cost more Python time than
+    SQLite took to run it."""
+
+    def __init__(self, dialect: str) -> None:
+        self.put_mark = se.upsert(dialect, t.marks, ["dataset_id"],
+                                  ["cursor", "key", "updated_at"])
+        self.journal = sa.insert(t.batches)
+        self.set_status = (
+            sa.update(t.batches)
+            .where(t.batches.c.dataset_id == sa.bindparam("in_dataset"),
+                   t.batches.c.batch_id.in_(sa.bindparam("ids", expanding=True)))
+            .values(status=sa.bindparam("new_status"), updated_at=sa.bindparam("now"))
+        )
+        self.set_status_of_sending = self.set_status.where(t.batches.c.status == "sending")
+
+
 class StateStore:
     """The state of every dataset in one database; safe to share between threads."""
 
@@ -87,6 +105,7 @@ class StateStore:
         self._clock = clock
         self._ids: dict[str, int] = {}
         self._ledger_writer = se.LedgerWriter(engine.dialect)
+        self._statements = _Statements(self._dialect)
         self.url_for_display = display
 
     @classmethod
@@ -193,9 +212,8 @@ class StateStore:
             conn.execute(sa.delete(t.marks).where(t.marks.c.dataset_id == dataset_id))
             return
         cursor, key = encode_mark(mark)
-        stmt = se.upsert(self._dialect, t.marks, ["dataset_id"], ["cursor", "key", "updated_at"])
-        conn.execute(stmt, {"dataset_id": dataset_id, "cursor": cursor, "key": key,
-                            "updated_at": self._clock()})
+        conn.execute(self._statements.put_mark, {"dataset_id": dataset_id, "cursor": cursor,
+                                                 "key": key, "updated_at": self._clock()})
 
     def reset(self, dataset: str) -> None:
         """Forget the dataset's mark, ledger and journal (its quarantine stays)."""
@@ -327,21 +345,19 @@ class StateStore:
                 conn.execute(sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk)))
             return [self._insert_sending(conn, row) for row in journal]
 
-    @staticmethod
-    def _insert_sending(conn: sa.Connection, row: dict[str, Any]) -> int:
-        inserted = conn.execute(sa.insert(t.batches), row).inserted_primary_key
+    def _insert_sending(self, conn: sa.Connection, row: dict[str, Any]) -> int:
+        inserted = conn.execute(self._statements.journal, row).inserted_primary_key
         assert inserted is not None
         return int(inserted[0])
 
     def _set_status(self, conn: sa.Connection, dataset_id: int, ids: Sequence[int], status: str,
                     now: datetime, *, only_sending: bool = False) -> int:
+        stmt = self._statements.set_status_of_sending if only_sending else (
+            self._statements.set_status)
         changed = 0
         for chunk in se.chunks(ids):
-            stmt = sa.update(t.batches).where(t.batches.c.dataset_id == dataset_id,
-                                            t.batches.c.batch_id.in_(chunk))
-            if only_sending:
-                stmt = stmt.where(t.batches.c.status == "sending")
-            changed += conn.execute(stmt.values(status=status, updated_at=now)).rowcount
+            params = {"in_dataset": dataset_id, "ids": chunk, "new_status": status, "now": now}
+            changed += conn.execute(stmt, params).rowcount
         return changed
 
     def unfinished_batches(self, dataset: str) -> list[BatchRecord]:
