@@ -165,13 +165,13 @@ class DatasetSync:
             # Batches cut before the failure are sound: commit what AiTEMS acknowledged, in
             # order (a failed upload among them abandons the rest), then report the failure.
             try:
-                self.window.drain(final=True)
+                self.window.drain()
             except AitemsSyncError as also:
                 if also is not error:
                     log.error("dataset %s: %s", self.dataset.name, also,
                               extra={"event": "batch_failed", "dataset": self.dataset.name})
             raise
-        self.window.drain(final=True)
+        self.window.drain()
         if self.progress is not None:
             self.progress(self.report)  # the last batches committed after the last chunk
 

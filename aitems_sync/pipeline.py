@@ -3,8 +3,9 @@
 The caller (the thread reading and shaping rows) only cuts batches and hands them over. A
 committer thread owns every state write of the dataset while it streams, in a loop of single
 transactions: each one commits the batches acknowledged since the last one (journal status,
-ledger entries, quarantined rows and the mark after the last of them) and journals the batches
-cut since then as ``sending``, which then go to a pool of ``in_flight`` upload threads. So:
+ledger entries, quarantined rows and the mark after the last of them) and journals the next
+batches as ``sending``, as long as no more than ``in_flight`` stand between journalled and
+committed; those then go to a pool of ``in_flight`` upload threads. So:
 
 - a batch is journalled, and durably, before its request leaves;
 - the mark never passes a batch AiTEMS has not acknowledged: only the acknowledged prefix of the
@@ -138,11 +139,10 @@ class Window:
             self._open += 1
             self._wake.notify_all()
 
-    def drain(self, *, final: bool) -> None:
-        """Raise the failure that stopped the window, if any; with ``final``, first wait until
-        every batch handed over has committed, or was abandoned after a failure."""
-        if final:
-            self._close()
+    def drain(self) -> None:
+        """Wait until every batch handed over has committed, or was abandoned after a failure;
+        then raise the failure that stopped the window, if any."""
+        self._close()
         with self._wake:
             if self._failure is not None:
                 raise self._failure
@@ -364,5 +364,5 @@ class DryWindow:
             self.report.batches += 1
             self.report.sent += len(batch.rows)
 
-    def drain(self, *, final: bool) -> None:
+    def drain(self) -> None:
         """Nothing is in flight in a dry run."""

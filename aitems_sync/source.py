@@ -310,7 +310,7 @@ def _chunks(
     result: sa.CursorResult[Any], size: int, source: Source, release: weakref.finalize[Any, Any]
 ) -> Iterator[Sequence[Sequence[Any]]]:
     try:
-        for part in _parts(result, size, source):
+        for part in _parts(result, size):
             yield part
             if not release.alive:  # closed while the caller held this chunk: stop quietly
                 return
@@ -320,7 +320,7 @@ def _chunks(
         release()
 
 
-def _parts(result: sa.CursorResult[Any], size: int, source: Source) -> Iterator[Sequence[Any]]:
+def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
     """The result's rows in lists of up to ``size``.
 
     Where the driver has no server-side cursor (SQLite), its own cursor already reads lazily,
