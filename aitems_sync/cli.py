@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -265,5 +266,38 @@ for _command in cli_admin.COMMANDS:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    main_group.main(args=argv, prog_name="aitems-sync")
+    """Console-script entry point: runs the command, then ends the process at once.
+
+    The interpreter's teardown (collecting every module's objects) cost ~50 ms of each run, a
+    sixth of a run with nothing to send, and there is nothing left for it to do: commands close
+    their connections and join their threads before they return, and logs and output are
+    flushed here. (A library caller uses ``main_group``, which raises SystemExit as usual.)
+    """
+    try:
+        main_group.main(args=argv, prog_name="aitems-sync")
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    os._exit(_flush(_exit_status(code)))
+
+
+def _exit_status(code: object) -> int:
+    """The process status ``sys.exit(code)`` would give."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _flush(status: int) -> int:
+    """Flush logs and output (click.echo flushes already; a stray print would not be), as
+    Python's own exit does; a failed flush gives status 120, as there."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 120
+    return status

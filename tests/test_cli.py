@@ -44,6 +44,20 @@ def test_a_broken_spec_in_a_real_process_prints_no_traceback() -> None:
     assert re.search(r"unknown-source\.yaml:\d+: datasets\.users\.source: ", done.stderr)
 
 
+def test_a_real_process_ends_at_once_with_its_output_and_the_commands_status() -> None:
+    # The entry point leaves through os._exit, skipping the interpreter's teardown.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # pipes buffered
+    done = subprocess.run([sys.executable, "-m", "aitems_sync", "--help"],
+                          capture_output=True, text=True, env=env)
+    unknown = subprocess.run([sys.executable, "-m", "aitems_sync", "no-such-command"],
+                             capture_output=True, text=True, env=env)
+
+    assert done.returncode == 0
+    assert done.stdout.startswith("Usage: ") and "validate" in done.stdout
+    assert unknown.returncode == 2
+    assert "No such command 'no-such-command'" in unknown.stderr
+
+
 def test_validate_accepts_the_example_spec() -> None:
     result = CliRunner().invoke(main_group, ["--config", str(EXAMPLE), "validate"])
 

@@ -53,7 +53,8 @@ def test_a_run_with_nothing_to_send_imports_none_of_them(tmp_path: Path) -> None
             cursor: changed
             fields: [{name: ITEM_ID, type: string}]
         """))
-    code = f"from aitems_sync.cli import main\ntry:\n    main()\nfinally:\n    {REPORT}"
+    code = (f"from aitems_sync.cli import main_group\ntry:\n"
+            f"    main_group.main(prog_name='aitems-sync')\nfinally:\n    {REPORT}")
 
     found, done = imported(code, "--json", "--config", str(spec), "run")
 
@@ -66,7 +67,8 @@ def test_a_broken_spec_still_gets_jsonschemas_messages(tmp_path: Path) -> None:
     spec = tmp_path / "sync.yaml"
     spec.write_text("version: 1\naitems: {service_id: svc, access_key: ak, secret_key: sk}\n"
                     "sources: {}\ndatasets: {}\nstate: 7\n")
-    code = f"from aitems_sync.cli import main\ntry:\n    main()\nfinally:\n    {REPORT}"
+    code = (f"from aitems_sync.cli import main_group\ntry:\n"
+            f"    main_group.main(prog_name='aitems-sync')\nfinally:\n    {REPORT}")
 
     found, done = imported(code, "--config", str(spec), "validate")
 
