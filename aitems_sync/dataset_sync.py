@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,7 +31,7 @@ from aitems_sync.delta import (
     row_hash,
 )
 from aitems_sync.errors import AitemsSyncError, InvalidRowsError
-from aitems_sync.pipeline import DryWindow, Window, show
+from aitems_sync.pipeline import MERGE_EVERY, DryWindow, Window, show
 from aitems_sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
 from aitems_sync.shape import Shaper
 from aitems_sync.source import Extraction, Source
@@ -61,6 +60,7 @@ class SyncSettings:
     chunk_rows: int = 1000
     mark_every: int = 10_000
     dry_run: bool = False  # plan: read, shape and diff, but upload and write nothing
+    merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
 
 
 def _no_check() -> None:
@@ -78,26 +78,37 @@ class _Row(NamedTuple):
 
 
 @dataclass
-class _Inflight:
-    """Payload hashes of rows in batches cut but not yet committed: the ledger of the near
-    future, so a key seen again before its first batch commits is still compared."""
+class _NearLedger:
+    """What the merged ledger does not hold yet: payload hashes of rows in batches cut and not
+    merged (a committed batch's entries go to the ledger's log first), and the log earlier runs
+    left. The reader consults it before the merged ledger, so a key seen again before its entry
+    is merged is still compared; the log has no index by key, so it is not queried per chunk.
+    Its size is bounded by the merge threshold plus the window."""
 
     hashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # key -> (payload, seq)
-    # Appended by the window's committer thread, emptied by the reading thread.
-    committed: deque[Batch] = field(default_factory=deque)
+    earlier: dict[int, int] = field(default_factory=dict)  # the earlier runs' log: key -> payload
+    # Set by the window's committer thread after a merge: entries of batches up to this seq
+    # (and the earlier runs' log) are in the ledger now.
+    merged_through: int | None = None
+    _purged_through: int | None = None
 
     def add(self, batch: Batch) -> None:
         for entry in batch.ledger:
             self.hashes[entry.key_hash] = (entry.payload_hash, batch.seq)
 
-    def purge_committed(self) -> None:
-        """Forget committed batches; called between chunks, after the ledger holds them."""
-        while self.committed:
-            batch = self.committed.popleft()
-            for entry in batch.ledger:
-                held = self.hashes.get(entry.key_hash)
-                if held is not None and held[1] == batch.seq:
-                    del self.hashes[entry.key_hash]
+    def get(self, key_hash: int) -> int | None:
+        """The key's payload hash here (this run's batches first), or None."""
+        held = self.hashes.get(key_hash)
+        return held[0] if held is not None else self.earlier.get(key_hash)
+
+    def purge_merged(self) -> None:
+        """Forget what was merged; called between chunks, before the ledger is looked up."""
+        through = self.merged_through
+        if through is None or through == self._purged_through:
+            return
+        self.hashes = {k: held for k, held in self.hashes.items() if held[1] > through}
+        self.earlier = {}
+        self._purged_through = through
 
 
 class DatasetSync:
@@ -120,7 +131,7 @@ class DatasetSync:
         self.progress = progress
         self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes,
                                     self._mark_of)
-        self.inflight = _Inflight()
+        self.near = _NearLedger()
         self.is_interaction = dataset.type == "interaction"
         self.old_mark: Mark | None = None
         self.last_row: Sequence[Any] | None = None  # the last row routed
@@ -137,6 +148,8 @@ class DatasetSync:
             # a dataset keeps no ledger, and consults one only if a failed run left entries.
             self.keeps_ledger = not self.is_interaction or self.dataset.lookback > timedelta(0)
             self.use_ledger = self.keeps_ledger or self.state.has_ledger(self.dataset.name)
+            self.logged = self._earlier_log() if self.use_ledger else 0
+            self.log_to_load = self.logged > 0
             with self._window() as self.window, self.source.extract(
                 self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
                 mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
@@ -146,13 +159,27 @@ class DatasetSync:
         finally:
             self.report.seconds = round(time.monotonic() - started, 3)
 
+    def _earlier_log(self) -> int:
+        """How many ledger entries earlier runs left in the log; merged first when that many
+        would not fit in memory (nothing else writes the dataset's ledger while we hold its
+        lease)."""
+        logged = self.state.logged_count(self.dataset.name)
+        if logged >= self.settings.merge_every and not self.settings.dry_run:
+            self.state.merge_ledger(self.dataset.name)
+            return 0
+        return logged
+
+    def _merged(self, through: int) -> None:
+        """From the committer thread: every batch up to ``through`` is in the merged ledger."""
+        self.near.merged_through = through
+
     def _stream(self, extraction: Extraction) -> None:
         self.extraction = extraction
         self.shaper = Shaper(self.dataset, extraction.columns, self.source.timezone)
         self.key_positions = [self.shaper.field_names.index(k) for k in self.dataset.key_fields]
         try:
             for chunk in extraction.chunks:
-                self.inflight.purge_committed()
+                self.near.purge_merged()
                 if not self._take_chunk(chunk):
                     self.report.status = INTERRUPTED
                     break
@@ -181,8 +208,8 @@ class DatasetSync:
         return Window(
             self.dataset, self.settings.run_id, self.settings.target,
             self.settings.batch.in_flight, self.state, self.uploader, self.report,
-            check_lease=self.check_lease, on_commit=self.inflight.committed.append,
-            keep_ledger=self.keeps_ledger,
+            check_lease=self.check_lease, keep_ledger=self.keeps_ledger,
+            logged=self.logged, on_merged=self._merged, merge_every=self.settings.merge_every,
         )
 
     def _after_stream(self) -> None:
@@ -208,9 +235,13 @@ class DatasetSync:
         rows = [self._shape(raw) for raw in chunk]
         ledger: dict[int, int] = {}
         if self.use_ledger:
+            if self.log_to_load:  # on the first chunk: a run with nothing to read never loads it
+                self.near.earlier = self.state.logged_entries(self.dataset.name)
+                self.log_to_load = False
             hashes = [h for r in rows if (h := r.entry.key_hash if r.entry is not None
                                           else r.rejected_key_hash) is not None]
-            ledger = self.state.ledger_lookup(self.dataset.name, hashes) if hashes else {}
+            ledger = self.state.ledger_lookup(self.dataset.name, hashes,
+                                              logged=False) if hashes else {}
         stop = self.stop
         for index, row in enumerate(rows):
             if not index % STOP_CHECK_ROWS and stop.is_set():
@@ -256,7 +287,7 @@ class DatasetSync:
             report.unchanged += 1
             self.builder.skip()
         else:
-            if row.entry.key_hash in ledger:
+            if row.entry.key_hash in ledger or self.near.get(row.entry.key_hash) is not None:
                 report.changed += 1
             else:
                 report.new += 1
@@ -274,18 +305,22 @@ class DatasetSync:
 
     def _already_delivered(self, entry: LedgerEntry, ledger: dict[int, int],
                            raw: Sequence[Any]) -> bool:
-        pending = self.builder.holds(entry.key_hash)
-        if pending is not None:
-            return pending == entry.payload_hash
-        held = self.inflight.hashes.get(entry.key_hash)
-        if held is not None:
-            return held[0] == entry.payload_hash
-        if ledger.get(entry.key_hash) == entry.payload_hash:
+        held = self._held(entry.key_hash, ledger)
+        if held == entry.payload_hash:
             return True
         # A full refresh re-reads interactions the mark already covers; without a ledger entry
         # the mark is the record that they were delivered.
         return self.settings.full_refresh and self.is_interaction and _at_or_before(
             self._mark_of(raw), self.old_mark)
+
+    def _held(self, key_hash: int, ledger: dict[int, int]) -> int | None:
+        """The payload hash the key holds once what was cut so far is delivered: the batch
+        being built, then batches cut or logged and not merged, then the merged ledger."""
+        pending = self.builder.holds(key_hash)
+        if pending is not None:
+            return pending
+        near = self.near.get(key_hash)
+        return near if near is not None else ledger.get(key_hash)
 
     def _reject(self, row: _Row, ledger: dict[int, int]) -> None:
         errors = [{"path": e.path, "message": e.message} for e in self.shaper.explain(row.raw)]
@@ -302,15 +337,15 @@ class DatasetSync:
         self.builder.reject(QuarantineEntry(
             dataset=self.dataset.name, run_id=self.settings.run_id, key=key,
             raw=dict(zip(columns, row.raw, strict=False)), errors=errors, origin="local",
-            ledger_hash=None if row.rejected_key_hash is None else ledger.get(
-                row.rejected_key_hash),
+            ledger_hash=None if row.rejected_key_hash is None else self._held(
+                row.rejected_key_hash, ledger),
         ))
 
     # -- batches -------------------------------------------------------------------------
 
     def _emit(self, batch: Batch) -> None:
         if not batch.empty:
-            self.inflight.add(batch)
+            self.near.add(batch)
         self.window.emit(batch)
         self.report.superseded = self.builder.superseded
 

@@ -26,6 +26,7 @@ from aitems_sync.dataset_sync import DatasetSync, SyncSettings
 from aitems_sync.delivery import Target, Uploader, UploadOutcome
 from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, UsageError
 from aitems_sync.leases import Leases
+from aitems_sync.pipeline import MERGE_EVERY
 from aitems_sync.report import FAILED, INTERRUPTED, INVALID, DatasetReport, RunReport
 from aitems_sync.source import Source
 from aitems_sync.spec import DatasetSpec, Spec
@@ -52,6 +53,7 @@ class RunOptions:
     parallel: int = 1  # datasets synced at once
     chunk_rows: int = 1000  # rows read and diffed against the ledger at a time
     mark_every: int = 10_000  # rows after which a stretch with nothing to send commits its mark
+    merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
 
 
 def select_datasets(spec: Spec, names: Sequence[str]) -> list[DatasetSpec]:
@@ -206,6 +208,7 @@ def _settings(spec: Spec, dataset: DatasetSpec, options: RunOptions, run_id: str
         full_refresh=options.full_refresh,
         chunk_rows=options.chunk_rows,
         mark_every=options.mark_every,
+        merge_every=options.merge_every,
         dry_run=dry_run,
     )
 

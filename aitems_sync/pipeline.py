@@ -16,6 +16,11 @@ committed; those then go to a pool of ``in_flight`` upload threads. So:
   ``sending``, to be reported ambiguous and sent again by the next run), while a backfill pays
   one fsync per group instead of two per batch, off the reading thread.
 
+Committed ledger entries go to the ledger's log (see :mod:`aitems_sync.state_schema`). Once
+``merge_every`` entries wait there, the committer merges the log into the ledger in a
+transaction of its own and tells the reader (``on_merged``), which holds the unmerged entries in
+memory until then.
+
 When a batch fails, the uploads already on the wire finish, and what they delivered goes into
 the ledger but not the mark: a re-run reads those rows again (the mark is behind them) and the
 ledger keeps them off the wire. The failure is raised to the caller at its next ``emit`` or at
@@ -42,6 +47,11 @@ from aitems_sync.spec import DatasetSpec
 from aitems_sync.state import BatchCommit, Mark, QuarantineEntry, Sending, StateStore
 
 log = logging.getLogger(__name__)
+
+#: Ledger entries logged before the committer merges the log into the ledger: the reader holds
+#: them in memory meanwhile (~150 bytes each), and each merge rewrites the ledger pages they
+#: touch (benchmarks/README.md).
+MERGE_EVERY = 50_000
 
 LOST_ANSWER = "an answer was lost and the upload was retried"
 FAILED_MAYBE_LANDED = ("the upload failed after an attempt that may have landed; the next run "
@@ -74,8 +84,9 @@ class Window:
 
     ``check_lease`` is called before every write and raises when the run lost the dataset's
     lease: from then on another run owns the dataset and this one must not commit.
-    ``on_commit`` is told each batch whose commit made it part of the ledger (from the
-    committer thread). Without ``keep_ledger`` (an interaction dataset with no lookback: the
+    ``on_merged`` is told (from the committer thread) the seq of the last batch whose ledger
+    entries are merged after each merge of the log; ``logged`` entries were in the log already
+    when the window opened. Without ``keep_ledger`` (an interaction dataset with no lookback: the
     mark alone excludes what was sent) in-order commits write no ledger entries; batches
     acknowledged after a failure still do, since the mark does not cover them and the re-run
     must not send them again.
@@ -84,8 +95,8 @@ class Window:
     def __init__(
         self, dataset: DatasetSpec, run_id: str, target: Target, in_flight: int,
         state: StateStore, uploader: Uploader, report: DatasetReport,
-        check_lease: Callable[[], None], on_commit: Callable[[Batch], None],
-        keep_ledger: bool = True,
+        check_lease: Callable[[], None], on_merged: Callable[[int], None],
+        keep_ledger: bool = True, logged: int = 0, merge_every: int = MERGE_EVERY,
     ) -> None:
         self.dataset = dataset
         self.run_id = run_id
@@ -95,8 +106,9 @@ class Window:
         self.uploader = uploader
         self.report = report
         self.check_lease = check_lease
-        self.on_commit = on_commit
+        self.on_merged = on_merged
         self.keep_ledger = keep_ledger
+        self.merge_every = merge_every
         self.limit = 2 * self.in_flight + 2
         self._wake = threading.Condition()
         # Guarded by _wake: handed over by the caller, and the count of batches not committed.
@@ -104,8 +116,11 @@ class Window:
         self._open = 0
         self._closing = False
         self._failure: BaseException | None = None
-        # The committer's own: every batch taken over and not yet committed, in batch order.
+        # The committer's own: every batch taken over and not yet committed, in batch order;
+        # the entries in the ledger's log, and the last batch committed (0: none yet).
         self._slots: deque[_Slot] = deque()
+        self._unmerged = logged
+        self._committed_seq = 0
         self._pool = ThreadPoolExecutor(self.in_flight,
                                         thread_name_prefix=f"upload-{dataset.name}")
         self._committer = threading.Thread(target=self._commit_loop, daemon=True,
@@ -222,9 +237,20 @@ class Window:
             self._slots.popleft()
             self._account(slot)
         if done:
+            self._committed_seq = done[-1].batch.seq
+            self._unmerged += sum(len(c.ledger) for c in commits)
             with self._wake:
                 self._open -= len(done)
                 self._wake.notify_all()
+        if self._unmerged >= self.merge_every:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Merge the ledger's log, then tell the reader which batches the ledger now holds."""
+        self.check_lease()
+        self.state.merge_ledger(self.dataset.name)
+        self._unmerged = 0
+        self.on_merged(self._committed_seq)
 
     def _notify(self, _future: Future[Delivery]) -> None:
         with self._wake:
@@ -242,7 +268,7 @@ class Window:
         return BatchCommit(slot.batch_id, ledger, batch.end, quarantine)
 
     def _account(self, slot: _Slot) -> None:
-        """Count a committed batch in the report and tell ``on_commit``."""
+        """Count a committed batch in the report."""
         if slot.future is not None:
             delivery, report = slot.future.result(), self.report
             report.sent += len(delivery.delivered)
@@ -251,7 +277,6 @@ class Window:
             report.requests += delivery.requests
             if delivery.ambiguous:
                 self._note_ambiguous(slot, LOST_ANSWER)
-        self.on_commit(slot.batch)
 
     def _fail(self, slot: _Slot) -> None:
         """Record what the failed batch delivered, then raise its error."""

@@ -104,7 +104,7 @@ class StateStore:
         self._dialect = engine.dialect.name
         self._clock = clock
         self._ids: dict[str, int] = {}
-        self._ledger_writer = se.LedgerWriter(engine.dialect)
+        self._ledger_log = se.LedgerLog(engine.dialect)
         self._statements = _Statements(self._dialect)
         self.url_for_display = display
 
@@ -221,48 +221,97 @@ class StateStore:
         if dataset_id is None:
             return
         with self._write(f"reset dataset {dataset!r}") as conn:
-            for table in (t.marks, t.ledger, t.batches):
+            for table in (t.marks, t.ledger, t.ledger_log, t.batches):
                 conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
 
     # -- ledger -----------------------------------------------------------------------------
 
-    def ledger_lookup(self, dataset: str, key_hashes: Sequence[int]) -> dict[int, int]:
-        """key_hash -> payload_hash for the given keys that are in the ledger."""
+    def ledger_lookup(self, dataset: str, key_hashes: Sequence[int], *,
+                      logged: bool = True) -> dict[int, int]:
+        """key_hash -> payload_hash for the given keys that are in the ledger.
+
+        A key's newest entry in the ledger's log overrides the merged ledger. With ``logged``
+        False only the merged ledger is read: for a run that holds the dataset's lease and
+        keeps the logged entries in memory (:meth:`logged_entries`), since the log has no
+        index by key.
+        """
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None or not key_hashes:
             return {}
         found: dict[int, int] = {}
+        tables = (t.ledger, t.ledger_log) if logged else (t.ledger,)
         with self._read(f"read the ledger of dataset {dataset!r}") as conn:
-            for query in se.ledger_queries(self._dialect, dataset_id, key_hashes):
-                found.update((k, p) for k, p in conn.execute(query))
+            for table in tables:
+                found.update(se.ledger_lookup(conn, table, dataset_id, key_hashes))
         return found
 
-    def ledger_size(self, dataset: str) -> int:
-        """The number of keys in the dataset's ledger."""
+    def logged_entries(self, dataset: str) -> dict[int, int]:
+        """key_hash -> payload_hash of the dataset's log, not merged yet (newest per key)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return {}
+        log_ = t.ledger_log
+        query = (sa.select(log_.c.key_hash, log_.c.payload_hash)
+                 .where(log_.c.dataset_id == dataset_id).order_by(log_.c.seq))
+        with self._read(f"read the ledger log of dataset {dataset!r}") as conn:
+            return {k: p for k, p in conn.execute(query)}
+
+    def logged_count(self, dataset: str) -> int:
+        """How many entries of the dataset wait in the log to be merged into the ledger."""
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return 0
-        query = sa.select(sa.func.count()).select_from(t.ledger)
+        query = sa.select(sa.func.count()).where(t.ledger_log.c.dataset_id == dataset_id)
+        with self._read(f"count the ledger log of dataset {dataset!r}") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def merge_ledger(self, dataset: str) -> int:
+        """Merge the dataset's log into its ledger (one transaction); how many entries moved.
+
+        Call while holding the dataset's lease: a run holding it may keep the log in memory.
+        """
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        with self._write(f"merge the ledger log of dataset {dataset!r}") as conn:
+            return self._ledger_log.merge(conn, dataset_id)
+
+    def ledger_size(self, dataset: str) -> int:
+        """The number of keys in the dataset's ledger, its log included."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        ledger, log_ = t.ledger, t.ledger_log
+        merged = sa.select(sa.func.count()).where(ledger.c.dataset_id == dataset_id)
+        only_logged = sa.select(sa.func.count(sa.distinct(log_.c.key_hash))).where(
+            log_.c.dataset_id == dataset_id,
+            ~sa.exists().where(ledger.c.dataset_id == dataset_id,
+                               ledger.c.key_hash == log_.c.key_hash))
         with self._read(f"count the ledger of dataset {dataset!r}") as conn:
-            return int(conn.execute(query.where(t.ledger.c.dataset_id == dataset_id)).scalar_one())
+            return int(conn.execute(merged).scalar_one() + conn.execute(only_logged).scalar_one())
 
     def has_ledger(self, dataset: str) -> bool:
-        """Whether the dataset's ledger holds any entry (one index probe, not a count)."""
+        """Whether the dataset's ledger or its log holds any entry (index probes, no count)."""
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return False
-        query = sa.select(t.ledger.c.key_hash).where(t.ledger.c.dataset_id == dataset_id)
         with self._read(f"probe the ledger of dataset {dataset!r}") as conn:
-            return conn.execute(query.limit(1)).first() is not None
+            for table in (t.ledger, t.ledger_log):
+                query = sa.select(table.c.key_hash).where(table.c.dataset_id == dataset_id)
+                if conn.execute(query.limit(1)).first() is not None:
+                    return True
+        return False
 
     def prune_ledger(self, dataset: str, before: float) -> int:
-        """Delete the dataset's entries whose position is below ``before``; returns how many."""
+        """Merge the dataset's log, then delete its entries whose position is below
+        ``before``; returns how many. Call while holding the dataset's lease."""
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return 0
         stmt = sa.delete(t.ledger).where(t.ledger.c.dataset_id == dataset_id,
                                        t.ledger.c.position < before)
         with self._write(f"prune the ledger of dataset {dataset!r}") as conn:
+            self._ledger_log.merge(conn, dataset_id)
             return int(conn.execute(stmt).rowcount)
 
     # -- journal and the atomic commit -------------------------------------------------------
@@ -336,7 +385,7 @@ class StateStore:
                     "its rows are read again on the next run"
                 )
             if entries:
-                self._ledger_writer.write(conn, entries)
+                self._ledger_log.append(conn, entries)
             if marks:
                 self._put_mark(conn, dataset_id, marks[-1])
             if rejected:

@@ -9,10 +9,10 @@ SQLite needs care to be a safe multi-threaded, multi-process store:
 - write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
   writes can fail with "database is locked" without ever waiting, when another connection wrote
   in between. Reads keep a plain ``BEGIN`` so they never queue behind a writer;
-- the WAL is checkpointed every 10,000 pages (~40 MB) rather than SQLite's 1,000: a backfill
-  writes the ledger's random B-tree pages over and over, and checkpointing them 10 times less
-  often made ledger commits ~45% faster (benchmarks/README.md). SQLite checkpoints the rest
-  when the last connection closes;
+- the WAL is checkpointed every 10,000 pages (~40 MB) rather than SQLite's 1,000: merging the
+  ledger's log rewrites many of the ledger's B-tree pages, and checkpointing them 10 times less
+  often made (then direct) ledger commits ~45% faster (benchmarks/README.md). SQLite
+  checkpoints the rest when the last connection closes;
 - ``synchronous`` stays at SQLite's FULL: ``NORMAL`` was only ~12% faster per commit and can
   lose the last acknowledged commits on a power cut, which would send those rows again.
 
@@ -31,15 +31,16 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from aitems_sync.errors import StateError
-from aitems_sync.state_schema import ledger, migrate, migration_lock
+from aitems_sync.state_schema import ledger_log, migrate, migration_lock
 from aitems_sync.values import dumps
 
 log = logging.getLogger(__name__)
@@ -223,61 +224,100 @@ def insert_ignore(dialect_name: str, table: sa.Table, index: Sequence[str]) -> s
 LedgerRow = tuple[int, int, int, float | None]
 
 
-class LedgerWriter:
-    """The ledger upsert, written for speed: it is the one write whose size grows with a batch.
+class LedgerLog:
+    """Appends to ``ledger_log`` and merges it into ``ledger``, written for speed: the append is
+    the one write whose size grows with a batch.
 
-    Each dialect gets ONE statement per commit, whatever the number of entries, so that the
-    database does the work in a single call that releases the GIL: the engine commits on its
-    own thread while the main thread shapes rows, and ``executemany`` would hand the GIL back
-    and forth once per entry (on SQLite that ran at under 1,000 entries/s beside a busy main
-    thread, against 140k+ in one statement). SQLite takes the entries as one JSON array through
-    ``json_each``; PostgreSQL (psycopg) as arrays through ``unnest`` (benchmarks/bench_state.py
-    went from 24k to 73k ledger rows/s); MySQL's driver turns ``executemany`` of an INSERT into
-    one multi-row statement itself.
+    Each dialect appends with ONE statement per commit, whatever the number of entries, so that
+    the database does the work in a single call that releases the GIL: the engine commits on
+    its own thread while the main thread shapes rows, and ``executemany`` would hand the GIL
+    back and forth once per entry (on SQLite that ran at under 1,000 entries/s beside a busy
+    main thread, against 140k+ in one statement). SQLite takes the entries as one JSON array
+    through ``json_each``; PostgreSQL (psycopg) as arrays through ``unnest``; MySQL's driver
+    turns ``executemany`` of an INSERT into one multi-row statement itself. Entries get their
+    ``seq`` in the order given, so a key's last entry is its newest.
+
+    The merge is one ``INSERT ... SELECT`` per dialect that keeps each key's newest entry: SQLite
+    applies the log in (key, seq) order, so the last entry of a key wins and the B-tree's pages
+    are visited once each, in order; PostgreSQL picks it with ``DISTINCT ON`` (one statement may
+    not update a row twice); MySQL applies the log in ``seq`` order.
     """
 
     COLUMNS = ("dataset_id", "key_hash", "payload_hash", "position")
 
-    _PG_SQL = (
-        "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
-        "SELECT %(dataset_id)s, k, p, pos FROM unnest(%(keys)s::BIGINT[], %(payloads)s::BIGINT[], "
-        "%(positions)s::DOUBLE PRECISION[]) AS entries(k, p, pos) "
-        "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
-        "SET payload_hash = excluded.payload_hash, position = excluded.position"
-    )
-    # ``WHERE true`` tells SQLite's parser that ON CONFLICT belongs to the INSERT. Entries are
-    # applied in array order, so a key's last entry wins, as with one statement per entry.
-    _SQLITE_SQL = (
-        "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
+    _SQLITE_APPEND = (
+        "INSERT INTO ledger_log (dataset_id, key_hash, payload_hash, position) "
         "SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-        "json_extract(value, '$[2]') FROM json_each(?) WHERE true "
-        "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
-        "SET payload_hash = excluded.payload_hash, position = excluded.position"
+        "json_extract(value, '$[2]') FROM json_each(?)"
     )
+    _PG_APPEND = (
+        "INSERT INTO ledger_log (dataset_id, key_hash, payload_hash, position) "
+        "SELECT %(dataset_id)s, k, p, pos FROM unnest(%(keys)s::BIGINT[], "
+        "%(payloads)s::BIGINT[], %(positions)s::DOUBLE PRECISION[]) "
+        "WITH ORDINALITY AS entries(k, p, pos, n) ORDER BY n"
+    )
+    _MERGE: ClassVar[dict[str, str]] = {
+        "sqlite": (
+            "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
+            "SELECT dataset_id, key_hash, payload_hash, position FROM ledger_log "
+            "WHERE dataset_id = :dataset_id AND seq <= :through ORDER BY key_hash, seq "
+            "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
+            "SET payload_hash = excluded.payload_hash, position = excluded.position"
+        ),
+        "postgresql": (
+            "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
+            "SELECT DISTINCT ON (key_hash) dataset_id, key_hash, payload_hash, position "
+            "FROM ledger_log WHERE dataset_id = :dataset_id AND seq <= :through "
+            "ORDER BY key_hash, seq DESC "
+            "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
+            "SET payload_hash = excluded.payload_hash, position = excluded.position"
+        ),
+        "mysql": (
+            "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
+            "SELECT dataset_id, key_hash, payload_hash, position FROM ledger_log "
+            "WHERE dataset_id = :dataset_id AND seq <= :through ORDER BY seq "
+            "ON DUPLICATE KEY UPDATE payload_hash = VALUES(payload_hash), "
+            "position = VALUES(position)"
+        ),
+    }
 
     def __init__(self, dialect: sa.Dialect) -> None:
         self._kind = ("arrays" if dialect.name == "postgresql" and dialect.driver == "psycopg"
                       else "json" if dialect.name == "sqlite" else "many")
-        stmt = upsert(dialect.name, ledger, self.COLUMNS[:2], self.COLUMNS[2:])
-        compiled = stmt.compile(dialect=dialect)
+        compiled = sa.insert(ledger_log).compile(dialect=dialect,
+                                                 column_keys=list(self.COLUMNS))
         self._sql = compiled.string
         order = tuple(compiled.positiontup or ()) if compiled.positional else None
         self._order = None if order is None else [self.COLUMNS.index(name) for name in order]
+        name = "mysql" if dialect.name == "mariadb" else dialect.name
+        self._merge = sa.text(self._MERGE.get(name, self._MERGE["mysql"]))
+        self._last = sa.select(sa.func.max(ledger_log.c.seq)).where(
+            ledger_log.c.dataset_id == sa.bindparam("dataset_id"))
+        self._forget = sa.delete(ledger_log).where(
+            ledger_log.c.dataset_id == sa.bindparam("dataset_id"),
+            ledger_log.c.seq <= sa.bindparam("through"))
 
-    def write(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
-        """Upsert ``(dataset_id, key_hash, payload_hash, position)`` rows; the last row wins."""
+    def append(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
+        """Append ``(dataset_id, key_hash, payload_hash, position)`` rows, in their order."""
         if self._kind == "arrays":
-            self._write_arrays(conn, rows)
+            self._append_arrays(conn, rows)
         elif self._kind == "json":
             for dataset_id, entries in _by_dataset(rows).items():
-                # In key order the B-tree's pages are visited once each, in order (a stable
-                # sort: a repeated key's last entry still comes last and wins).
-                entries.sort(key=_key_hash)
-                conn.exec_driver_sql(self._SQLITE_SQL, (dataset_id, dumps(entries)))
+                conn.exec_driver_sql(self._SQLITE_APPEND, (dataset_id, dumps(entries)))
         else:
-            self._write_many(conn, rows)
+            self._append_many(conn, rows)
 
-    def _write_many(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
+    def merge(self, conn: sa.Connection, dataset_id: int) -> int:
+        """Move the dataset's logged entries into the ledger, each key's newest winning;
+        returns how many log entries were merged. Run inside the caller's transaction."""
+        through = conn.execute(self._last, {"dataset_id": dataset_id}).scalar()
+        if through is None:
+            return 0
+        params = {"dataset_id": dataset_id, "through": through}
+        conn.execute(self._merge, params)
+        return int(conn.execute(self._forget, params).rowcount)
+
+    def _append_many(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
         params: Sequence[Any]
         if self._order is None:
             params = [dict(zip(self.COLUMNS, row, strict=True)) for row in rows]
@@ -287,21 +327,14 @@ class LedgerWriter:
             params = [tuple(row[i] for i in self._order) for row in rows]
         conn.exec_driver_sql(self._sql, params)
 
-    def _write_arrays(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
-        # One statement may not touch a row twice (ON CONFLICT), so repeated keys (identical
-        # interaction rows) collapse first, the last one winning as in executemany.
+    def _append_arrays(self, conn: sa.Connection, rows: Sequence[LedgerRow]) -> None:
         for dataset_id, entries in _by_dataset(rows).items():
-            latest = {entry[0]: entry for entry in entries}
-            conn.exec_driver_sql(self._PG_SQL, {
+            conn.exec_driver_sql(self._PG_APPEND, {
                 "dataset_id": dataset_id,
-                "keys": [entry[0] for entry in latest.values()],
-                "payloads": [entry[1] for entry in latest.values()],
-                "positions": [entry[2] for entry in latest.values()],
+                "keys": [entry[0] for entry in entries],
+                "payloads": [entry[1] for entry in entries],
+                "positions": [entry[2] for entry in entries],
             })
-
-
-def _key_hash(entry: tuple[int, int, float | None]) -> int:
-    return entry[0]
 
 
 def _by_dataset(rows: Sequence[LedgerRow]) -> dict[int, list[tuple[int, int, float | None]]]:
@@ -326,24 +359,46 @@ def chunks(values: Sequence[int]) -> Iterator[list[int]]:
         yield list(values[start : start + CHUNK])
 
 
-def ledger_queries(
-    dialect_name: str, dataset_id: int, key_hashes: Sequence[int]
+def ledger_lookup(conn: sa.Connection, table: sa.Table, dataset_id: int,
+                  key_hashes: Sequence[int]) -> dict[int, int]:
+    """``key_hash -> payload_hash`` of ``table`` (the ledger or its log) for the keys that are
+    in it; where the log holds a key more than once, its newest entry."""
+    dialect_name = conn.dialect.name
+    if dialect_name == "sqlite" and table is not ledger_log:
+        # The keys travel as one JSON text and the answer comes back as one: sqlite3 releases
+        # the GIL for every row it steps, and beside busy threads each row then waits to get it
+        # back (a lookup of 1,000 keys took ~18 ms in a run, against 2.5 ms on its own).
+        answer = conn.exec_driver_sql(
+            "SELECT json_group_array(json_array(key_hash, payload_hash)) FROM ledger "
+            "WHERE dataset_id = ? AND key_hash IN (SELECT value FROM json_each(?))",
+            (dataset_id, dumps(list(key_hashes)))).scalar_one()
+        return dict(orjson.loads(answer))
+    found: dict[int, int] = {}
+    for query in _lookup_queries(dialect_name, table, dataset_id, key_hashes):
+        found.update((k, p) for k, p in conn.execute(query))
+    return found
+
+
+def _lookup_queries(
+    dialect_name: str, table: sa.Table, dataset_id: int, key_hashes: Sequence[int]
 ) -> list[sa.Executable]:
-    """Queries of ``(key_hash, payload_hash)`` rows for the keys: one where the dialect allows."""
+    """Queries of ``(key_hash, payload_hash)`` rows for the keys: one where the dialect allows.
+    Log rows come oldest first."""
     if dialect_name == "sqlite":
-        # The keys travel as one JSON text, so one statement serves any number of them.
         text = sa.text(
-            "SELECT key_hash, payload_hash FROM ledger WHERE dataset_id = :dataset_id "
-            "AND key_hash IN (SELECT value FROM json_each(:keys))"
+            f"SELECT key_hash, payload_hash FROM {table.name} WHERE dataset_id = :dataset_id "
+            "AND key_hash IN (SELECT value FROM json_each(:keys)) ORDER BY seq"
         )
         return [text.bindparams(dataset_id=dataset_id, keys=dumps(list(key_hashes)))]
-    select = sa.select(ledger.c.key_hash, ledger.c.payload_hash)
-    select = select.where(ledger.c.dataset_id == dataset_id)
+    select = sa.select(table.c.key_hash, table.c.payload_hash)
+    select = select.where(table.c.dataset_id == dataset_id)
+    if table is ledger_log:
+        select = select.order_by(table.c.seq)
     if dialect_name == "postgresql":
         # IN (SELECT unnest(...)) probes the primary key per key even before the table has
         # statistics; `= ANY(array)` scanned the whole dataset then (60 ms vs 8 ms measured).
         from sqlalchemy.dialects.postgresql import ARRAY
 
         keys = sa.bindparam("keys", list(key_hashes), type_=ARRAY(sa.BigInteger))
-        return [select.where(ledger.c.key_hash.in_(sa.select(sa.func.unnest(keys))))]
-    return [select.where(ledger.c.key_hash.in_(chunk)) for chunk in chunks(key_hashes)]
+        return [select.where(table.c.key_hash.in_(sa.select(sa.func.unnest(keys))))]
+    return [select.where(table.c.key_hash.in_(chunk)) for chunk in chunks(key_hashes)]

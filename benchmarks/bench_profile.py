@@ -98,10 +98,12 @@ def _committer_stage(frames: list[tuple[str, str, int]]) -> str:
     leaf = f"{frames[-1][0]} ({frames[-1][1]}" if frames else ""
     if "Condition.wait" in leaf or "wait (threading.py" in leaf:
         return "committer: idle, waiting for a batch or an answer"
+    if "merge_ledger" in functions:
+        return "committer: merging the ledger's log (statements and COMMIT)"
     if "do_commit" in leaf:
         return "committer: COMMIT (fsync)"
-    if "LedgerWriter.write" in functions:
-        return "committer: ledger upsert"
+    if "LedgerLog.append" in functions:
+        return "committer: ledger log append"
     if "commit_batches" in functions:
         return "committer: other statements of the transaction"
     return "committer: bookkeeping (Python)"

@@ -332,6 +332,48 @@ def test_reset_forgets_mark_ledger_and_journal_but_keeps_quarantine(store: State
     assert store.ledger_size("items") == 1
 
 
+def test_commits_log_entries_that_lookups_see_before_they_are_merged(store: StateStore) -> None:
+    store.commit_batch("users", run_id="r", batch_id=None, ledger=entries([1, 2]), mark=None)
+    store.commit_batch("users", run_id="r", batch_id=None, ledger=[LedgerEntry(2, 8, None)],
+                       mark=None)
+    assert store.logged_count("users") == 3
+    assert store.logged_entries("users") == {1: 7, 2: 8}
+    assert store.ledger_lookup("users", [1, 2, 3]) == {1: 7, 2: 8}
+    assert store.ledger_lookup("users", [1, 2, 3], logged=False) == {}
+    assert store.has_ledger("users")
+    assert store.ledger_size("users") == 2
+
+
+def test_merging_moves_each_keys_newest_entry_into_the_ledger(store: StateStore) -> None:
+    store.commit_batch("users", run_id="r", batch_id=None, ledger=entries(range(5)), mark=None)
+    assert store.merge_ledger("users") == 5
+    # Key 3 twice in one commit and again in the next; key 9 is new; key 0 is left alone.
+    store.commit_batch("users", run_id="r", batch_id=None, mark=None,
+                       ledger=[LedgerEntry(3, 30, 1.0), LedgerEntry(9, 90, None),
+                               LedgerEntry(3, 31, 2.0)])
+    store.commit_batch("users", run_id="r", batch_id=None, ledger=[LedgerEntry(3, 32, 3.0)],
+                       mark=None)
+    store.commit_batch("items", run_id="r", batch_id=None, ledger=entries([3]), mark=None)
+    assert store.ledger_size("users") == 6  # keys 0-4 and 9, each once
+    assert store.merge_ledger("users") == 4
+    expected = {0: 7, 1: 7, 2: 7, 3: 32, 4: 7, 9: 90}
+    assert store.ledger_lookup("users", list(range(10)), logged=False) == expected
+    assert store.ledger_lookup("users", list(range(10))) == expected
+    assert store.logged_count("users") == 0 and store.logged_entries("users") == {}
+    assert store.logged_count("items") == 1  # other datasets' logs wait for their own merge
+    assert store.merge_ledger("users") == 0
+    assert store.prune_ledger("users", before=2.5) == 0  # key 3 sits at 3.0
+    assert store.prune_ledger("users", before=3.5) == 1
+
+
+def test_pruning_merges_the_log_first(store: StateStore) -> None:
+    store.commit_batch("clicks", run_id="r", batch_id=None, mark=None,
+                       ledger=[LedgerEntry(k, 1, float(k)) for k in range(6)])
+    assert store.prune_ledger("clicks", before=2.0) == 2
+    assert store.logged_count("clicks") == 0
+    assert sorted(store.ledger_lookup("clicks", list(range(6)), logged=False)) == [2, 3, 4, 5]
+
+
 # -- journal -----------------------------------------------------------------------------------
 
 
@@ -556,8 +598,9 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
     with StateStore.open(store_url) as store:
         store.set_mark("users", Mark(cursor=5, key=("u5",)))
     engine = sa.create_engine(store_url)
-    with engine.begin() as conn:  # what version 1 left: no quarantine.ledger_hash
+    with engine.begin() as conn:  # what version 1 left: no quarantine.ledger_hash, no log
         conn.execute(sa.text("ALTER TABLE quarantine DROP COLUMN ledger_hash"))
+        conn.execute(sa.text("DROP TABLE ledger_log"))
         conn.execute(sa.text("UPDATE schema_version SET version = 1"))
 
     with StateStore.open(store_url) as store:
@@ -565,9 +608,11 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
                                               [], ledger_hash=42)])
         [record] = store.quarantined("users")
         assert store.get_mark("users") == Mark(cursor=5, key=("u5",))
+        store.commit_batch("users", run_id="r", batch_id=None, ledger=entries([3]), mark=None)
+        assert store.ledger_lookup("users", [3]) == {3: 7}
     assert record.ledger_hash == 42
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 2
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 3
     engine.dispose()
 
 

@@ -1,0 +1,173 @@
+"""End to end: the ledger's log and its merges keep each row version delivered once.
+
+Batch commits append ledger entries to a log that is merged into the ledger every
+``merge_every`` entries; the run holds what is not merged yet in memory. These runs repeat keys
+across many batches and merges, with the state on SQLite, PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from aitems_sync import engine
+from aitems_sync.client import AitemsClient
+from aitems_sync.commands import open_sources, open_state
+from aitems_sync.delta import encode_row
+from aitems_sync.emulator import EmulatorServer
+from aitems_sync.report import RunReport
+from aitems_sync.spec_load import load_spec
+from aitems_sync.state import StateStore
+from tests.shop import T0, TIMESTAMP, write_spec
+
+visits = sa.Table(
+    "visits", sa.MetaData(),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.String(20), nullable=False),
+    sa.Column("age", sa.Integer, nullable=False),
+    sa.Column("seen_at", TIMESTAMP, nullable=False),
+)
+
+# A user dataset whose query returns each key many times, in cursor order.
+PROFILES = """\
+  profiles:
+    type: user
+    dataset_id: dsusers0001  # the emulator's user dataset
+    source: shop
+    query: SELECT user_id AS USER_ID, age AS AGE, 'F' AS GENDER, seen_at FROM visits
+    cursor: seen_at
+    fields:
+      - {name: USER_ID, type: string}
+      - {name: AGE, type: [int, "null"]}
+      - {name: GENDER, type: [string, "null"], categorical: true}
+"""
+
+USERS = 20
+ROWS = 200  # each user 10 times: 5 times aged 20, then 5 times aged 21
+
+
+@dataclass
+class Visits:
+    spec: Path
+    source_url: str
+    state_url: str
+    emulator: EmulatorServer
+
+    def run(self, **options: object) -> RunReport:
+        spec = load_spec(self.spec)
+        run_options = engine.RunOptions(datasets=("profiles",), **options)  # type: ignore[arg-type]
+        with open_state(spec) as state, open_sources(spec) as sources:
+            client = AitemsClient.from_config(spec.aitems)
+            try:
+                return engine.run(spec, state=state, uploader=client, sources=sources,
+                                  options=run_options)
+            finally:
+                client.close()
+
+    def plan(self, **options: object) -> RunReport:
+        spec = load_spec(self.spec)
+        run_options = engine.RunOptions(datasets=("profiles",), **options)  # type: ignore[arg-type]
+        with open_state(spec) as state, open_sources(spec) as sources:
+            return engine.plan(spec, state=state, sources=sources, options=run_options)
+
+    def touch_last_rows(self, hours: int) -> None:
+        """Move each user's last row to ``hours`` after the first run, unchanged otherwise."""
+        later = T0 + timedelta(hours=hours)
+        source = sa.create_engine(self.source_url)
+        with source.begin() as conn:
+            conn.execute(visits.update().where(visits.c.seq >= ROWS - USERS)
+                         .values(seen_at=later))
+        source.dispose()
+
+    def delivered(self) -> Counter[tuple[str, int]]:
+        rows = self.emulator.received("dsusers0001").deliveries
+        return Counter((row["USER_ID"], row["AGE"]) for row in rows)
+
+    def state(self) -> StateStore:
+        return StateStore.open(self.state_url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def shop(request: pytest.FixtureRequest, tmp_path: Path,
+         emulator: EmulatorServer) -> Iterator[Visits]:
+    if request.param == "sqlite":
+        source_url = f"sqlite:///{tmp_path / 'shop.db'}"
+        state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        source_url = state_url = request.getfixturevalue(
+            "pg_url" if request.param == "postgresql" else "mariadb_url")
+    source = sa.create_engine(source_url)
+    visits.metadata.create_all(source)
+    with source.begin() as conn:
+        conn.execute(visits.insert(), [
+            {"seq": n, "user_id": f"u{n % USERS:02d}", "age": 20 + n // 100,
+             "seen_at": T0 + timedelta(seconds=n)} for n in range(ROWS)])
+    source.dispose()
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source_url,
+                      state_url=state_url, max_rows=7, extra=PROFILES)
+    yield Visits(spec, source_url, state_url, emulator)
+
+
+def _profiles(report: RunReport) -> dict[str, object]:
+    [dataset] = report.datasets
+    return {"status": dataset.status, "read": dataset.read, "new": dataset.new,
+            "changed": dataset.changed, "unchanged": dataset.unchanged, "sent": dataset.sent}
+
+
+def _newest(user: int) -> tuple[int, int]:
+    """The ledger's key hash and payload hash of a user's last version (aged 21)."""
+    _encoded, key_hash, payload = encode_row(["USER_ID", "AGE", "GENDER"],
+                                           [f"u{user:02d}", 21, "F"], [0])
+    return key_hash, payload
+
+
+NEWEST = dict(_newest(u) for u in range(USERS))
+
+
+@pytest.mark.parametrize("merge_every", [15, 1_000_000])
+def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
+    shop: Visits, merge_every: int
+) -> None:
+    report = shop.run(merge_every=merge_every)
+    assert _profiles(report) == {"status": "ok", "read": ROWS, "new": USERS,
+                                 "changed": USERS, "unchanged": ROWS - 2 * USERS,
+                                 "sent": 2 * USERS}
+    assert shop.delivered() == Counter(
+        {(f"u{u:02d}", age): 1 for u in range(USERS) for age in (20, 21)})
+    with shop.state() as state:
+        assert state.ledger_lookup("profiles", list(NEWEST)) == NEWEST
+        logged = state.logged_count("profiles")
+    assert logged < 15 if merge_every == 15 else logged == 2 * USERS
+
+
+def test_a_run_compares_with_the_log_an_earlier_run_left_and_merges_it_when_large(
+    shop: Visits,
+) -> None:
+    assert _profiles(shop.run(merge_every=1_000_000))["sent"] == 2 * USERS
+    with shop.state() as state:
+        assert state.logged_count("profiles") == 2 * USERS
+        assert state.ledger_lookup("profiles", list(NEWEST), logged=False) == {}
+
+    # Each user's last row touched, nothing else changed: the log, not yet merged, keeps
+    # them off the wire.
+    touched = {"status": "ok", "read": USERS, "new": 0, "changed": 0, "unchanged": USERS,
+               "sent": 0}
+    shop.touch_last_rows(hours=1)
+    assert _profiles(shop.plan()) == touched
+    assert _profiles(shop.run(merge_every=1_000_000)) == touched
+    with shop.state() as state:
+        assert state.logged_count("profiles") == 2 * USERS
+
+    # A log of merge_every entries or more is merged before the run reads anything.
+    shop.touch_last_rows(hours=2)
+    assert _profiles(shop.run(merge_every=30)) == touched
+    with shop.state() as state:
+        assert state.logged_count("profiles") == 0
+        assert state.ledger_lookup("profiles", list(NEWEST), logged=False) == NEWEST
+    assert sum(shop.delivered().values()) == 2 * USERS
