@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -79,7 +80,7 @@ class _Row(NamedTuple):
 
 @dataclass
 class _NearLedger:
-    """What the merged ledger does not hold yet: payload hashes of rows in batches cut and not
+    """What the merged ledger does not cover yet: payload hashes of rows in batches cut and not
     merged (a committed batch's entries go to the ledger's log first), and the log earlier runs
     left. The reader consults it before the merged ledger, so a key seen again before its entry
     is merged is still compared; the log has no index by key, so it is not queried per chunk.
@@ -87,28 +88,36 @@ class _NearLedger:
 
     hashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # key -> (payload, seq)
     earlier: dict[int, int] = field(default_factory=dict)  # the earlier runs' log: key -> payload
-    # Set by the window's committer thread after a merge: entries of batches up to this seq
-    # (and the earlier runs' log) are in the ledger now.
-    merged_through: int | None = None
-    _purged_through: int | None = None
+    # Set by the window's committer thread: every batch up to this seq is covered (merged into
+    # the ledger, or committed where the mark alone covers it), and whether a merge took the
+    # earlier runs' log into the ledger too.
+    covered_through: int = 0
+    earlier_merged: bool = False
+    _batches: deque[tuple[int, list[int]]] = field(default_factory=deque)  # seq, key hashes
 
     def add(self, batch: Batch) -> None:
+        hashes = self.hashes
+        seq = batch.seq
         for entry in batch.ledger:
-            self.hashes[entry.key_hash] = (entry.payload_hash, batch.seq)
+            hashes[entry.key_hash] = (entry.payload_hash, seq)
+        self._batches.append((seq, [entry.key_hash for entry in batch.ledger]))
 
     def get(self, key_hash: int) -> int | None:
         """The key's payload hash here (this run's batches first), or None."""
         held = self.hashes.get(key_hash)
         return held[0] if held is not None else self.earlier.get(key_hash)
 
-    def purge_merged(self) -> None:
-        """Forget what was merged; called between chunks, before the ledger is looked up."""
-        through = self.merged_through
-        if through is None or through == self._purged_through:
-            return
-        self.hashes = {k: held for k, held in self.hashes.items() if held[1] > through}
-        self.earlier = {}
-        self._purged_through = through
+    def purge(self) -> None:
+        """Forget what is covered now; called between chunks, before the ledger is looked up."""
+        through, batches, hashes = self.covered_through, self._batches, self.hashes
+        while batches and batches[0][0] <= through:
+            seq, keys = batches.popleft()
+            for key_hash in keys:
+                held = hashes.get(key_hash)
+                if held is not None and held[1] == seq:
+                    del hashes[key_hash]
+        if self.earlier_merged and self.earlier:
+            self.earlier = {}
 
 
 class DatasetSync:
@@ -169,9 +178,11 @@ class DatasetSync:
             return 0
         return logged
 
-    def _merged(self, through: int) -> None:
-        """From the committer thread: every batch up to ``through`` is in the merged ledger."""
-        self.near.merged_through = through
+    def _covered(self, through: int, merged: bool) -> None:
+        """From the committer thread: every batch up to ``through`` is covered (see Window)."""
+        if merged:
+            self.near.earlier_merged = True
+        self.near.covered_through = through
 
     def _stream(self, extraction: Extraction) -> None:
         self.extraction = extraction
@@ -179,7 +190,7 @@ class DatasetSync:
         self.key_positions = [self.shaper.field_names.index(k) for k in self.dataset.key_fields]
         try:
             for chunk in extraction.chunks:
-                self.near.purge_merged()
+                self.near.purge()
                 if not self._take_chunk(chunk):
                     self.report.status = INTERRUPTED
                     break
@@ -209,7 +220,7 @@ class DatasetSync:
             self.dataset, self.settings.run_id, self.settings.target,
             self.settings.batch.in_flight, self.state, self.uploader, self.report,
             check_lease=self.check_lease, keep_ledger=self.keeps_ledger,
-            logged=self.logged, on_merged=self._merged, merge_every=self.settings.merge_every,
+            logged=self.logged, on_covered=self._covered, merge_every=self.settings.merge_every,
         )
 
     def _after_stream(self) -> None:

@@ -18,8 +18,8 @@ committed; those then go to a pool of ``in_flight`` upload threads. So:
 
 Committed ledger entries go to the ledger's log (see :mod:`aitems_sync.state_schema`). Once
 ``merge_every`` entries wait there, the committer merges the log into the ledger in a
-transaction of its own and tells the reader (``on_merged``), which holds the unmerged entries in
-memory until then.
+transaction of its own and tells the reader (``on_covered``), which holds the unmerged entries
+in memory until then.
 
 When a batch fails, the uploads already on the wire finish, and what they delivered goes into
 the ledger but not the mark: a re-run reads those rows again (the mark is behind them) and the
@@ -84,18 +84,20 @@ class Window:
 
     ``check_lease`` is called before every write and raises when the run lost the dataset's
     lease: from then on another run owns the dataset and this one must not commit.
-    ``on_merged`` is told (from the committer thread) the seq of the last batch whose ledger
-    entries are merged after each merge of the log; ``logged`` entries were in the log already
-    when the window opened. Without ``keep_ledger`` (an interaction dataset with no lookback: the
-    mark alone excludes what was sent) in-order commits write no ledger entries; batches
-    acknowledged after a failure still do, since the mark does not cover them and the re-run
-    must not send them again.
+
+    Without ``keep_ledger`` (an interaction dataset with no lookback: the mark alone excludes
+    what was sent) in-order commits write no ledger entries; batches acknowledged after a
+    failure still do, since the mark does not cover them and the re-run must not send them
+    again. ``on_covered(seq, merged)`` is told (from the committer thread) that every batch up
+    to ``seq`` is covered: after each merge of the log (``merged``; the merge takes in the
+    ``logged`` entries that were in the log when the window opened too), or, without
+    ``keep_ledger``, after each commit (the mark covers those batches).
     """
 
     def __init__(
         self, dataset: DatasetSpec, run_id: str, target: Target, in_flight: int,
         state: StateStore, uploader: Uploader, report: DatasetReport,
-        check_lease: Callable[[], None], on_merged: Callable[[int], None],
+        check_lease: Callable[[], None], on_covered: Callable[[int, bool], None],
         keep_ledger: bool = True, logged: int = 0, merge_every: int = MERGE_EVERY,
     ) -> None:
         self.dataset = dataset
@@ -106,7 +108,7 @@ class Window:
         self.uploader = uploader
         self.report = report
         self.check_lease = check_lease
-        self.on_merged = on_merged
+        self.on_covered = on_covered
         self.keep_ledger = keep_ledger
         self.merge_every = merge_every
         self.limit = 2 * self.in_flight + 2
@@ -244,13 +246,15 @@ class Window:
                 self._wake.notify_all()
         if self._unmerged >= self.merge_every:
             self._merge()
+        elif done and not self.keep_ledger:
+            self.on_covered(self._committed_seq, False)
 
     def _merge(self) -> None:
         """Merge the ledger's log, then tell the reader which batches the ledger now holds."""
         self.check_lease()
         self.state.merge_ledger(self.dataset.name)
         self._unmerged = 0
-        self.on_merged(self._committed_seq)
+        self.on_covered(self._committed_seq, True)
 
     def _notify(self, _future: Future[Delivery]) -> None:
         with self._wake:

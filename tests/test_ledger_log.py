@@ -1,4 +1,5 @@
-"""End to end: the ledger's log and its merges keep each row version delivered once.
+"""The ledger's log and its merges keep each row version delivered once (end to end, and the
+reading thread's near ledger on its own).
 
 Batch commits append ledger entries to a log that is merged into the ledger every
 ``merge_every`` entries; the run holds what is not merged yet in memory. These runs repeat keys
@@ -19,11 +20,12 @@ import sqlalchemy as sa
 from aitems_sync import engine
 from aitems_sync.client import AitemsClient
 from aitems_sync.commands import open_sources, open_state
-from aitems_sync.delta import encode_row
+from aitems_sync.dataset_sync import _NearLedger
+from aitems_sync.delta import Batch, encode_row
 from aitems_sync.emulator import EmulatorServer
 from aitems_sync.report import RunReport
 from aitems_sync.spec_load import load_spec
-from aitems_sync.state import StateStore
+from aitems_sync.state import LedgerEntry, StateStore
 from tests.shop import T0, TIMESTAMP, write_spec
 
 visits = sa.Table(
@@ -171,3 +173,27 @@ def test_a_run_compares_with_the_log_an_earlier_run_left_and_merges_it_when_larg
         assert state.logged_count("profiles") == 0
         assert state.ledger_lookup("profiles", list(NEWEST), logged=False) == NEWEST
     assert sum(shop.delivered().values()) == 2 * USERS
+
+
+# -- the reading thread's near ledger ---------------------------------------------------------
+
+
+def _batch(seq: int, *entries: tuple[int, int]) -> Batch:
+    return Batch(seq=seq, rows=[b"{}"] * len(entries), keys=[None] * len(entries),
+                 ledger=[LedgerEntry(k, p) for k, p in entries], first=None, last=None,
+                 end=None, quarantine=[], body_bytes=0)
+
+
+def test_the_near_ledger_forgets_a_batch_once_covered_but_keeps_a_newer_version() -> None:
+    near = _NearLedger(earlier={7: 70, 8: 80})
+    near.add(_batch(1, (1, 10), (2, 20)))
+    near.add(_batch(2, (2, 21), (7, 71)))
+    assert [near.get(k) for k in (1, 2, 7, 8, 9)] == [10, 21, 71, 80, None]
+
+    near.covered_through = 1  # batch 1 committed where the mark alone covers it
+    near.purge()
+    assert [near.get(k) for k in (1, 2, 7, 8)] == [None, 21, 71, 80]
+
+    near.earlier_merged, near.covered_through = True, 2  # a merge: batch 2 and the old log
+    near.purge()
+    assert near.hashes == {} and near.earlier == {}
