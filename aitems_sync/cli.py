@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -18,6 +19,10 @@ from aitems_sync import __version__, cli_admin, render, signals
 from aitems_sync.errors import AitemsSyncError
 
 log = logging.getLogger(__name__)
+
+# Set by the console-script entry point: the process is ours, so process-wide settings (the
+# garbage collector) may be tuned. Not when a library or a test calls main_group.
+_own_process = False
 
 
 @dataclass
@@ -147,6 +152,7 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
     """
     from aitems_sync import commands
 
+    _freeze_imports()
     with signals.stop_on_signals(grace) as stop, ExitStack() as display:
         progress = None
         if ctx.show_progress:
@@ -177,6 +183,7 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
     would send now. Uploads nothing, writes nothing to the state store, takes no lease."""
     from aitems_sync import commands
 
+    _freeze_imports()
     report = commands.plan(ctx.config, datasets=datasets, full_refresh=full_refresh)
     if ctx.json_output:
         click.echo(json.dumps(report.to_dict(), default=str))
@@ -265,6 +272,19 @@ for _command in cli_admin.COMMANDS:
     main_group.add_command(_command)
 
 
+def _freeze_imports() -> None:
+    """Exempt what the imports built from the cyclic garbage collector, in a process of ours.
+
+    A sync allocates containers by the million (rows, batches), so the collector runs often,
+    and each full collection walked every object SQLAlchemy and the rest had built at import:
+    ~7% of an items backfill (0.8 s of gen-2 collections in 1.5 s of collecting) and 19 ms of
+    a 10k-row delta. Nothing imported is garbage, and objects freed later by reference
+    counting are freed as before.
+    """
+    if _own_process:
+        gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the command, then ends the process at once.
 
@@ -273,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     their connections and join their threads before they return, and logs and output are
     flushed here. (A library caller uses ``main_group``, which raises SystemExit as usual.)
     """
+    global _own_process
+    _own_process = True
     try:
         main_group.main(args=argv, prog_name="aitems-sync")
         code: object = 0
