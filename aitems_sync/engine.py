@@ -51,7 +51,7 @@ class RunOptions:
     lease_ttl: float = 60.0  # seconds; a killed run's lease is taken over after this
     wait: float | None = None  # seconds to wait for held leases (math.inf: no limit); None: 75
     parallel: int = 1  # datasets synced at once
-    chunk_rows: int = 1000  # rows read and diffed against the ledger at a time
+    chunk_rows: int = 5000  # rows read and diffed against the ledger at a time
     mark_every: int = 10_000  # rows after which a stretch with nothing to send commits its mark
     merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
 

@@ -80,7 +80,8 @@ def test_first_run_delivers_every_row_once_in_schema_order(world: World) -> None
     assert len(delivered) == 2500
     assert len({row["USER_ID"] for row in delivered}) == 2500
     assert all(list(row) == ["USER_ID", "AGE", "GENDER"] for row in delivered)
-    assert delivered[0] == {"USER_ID": "u00000", "AGE": 20, "GENDER": "F"}
+    # Batches on the wire together may land in any order.
+    assert {"USER_ID": "u00000", "AGE": 20, "GENDER": "F"} in delivered
     assert report["users"]["sent"] == 2500
     assert report["users"]["batches"] == 3
 
