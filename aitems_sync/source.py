@@ -117,7 +117,9 @@ class Source:
 
         With a ``lookback`` the rows from ``lookback_start(mark.cursor, lookback)`` on are read
         again; the caller's ledger skips those already delivered. Close the result (or use it
-        as a context manager) to release the connection early.
+        as a context manager) to release the connection early. The first chunk holds at most
+        :data:`FIRST_CHUNK_ROWS` rows, so that a consumer's first batch is cut (and its upload
+        under way) while the rest is read.
         """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -320,8 +322,12 @@ def _chunks(
         release()
 
 
+#: Rows in an extraction's first chunk at most (see Source.extract).
+FIRST_CHUNK_ROWS = 1000
+
+
 def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
-    """The result's rows in lists of up to ``size``.
+    """The result's rows in lists of up to ``size`` (the first one up to FIRST_CHUNK_ROWS).
 
     Where the driver has no server-side cursor (SQLite), its own cursor already reads lazily,
     step by step: the rows come straight from its ``fetchmany`` as plain tuples. SQLAlchemy's
@@ -329,18 +335,23 @@ def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
     their cost: 1.1M rows/s from the sqlite3 cursor against 0.59M through ``partitions``
     (benchmarks/bench_parts.py), up to a third of the reading thread in a backfill.
     """
+    first = min(size, FIRST_CHUNK_ROWS)
     if result.context.dialect.supports_server_side_cursors:
-        yield from result.partitions(size)
+        part = result.fetchmany(first)
+        if part:
+            yield part
+            yield from result.partitions(size)
         return
     cursor, errors = result.cursor, result.context.dialect.loaded_dbapi.Error
     while True:
         try:
-            part = cursor.fetchmany(size)
+            part = cursor.fetchmany(first)
         except errors as exc:
             raise sa.exc.DBAPIError.instance(None, None, exc, errors) from exc
         if not part:
             return
         yield part
+        first = size
 
 
 def _release(conn: sa.Connection, result: sa.CursorResult[Any]) -> None:

@@ -561,10 +561,10 @@ def test_postgresql_rows_stream_through_a_server_side_cursor_in_chunks(pg_url: s
         source.engine, "after_cursor_execute", lambda conn, cursor, *rest: cursors.append(cursor)
     )
     query = "SELECT g AS id, g AS c FROM generate_series(1, 200000) AS g"
-    with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=1000) as ex:
+    with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=5000) as ex:
         sizes = [len(chunk) for chunk in ex.chunks]
     assert isinstance(cursors[-1], psycopg.ServerCursor)
-    assert sizes == [1000] * 200
+    assert sizes == [1000] + [5000] * 39 + [4000]  # a small first chunk, for a quick start
     assert source.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     source.close()
 
@@ -579,10 +579,10 @@ def test_mariadb_rows_stream_through_an_unbuffered_cursor_in_chunks(
         source.engine, "after_cursor_execute", lambda conn, cursor, *rest: cursors.append(cursor)
     )
     query = "SELECT seq AS id, seq AS c FROM seq_1_to_100000"
-    with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=1000) as ex:
+    with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=5000) as ex:
         sizes = [len(chunk) for chunk in ex.chunks]
     assert isinstance(cursors[-1], pymysql.cursors.SSCursor)
-    assert sizes == [1000] * 100
+    assert sizes == [1000] + [5000] * 19 + [4000]
     assert source.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     source.close()
 
@@ -682,6 +682,16 @@ def running_queries(url: str, needle: str, wait: float = 10.0) -> int:
             time.sleep(0.05)
     engine.dispose()
     return int(count or 0)
+
+
+def test_sqlite_rows_come_in_chunks_the_first_one_small(tmp_path: Path) -> None:
+    source = make_source(f"sqlite:///{tmp_path / 'source.db'}")
+    query = ("WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 12500) "
+             "SELECT n AS id, n AS c FROM g")
+    with source.extract(query, cursor="c", key=["id"], mark=None, chunk_rows=5000) as ex:
+        sizes = [len(chunk) for chunk in ex.chunks]
+    assert sizes == [1000, 5000, 5000, 1500]
+    source.close()
 
 
 def test_mariadb_stream_abandoned_early_is_not_read_to_its_end(mariadb_url: str) -> None:
