@@ -250,11 +250,8 @@ class StateStore:
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return {}
-        log_ = t.ledger_log
-        query = (sa.select(log_.c.key_hash, log_.c.payload_hash)
-                 .where(log_.c.dataset_id == dataset_id).order_by(log_.c.seq))
         with self._read(f"read the ledger log of dataset {dataset!r}") as conn:
-            return {k: p for k, p in conn.execute(query)}
+            return se.logged_entries(conn, dataset_id)
 
     def logged_count(self, dataset: str) -> int:
         """How many entries of the dataset wait in the log to be merged into the ledger."""
