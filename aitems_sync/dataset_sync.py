@@ -27,8 +27,8 @@ from aitems_sync.delta import (
     Batch,
     BatchBuilder,
     cursor_position,
-    encode_row,
     mark_of,
+    row_encoder,
     row_hash,
 )
 from aitems_sync.errors import AitemsSyncError, InvalidRowsError
@@ -188,6 +188,8 @@ class DatasetSync:
         self.extraction = extraction
         self.shaper = Shaper(self.dataset, extraction.columns, self.source.timezone)
         self.key_positions = [self.shaper.field_names.index(k) for k in self.dataset.key_fields]
+        self.encode = row_encoder(self.shaper.field_names,
+                                  None if self.is_interaction else self.key_positions)
         try:
             for chunk in extraction.chunks:
                 self.near.purge()
@@ -266,17 +268,13 @@ class DatasetSync:
         values = self.shaper.shape(raw)
         if values is None:
             return _Row(raw, rejected_key_hash=self._rejected_key_hash(raw))
-        encoded, key_hash, payload = encode_row(
-            self.shaper.field_names, values,
-            None if self.is_interaction else self.key_positions)
-        key = None
-        if not self.is_interaction:
-            key_values = [values[i] for i in self.key_positions]
-            key = key_values[0] if len(key_values) == 1 else key_values
-        position = None
+        encoded, key_hash, payload = self.encode(values)
         if self.is_interaction:
             position = cursor_position(raw[self.extraction.cursor_index], self.source.timezone)
-        return _Row(raw, encoded, LedgerEntry(key_hash, payload, position), key)
+            return _Row(raw, encoded, LedgerEntry(key_hash, payload, position))
+        positions = self.key_positions
+        key = values[positions[0]] if len(positions) == 1 else [values[i] for i in positions]
+        return _Row(raw, encoded, LedgerEntry(key_hash, payload, None), key)
 
     def _rejected_key_hash(self, raw: Sequence[Any]) -> int | None:
         """The key hash an invalid row would have, so its quarantine record can note what the

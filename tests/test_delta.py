@@ -9,8 +9,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from aitems_sync.delta import BatchBuilder, cursor_position, encode_row, row_hash
+from aitems_sync.delta import BatchBuilder, cursor_position, encode_row, row_encoder, row_hash
 from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -125,3 +127,25 @@ def test_a_batch_with_only_skipped_rows_moves_the_mark_without_rows() -> None:
 
     assert batch.empty
     assert (batch.first, batch.end) == (None, Mark(9, ("z",)))
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+
+
+@given(st.data())
+def test_a_compiled_row_encoder_gives_encode_rows_bytes_and_hashes(data: st.DataObject) -> None:
+    names = data.draw(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=6,
+                               unique=True))
+    keys = data.draw(st.none() | st.lists(st.integers(0, len(names) - 1), min_size=1,
+                                          max_size=len(names), unique=True))
+    encode = row_encoder(names, keys)
+    for _ in range(3):
+        values = tuple(data.draw(_VALUES) for _ in names)
+        assert encode(values) == encode_row(names, values, keys)
+
+
+def test_a_compiled_row_encoder_takes_field_names_as_data_not_code() -> None:
+    names = ["ITEM_ID", "x'] + __import__('os').getcwd() + ['", '"quoted"', "값"]
+    values = ("i1", 1, 2.5, "ü")
+    assert row_encoder(names, [0])(values) == encode_row(names, values, [0])
