@@ -169,9 +169,11 @@ class DatasetSync:
             self.report.seconds = round(time.monotonic() - started, 3)
 
     def _earlier_log(self) -> int:
-        """How many ledger entries earlier runs left in the log; merged first when that many
-        would not fit in memory (nothing else writes the dataset's ledger while we hold its
-        lease)."""
+        """How many ledger entries earlier runs left in the log. Half the merge threshold or
+        more, the window merges them once this run has batches (the reader holds them in
+        memory meanwhile; a small delta then does not pay a whole merge at its end); the
+        threshold or more, they are merged here and now, as that many would not fit in
+        memory. Nothing else writes the dataset's ledger while we hold its lease."""
         logged = self.state.logged_count(self.dataset.name)
         if logged >= self.settings.merge_every and not self.settings.dry_run:
             self.state.merge_ledger(self.dataset.name)
@@ -223,6 +225,7 @@ class DatasetSync:
             self.settings.batch.in_flight, self.state, self.uploader, self.report,
             check_lease=self.check_lease, keep_ledger=self.keeps_ledger,
             logged=self.logged, on_covered=self._covered, merge_every=self.settings.merge_every,
+            merge_first=self.logged >= self.settings.merge_every // 2,
         )
 
     def _after_stream(self) -> None:

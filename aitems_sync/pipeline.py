@@ -91,7 +91,10 @@ class Window:
     again. ``on_covered(seq, merged)`` is told (from the committer thread) that every batch up
     to ``seq`` is covered: after each merge of the log (``merged``; the merge takes in the
     ``logged`` entries that were in the log when the window opened too), or, without
-    ``keep_ledger``, after each commit (the mark covers those batches).
+    ``keep_ledger``, after each commit (the mark covers those batches). With ``merge_first``
+    the log is merged right after the first transaction (which journals the first batches, so
+    their uploads are under way): the log earlier runs left is merged while the reader reads
+    on, not at the end of the run that happens to reach ``merge_every``.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Window:
         state: StateStore, uploader: Uploader, report: DatasetReport,
         check_lease: Callable[[], None], on_covered: Callable[[int, bool], None],
         keep_ledger: bool = True, logged: int = 0, merge_every: int = MERGE_EVERY,
+        merge_first: bool = False,
     ) -> None:
         self.dataset = dataset
         self.run_id = run_id
@@ -123,6 +127,7 @@ class Window:
         self._slots: deque[_Slot] = deque()
         self._unmerged = logged
         self._committed_seq = 0
+        self._merge_soon = merge_first
         self._pool = ThreadPoolExecutor(self.in_flight,
                                         thread_name_prefix=f"upload-{dataset.name}")
         self._committer = threading.Thread(target=self._commit_loop, daemon=True,
@@ -244,7 +249,8 @@ class Window:
             with self._wake:
                 self._open -= len(done)
                 self._wake.notify_all()
-        if self._unmerged >= self.merge_every:
+        if self._merge_soon or self._unmerged >= self.merge_every:
+            self._merge_soon = False
             self._merge()
         elif done and not self.keep_ledger:
             self.on_covered(self._committed_seq, False)

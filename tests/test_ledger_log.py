@@ -148,7 +148,7 @@ def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
     assert logged < 15 if merge_every == 15 else logged == 2 * USERS
 
 
-def test_a_run_compares_with_the_log_an_earlier_run_left_and_merges_it_when_large(
+def test_a_run_compares_with_the_log_earlier_runs_left_and_merges_it_once_large(
     shop: Visits,
 ) -> None:
     assert _profiles(shop.run(merge_every=1_000_000))["sent"] == 2 * USERS
@@ -164,15 +164,29 @@ def test_a_run_compares_with_the_log_an_earlier_run_left_and_merges_it_when_larg
     assert _profiles(shop.plan()) == touched
     assert _profiles(shop.run(merge_every=1_000_000)) == touched
     with shop.state() as state:
-        assert state.logged_count("profiles") == 2 * USERS
+        assert state.logged_count("profiles") == 2 * USERS  # under half the threshold: kept
 
-    # A log of merge_every entries or more is merged before the run reads anything.
+    # With half the threshold or more logged, the run that has rows merges the log after its
+    # first transaction, while it reads on.
     shop.touch_last_rows(hours=2)
-    assert _profiles(shop.run(merge_every=30)) == touched
+    assert _profiles(shop.run(merge_every=2 * USERS + 1)) == touched
     with shop.state() as state:
         assert state.logged_count("profiles") == 0
         assert state.ledger_lookup("profiles", list(NEWEST), logged=False) == NEWEST
     assert sum(shop.delivered().values()) == 2 * USERS
+
+
+def test_a_log_of_merge_every_entries_or_more_is_merged_before_the_run_reads(
+    shop: Visits,
+) -> None:
+    assert _profiles(shop.run(merge_every=1_000_000))["sent"] == 2 * USERS
+    shop.touch_last_rows(hours=1)
+    report = shop.run(merge_every=30)  # 40 logged entries: merged first, then compared
+    assert _profiles(report) == {"status": "ok", "read": USERS, "new": 0, "changed": 0,
+                                 "unchanged": USERS, "sent": 0}
+    with shop.state() as state:
+        assert state.logged_count("profiles") == 0
+        assert state.ledger_lookup("profiles", list(NEWEST), logged=False) == NEWEST
 
 
 # -- the reading thread's near ledger ---------------------------------------------------------
