@@ -24,6 +24,16 @@ def require_server(present: bool, what: str) -> None:
     pytest.skip(message)
 
 
+def source_and_state_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """For a test parametrized by store (``sqlite``, ``postgresql`` or ``mariadb``): SQLite
+    files for source and state, or one fresh PostgreSQL (or MariaDB) database holding both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'state.db'}"
+    fixture = "pg_url" if request.param == "postgresql" else "mariadb_url"
+    url = str(request.getfixturevalue(fixture))
+    return url, url
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[str]:
     """Base URL of a throwaway PostgreSQL cluster. Skips locally without one; fails under CI."""

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from aitems_sync.cli import main_group
 from aitems_sync.emulator import EmulatorServer
 from aitems_sync.state import StateStore
+from tests.conftest import source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
 
@@ -56,13 +57,7 @@ class World:
 def world(request: pytest.FixtureRequest, tmp_path: Path,
           emulator: EmulatorServer) -> Iterator[World]:
     """SQLite files for source and state, or one PostgreSQL (or MariaDB) database holding both."""
-    if request.param == "sqlite":
-        source_url = f"sqlite:///{tmp_path / 'shop.db'}"
-        state_url = f"sqlite:///{tmp_path / 'state.db'}"
-    elif request.param == "mariadb":
-        source_url = state_url = request.getfixturevalue("mariadb_url")
-    else:
-        source_url = state_url = request.getfixturevalue("pg_url")
+    source_url, state_url = source_and_state_urls(request, tmp_path)
     shop = Shop(source_url)
     try:
         yield World(shop, state_url, emulator, tmp_path)

@@ -26,6 +26,7 @@ from aitems_sync.emulator import EmulatorServer
 from aitems_sync.report import RunReport
 from aitems_sync.spec_load import load_spec
 from aitems_sync.state import LedgerEntry, StateStore
+from tests.conftest import source_and_state_urls
 from tests.shop import T0, TIMESTAMP, write_spec
 
 visits = sa.Table(
@@ -98,12 +99,7 @@ class Visits:
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def shop(request: pytest.FixtureRequest, tmp_path: Path,
          emulator: EmulatorServer) -> Iterator[Visits]:
-    if request.param == "sqlite":
-        source_url = f"sqlite:///{tmp_path / 'shop.db'}"
-        state_url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        source_url = state_url = request.getfixturevalue(
-            "pg_url" if request.param == "postgresql" else "mariadb_url")
+    source_url, state_url = source_and_state_urls(request, tmp_path)
     source = sa.create_engine(source_url)
     visits.metadata.create_all(source)
     with source.begin() as conn:
