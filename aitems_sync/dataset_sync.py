@@ -58,7 +58,7 @@ class SyncSettings:
     target: Target
     batch: BatchPolicy
     full_refresh: bool = False
-    chunk_rows: int = 1000
+    chunk_rows: int = 5000
     mark_every: int = 10_000
     dry_run: bool = False  # plan: read, shape and diff, but upload and write nothing
     merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
