@@ -8,6 +8,7 @@ across many batches and merges, with the state on SQLite, PostgreSQL and MariaDB
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,14 +21,15 @@ import sqlalchemy as sa
 from aitems_sync import engine
 from aitems_sync.client import AitemsClient
 from aitems_sync.commands import open_sources, open_state
-from aitems_sync.dataset_sync import _NearLedger
+from aitems_sync.dataset_sync import DatasetSync, SyncSettings, _NearLedger
+from aitems_sync.delivery import Target
 from aitems_sync.delta import Batch, encode_row
 from aitems_sync.emulator import EmulatorServer
-from aitems_sync.report import RunReport
+from aitems_sync.report import DatasetReport, RunReport
 from aitems_sync.spec_load import load_spec
 from aitems_sync.state import LedgerEntry, StateStore
 from tests.conftest import source_and_state_urls
-from tests.shop import T0, TIMESTAMP, write_spec
+from tests.shop import T0, TIMESTAMP, Shop, customer_rows, write_spec
 
 visits = sa.Table(
     "visits", sa.MetaData(),
@@ -207,3 +209,36 @@ def test_the_near_ledger_forgets_a_batch_once_covered_but_keeps_a_newer_version(
     near.earlier_merged, near.covered_through = True, 2  # a merge: batch 2 and the old log
     near.purge()
     assert near.hashes == {} and near.earlier == {}
+
+
+@pytest.mark.parametrize(("dataset", "merge_every"), [("events", 1_000_000), ("users", 500)])
+def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_covers(
+    tmp_path: Path, emulator: EmulatorServer, dataset: str, merge_every: int
+) -> None:
+    """Events (no lookback) keep no ledger: each commit's mark covers its rows. Users log
+    their entries: only those logged since the last merge may stay in the reader's memory."""
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.add_customers(customer_rows(6000))
+    shop.add_events([(n, f"u{n % 97}", f"i{n % 89}", "view", T0 + timedelta(seconds=n))
+                     for n in range(6000)])
+    spec = load_spec(write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
+                                source_url=shop.url, state_url=f"sqlite:///{tmp_path / 's.db'}",
+                                max_rows=100))
+    chosen = spec.datasets[dataset]
+    settings = SyncSettings(run_id="r1", batch=spec.aitems.batch, merge_every=merge_every,
+                            target=Target(spec.aitems.service_id, chosen.dataset_id, chosen.type))
+    with open_state(spec) as state, open_sources(spec) as sources:
+        client = AitemsClient.from_config(spec.aitems)
+        try:
+            sync = DatasetSync(chosen, settings, state, client, sources[chosen.source],
+                               threading.Event(), DatasetReport(chosen.name))
+            sync.run()
+        finally:
+            client.close()
+        unmerged = state.logged_count(dataset)
+    shop.close()
+
+    sync.near.purge()  # what the reader would forget before its next chunk
+    assert sync.report.sent == 6000
+    assert unmerged < merge_every
+    assert len(sync.near.hashes) == unmerged
