@@ -10,8 +10,9 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
+
+from tests.test_spec import MINIMAL_SPEC
 
 #: Imported only on the paths that need them (see the docstrings of spec_load, shape, client).
 LAZY = ("jsonschema", "requests", "urllib3", "fastjsonschema")
@@ -38,21 +39,9 @@ def test_a_run_with_nothing_to_send_imports_none_of_them(tmp_path: Path) -> None
         db.execute("CREATE TABLE items (id TEXT, changed INTEGER)")
     db.close()
     spec = tmp_path / "sync.yaml"
-    spec.write_text(textwrap.dedent("""\
-        version: 1
-        aitems: {endpoint: "http://127.0.0.1:9/api/v1", service_id: svc, access_key: ak,
-                 secret_key: sk}
-        state: sqlite:///state.db
-        sources:
-          shop: {url: "sqlite:///shop.db"}
-        datasets:
-          items:
-            type: item
-            dataset_id: dsitems0001
-            query: SELECT id AS ITEM_ID, changed FROM items
-            cursor: changed
-            fields: [{name: ITEM_ID, type: string}]
-        """))
+    # The spec tests' minimal spec, with an endpoint nobody answers and a state store.
+    unanswered = 'aitems: {endpoint: "http://127.0.0.1:9/api/v1", '
+    spec.write_text(MINIMAL_SPEC.replace("aitems: {", unanswered) + "state: sqlite:///state.db\n")
     code = (f"from aitems_sync.cli import main_group\ntry:\n"
             f"    main_group.main(prog_name='aitems-sync')\nfinally:\n    {REPORT}")
 
