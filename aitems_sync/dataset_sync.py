@@ -18,23 +18,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NamedTuple, Protocol
-
-import orjson
+from typing import Any, Protocol
 
 from aitems_sync.delivery import Target, Uploader
-from aitems_sync.delta import (
-    Batch,
-    BatchBuilder,
-    cursor_position,
-    mark_of,
-    row_encoder,
-    row_hash,
-)
+from aitems_sync.delta import Batch, BatchBuilder, cursor_position
 from aitems_sync.errors import AitemsSyncError, InvalidRowsError
 from aitems_sync.pipeline import MERGE_EVERY, DryWindow, Window, show
+from aitems_sync.prepare import Layout, Place, Prepared, Preparer
 from aitems_sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
-from aitems_sync.shape import Shaper
 from aitems_sync.source import Extraction, Source
 from aitems_sync.spec import BatchPolicy, DatasetSpec
 from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry, StateStore
@@ -66,16 +57,6 @@ class SyncSettings:
 
 def _no_check() -> None:
     return None
-
-
-class _Row(NamedTuple):
-    """One extracted row after shaping and hashing (``encoded`` is None when invalid)."""
-
-    raw: Sequence[Any]
-    encoded: bytes | None = None
-    entry: LedgerEntry | None = None
-    key: Any = None
-    rejected_key_hash: int | None = None  # of an invalid row's coerced key, to note the ledger
 
 
 @dataclass
@@ -138,12 +119,11 @@ class DatasetSync:
         self.report = report
         self.check_lease = check_lease
         self.progress = progress
-        self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes,
-                                    self._mark_of)
+        self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes, _mark_at)
         self.near = _NearLedger()
         self.is_interaction = dataset.type == "interaction"
         self.old_mark: Mark | None = None
-        self.last_row: Sequence[Any] | None = None  # the last row routed
+        self.last_place: Place | None = None  # the last row routed
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -187,15 +167,13 @@ class DatasetSync:
         self.near.covered_through = through
 
     def _stream(self, extraction: Extraction) -> None:
-        self.extraction = extraction
-        self.shaper = Shaper(self.dataset, extraction.columns, self.source.timezone)
-        self.key_positions = [self.shaper.field_names.index(k) for k in self.dataset.key_fields]
-        self.encode = row_encoder(self.shaper.field_names,
-                                  None if self.is_interaction else self.key_positions)
+        layout = Layout(tuple(extraction.columns), extraction.cursor_index,
+                        tuple(extraction.key_indices))
+        self.preparer = Preparer(self.dataset, layout, self.source.timezone)
         try:
             for chunk in extraction.chunks:
                 self.near.purge()
-                if not self._take_chunk(chunk):
+                if not self._take_chunk(self.preparer.prepare(chunk)):
                     self.report.status = INTERRUPTED
                     break
                 if self.progress is not None:
@@ -230,7 +208,7 @@ class DatasetSync:
 
     def _after_stream(self) -> None:
         dataset, report = self.dataset, self.report
-        if (self.is_interaction and self.use_ledger and self.last_row is not None
+        if (self.is_interaction and self.use_ledger and self.last_place is not None
                 and not self.settings.dry_run):
             self._prune_ledger()
         if report.status == INTERRUPTED:
@@ -246,84 +224,65 @@ class DatasetSync:
 
     # -- per chunk ------------------------------------------------------------------------
 
-    def _take_chunk(self, chunk: Sequence[Sequence[Any]]) -> bool:
+    def _take_chunk(self, chunk: Prepared) -> bool:
         """Route a chunk's rows into batches; False when a stop request cut it short."""
-        rows = [self._shape(raw) for raw in chunk]
         ledger: dict[int, int] = {}
         if self.use_ledger:
             if self.log_to_load:  # on the first chunk: a run with nothing to read never loads it
                 self.near.earlier = self.state.logged_entries(self.dataset.name)
                 self.log_to_load = False
-            hashes = [h for r in rows if (h := r.entry.key_hash if r.entry is not None
-                                          else r.rejected_key_hash) is not None]
+            hashes = chunk.lookup_hashes()
             ledger = self.state.ledger_lookup(self.dataset.name, hashes,
                                               logged=False) if hashes else {}
-        stop = self.stop
-        for index, row in enumerate(rows):
+        stop, builder, mark_every = self.stop, self.builder, self.settings.mark_every
+        positions = chunk.positions
+        rows = zip(chunk.encoded, chunk.key_hashes, chunk.payloads, chunk.keys, chunk.places,
+                   strict=True)
+        for index, (encoded, key_hash, payload, key, place) in enumerate(rows):
             if not index % STOP_CHECK_ROWS and stop.is_set():
                 return False
-            self._route(row, ledger)
-            if self.builder.pending_rows >= self.settings.mark_every:
-                self._emit(self.builder.cut(self._last_mark()))
+            self.report.read += 1
+            if encoded is None:
+                raw, rejected_key_hash = chunk.invalid[index]
+                self._reject(raw, rejected_key_hash, place, ledger)
+            else:
+                position = None if positions is None else positions[index]
+                self._route(encoded, LedgerEntry(key_hash, payload, position), key, place,
+                            ledger)
+            self.last_place = place
+            if builder.pending_rows >= mark_every:
+                self._emit(builder.cut(self._last_mark()))
         return True
 
-    def _shape(self, raw: Sequence[Any]) -> _Row:
-        values = self.shaper.shape(raw)
-        if values is None:
-            return _Row(raw, rejected_key_hash=self._rejected_key_hash(raw))
-        encoded, key_hash, payload = self.encode(values)
-        if self.is_interaction:
-            position = cursor_position(raw[self.extraction.cursor_index], self.source.timezone)
-            return _Row(raw, encoded, LedgerEntry(key_hash, payload, position))
-        positions = self.key_positions
-        key = values[positions[0]] if len(positions) == 1 else [values[i] for i in positions]
-        return _Row(raw, encoded, LedgerEntry(key_hash, payload, None), key)
-
-    def _rejected_key_hash(self, raw: Sequence[Any]) -> int | None:
-        """The key hash an invalid row would have, so its quarantine record can note what the
-        ledger held for the key then (``quarantine retry`` compares). Interactions have none."""
-        if self.is_interaction:
-            return None
-        coerced = self.shaper.coerce(raw)
-        try:
-            return row_hash(orjson.dumps([coerced[i] for i in self.key_positions]))
-        except TypeError:
-            return None
-
-    def _route(self, row: _Row, ledger: dict[int, int]) -> None:
+    def _route(self, encoded: bytes, entry: LedgerEntry, key: Any, place: Place,
+               ledger: dict[int, int]) -> None:
+        """Skip a valid row AiTEMS holds already, or add it to the batch being built."""
         report = self.report
-        report.read += 1
-        if row.entry is None or row.encoded is None:
-            self._reject(row, ledger)
-        elif self._already_delivered(row.entry, ledger, row.raw):
+        if self._already_delivered(entry, ledger, place):
             report.unchanged += 1
             self.builder.skip()
+            return
+        if entry.key_hash in ledger or self.near.get(entry.key_hash) is not None:
+            report.changed += 1
         else:
-            if row.entry.key_hash in ledger or self.near.get(row.entry.key_hash) is not None:
-                report.changed += 1
-            else:
-                report.new += 1
-            if not self.builder.fits(row.encoded):
-                self._emit(self.builder.cut(self._last_mark()))
-            self.builder.add(row.encoded, row.entry, row.key, row.raw)
-        self.last_row = row.raw
-
-    def _mark_of(self, raw: Sequence[Any]) -> Mark:
-        return mark_of(raw, self.extraction.cursor_index, self.extraction.key_indices)
+            report.new += 1
+        if not self.builder.fits(encoded):
+            self._emit(self.builder.cut(self._last_mark()))
+        self.builder.add(encoded, entry, key, place)
 
     def _last_mark(self) -> Mark | None:
         """The mark of the last row routed: where a batch cut now moves the mark."""
-        return None if self.last_row is None else self._mark_of(self.last_row)
+        return None if self.last_place is None else _mark_at(self.last_place)
 
     def _already_delivered(self, entry: LedgerEntry, ledger: dict[int, int],
-                           raw: Sequence[Any]) -> bool:
+                           place: Place) -> bool:
         held = self._held(entry.key_hash, ledger)
         if held == entry.payload_hash:
             return True
         # A full refresh re-reads interactions the mark already covers; without a ledger entry
         # the mark is the record that they were delivered.
         return self.settings.full_refresh and self.is_interaction and _at_or_before(
-            self._mark_of(raw), self.old_mark)
+            _mark_at(place), self.old_mark)
 
     def _held(self, key_hash: int, ledger: dict[int, int]) -> int | None:
         """The payload hash the key holds once what was cut so far is delivered: the batch
@@ -334,9 +293,13 @@ class DatasetSync:
         near = self.near.get(key_hash)
         return near if near is not None else ledger.get(key_hash)
 
-    def _reject(self, row: _Row, ledger: dict[int, int]) -> None:
-        errors = [{"path": e.path, "message": e.message} for e in self.shaper.explain(row.raw)]
-        key = dict(zip(self.dataset.key_fields, self._mark_of(row.raw).key, strict=False))
+    def _reject(self, raw: tuple[Any, ...], key_hash: int | None, place: Place,
+                ledger: dict[int, int]) -> None:
+        """Quarantine an invalid row (``key_hash``: its coerced key's, where it has one), or
+        stop the dataset when on_invalid is fail."""
+        errors = [{"path": e.path, "message": e.message}
+                  for e in self.preparer.shaper.explain(raw)]
+        key = dict(zip(self.dataset.key_fields, place[1:], strict=False))
         self.report.invalid += 1
         if self.dataset.on_invalid == "fail":
             first = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:3])
@@ -345,12 +308,11 @@ class DatasetSync:
                 "and on_invalid is fail: nothing after it was sent and the mark stays before it; "
                 "fix the data or the spec and run again"
             )
-        columns = self.extraction.columns
+        columns = self.preparer.layout.columns
         self.builder.reject(QuarantineEntry(
             dataset=self.dataset.name, run_id=self.settings.run_id, key=key,
-            raw=dict(zip(columns, row.raw, strict=False)), errors=errors, origin="local",
-            ledger_hash=None if row.rejected_key_hash is None else self._held(
-                row.rejected_key_hash, ledger),
+            raw=dict(zip(columns, raw, strict=False)), errors=errors, origin="local",
+            ledger_hash=None if key_hash is None else self._held(key_hash, ledger),
         ))
 
     # -- batches -------------------------------------------------------------------------
@@ -390,6 +352,11 @@ class DatasetSync:
         if position is not None:
             before = position - self.dataset.lookback.total_seconds()
             self.state.prune_ledger(self.dataset.name, before)
+
+
+def _mark_at(place: Sequence[Any]) -> Mark:
+    """The high-water mark a row's place stands for."""
+    return Mark(cursor=place[0], key=tuple(place[1:]))
 
 
 def _at_or_before(mark: Mark, limit: Mark | None) -> bool:

@@ -103,11 +103,6 @@ def cursor_position(value: Any, timezone: tzinfo) -> float | None:
     return None
 
 
-def mark_of(row: Sequence[Any], cursor_index: int, key_indices: Sequence[int]) -> Mark:
-    """The high-water mark a row stands for: its cursor value and its key columns' values."""
-    return Mark(cursor=row[cursor_index], key=tuple(row[i] for i in key_indices))
-
-
 @dataclass
 class Batch:
     """Rows cut from the delta, committed as one unit once they are acknowledged.
