@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from aitems_sync.delivery import Target, Uploader
 from aitems_sync.delta import Batch, BatchBuilder, cursor_position
 from aitems_sync.errors import AitemsSyncError, InvalidRowsError
+from aitems_sync.extract_worker import ExtractWorker, Start
 from aitems_sync.pipeline import MERGE_EVERY, DryWindow, Window, show
 from aitems_sync.prepare import Layout, Place, Prepared, Preparer
 from aitems_sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 #: Rows routed between two looks at the stop request: often enough to stop at once, rarely
 #: enough to cost nothing on the hot path.
 STOP_CHECK_ROWS = 64
+#: Seconds a run that starts with a worker (``worker_after`` 0) waits for it to be ready before
+#: it reads on its own thread instead (and hands over later, if the worker gets ready).
+WORKER_START_SECONDS = 10.0
 
 
 class StopFlag(Protocol):
@@ -53,6 +57,9 @@ class SyncSettings:
     mark_every: int = 10_000
     dry_run: bool = False  # plan: read, shape and diff, but upload and write nothing
     merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
+    # Rows read on the reading thread before an extraction worker process is started to read
+    # the rest (0: from the first row; None: never). See aitems_sync/extract_worker.py.
+    worker_after: int | None = None
 
 
 def _no_check() -> None:
@@ -143,7 +150,7 @@ class DatasetSync:
                 self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
                 mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
             ) as extraction:
-                self._stream(extraction)
+                self._stream(extraction, Start(mark, self.dataset.lookback))
             self._after_stream()
         finally:
             self.report.seconds = round(time.monotonic() - started, 3)
@@ -166,14 +173,14 @@ class DatasetSync:
             self.near.earlier_merged = True
         self.near.covered_through = through
 
-    def _stream(self, extraction: Extraction) -> None:
+    def _stream(self, extraction: Extraction, start: Start) -> None:
         layout = Layout(tuple(extraction.columns), extraction.cursor_index,
                         tuple(extraction.key_indices))
         self.preparer = Preparer(self.dataset, layout, self.source.timezone)
         try:
-            for chunk in extraction.chunks:
+            for chunk in self._prepared(extraction, start):
                 self.near.purge()
-                if not self._take_chunk(self.preparer.prepare(chunk)):
+                if not self._take_chunk(chunk):
                     self.report.status = INTERRUPTED
                     break
                 if self.progress is not None:
@@ -194,6 +201,47 @@ class DatasetSync:
         self.window.drain()
         if self.progress is not None:
             self.progress(self.report)  # the last batches committed after the last chunk
+
+    def _prepared(self, extraction: Extraction, start: Start) -> Iterator[Prepared]:
+        """The extraction's chunks, prepared: on this thread, and once ``worker_after`` rows
+        are read and a worker process is ready, by the worker, from the row after the last
+        one read here (``start``: where the extraction began)."""
+        after = self.settings.worker_after
+        if after is None or not self.source.shareable:
+            for chunk in extraction.chunks:
+                yield self.preparer.prepare(chunk)
+            return
+        worker: ExtractWorker | None = None
+        try:
+            if after == 0:
+                worker = self._start_worker()
+                worker.ready(timeout=WORKER_START_SECONDS)
+            read = 0
+            if worker is None or not worker.ready():
+                for chunk in extraction.chunks:
+                    prepared = self.preparer.prepare(chunk)
+                    yield prepared
+                    read += len(prepared)
+                    start = Start(_mark_at(prepared.places[-1]))
+                    if worker is None and read >= after:
+                        worker = self._start_worker()
+                    elif worker is not None and worker.ready():
+                        break
+                else:
+                    return  # read to the end here
+            assert worker is not None
+            extraction.close()
+            log.info("dataset %s: %d rows read; an extraction worker process reads the rest",
+                     self.dataset.name, read,
+                     extra={"event": "worker_handover", "dataset": self.dataset.name})
+            yield from worker.chunks(start)
+        finally:
+            if worker is not None:
+                worker.close()
+
+    def _start_worker(self) -> ExtractWorker:
+        return ExtractWorker(self.source.config, self.dataset, self.preparer.layout,
+                             self.settings.chunk_rows)
 
     def _window(self) -> Window | DryWindow:
         if self.settings.dry_run:

@@ -76,6 +76,7 @@ class Source:
 
     def __init__(self, config: SourceConfig, *, engine: sa.Engine | None = None) -> None:
         self.name = config.name
+        self.config = config
         self._url = config.url
         try:
             self.timezone: tzinfo = ZoneInfo(config.timezone)
@@ -93,6 +94,19 @@ class Source:
         if self._engine is None:
             self._engine = _create_engine(self.name, self._url)
         return self._engine
+
+    @property
+    def shareable(self) -> bool:
+        """Whether another process can read this source from its url alone: the source made
+        its own engine, and the database is not a SQLite database in memory."""
+        if not self._owns_engine:
+            return False
+        try:
+            url = sa.make_url(self._url)
+        except sa.exc.ArgumentError:
+            return False
+        memory = url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        return not (url.get_backend_name() == "sqlite" and memory)
 
     def columns(self, query: str) -> list[str]:
         """The query's result column names as the driver reports them, without reading rows."""
