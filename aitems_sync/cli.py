@@ -272,17 +272,29 @@ for _command in cli_admin.COMMANDS:
     main_group.add_command(_command)
 
 
-def _freeze_imports() -> None:
-    """Exempt what the imports built from the cyclic garbage collector, in a process of ours.
+#: Seconds a thread waiting for the GIL lets a busy one run before asking it to let go
+#: (Python's default is 0.005). See _freeze_imports.
+SWITCH_INTERVAL = 0.001
 
-    A sync allocates containers by the million (rows, batches), so the collector runs often,
-    and each full collection walked every object SQLAlchemy and the rest had built at import:
-    ~7% of an items backfill (0.8 s of gen-2 collections in 1.5 s of collecting) and 19 ms of
-    a 10k-row delta. Nothing imported is garbage, and objects freed later by reference
-    counting are freed as before.
+
+def _freeze_imports() -> None:
+    """Tune the interpreter for a sync, in a process of ours (not a library caller's).
+
+    Exempt what the imports built from the cyclic garbage collector: a sync allocates
+    containers by the million (rows, batches), so the collector runs often, and each full
+    collection walked every object SQLAlchemy and the rest had built at import: ~7% of an
+    items backfill (0.8 s of gen-2 collections in 1.5 s of collecting) and 19 ms of a 10k-row
+    delta. Nothing imported is garbage, and objects freed later by reference counting are
+    freed as before.
+
+    Shorten the GIL's switch interval: the committer and upload threads give the GIL up at
+    every statement and socket call, and beside the busy reading thread each of them then
+    waited up to 5 ms to get it back. At 1 ms the items backfill ran at 89-90k rows/s against
+    82-85k (0.5 and 2 ms: 86k; benchmarks/README.md).
     """
     if _own_process:
         gc.freeze()
+        sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -147,7 +147,7 @@ class BatchBuilder:
     _bytes: int = ENVELOPE_BYTES
     _first: Sequence[Any] | None = None  # first and last rows sent
     _last: Sequence[Any] | None = None
-    _pending_rows: int = 0  # rows taken in since the last cut, sent or not
+    pending_rows: int = 0  # rows taken in (sent, skipped or rejected) since the last cut
 
     def fits(self, encoded: bytes) -> bool:
         """Whether one more row of this size stays within the batch's bounds."""
@@ -172,21 +172,26 @@ class BatchBuilder:
         if self._first is None:
             self._first = row
         self._last = row
-        self._pending_rows += 1
+        self.pending_rows += 1
+
+    def offer(self, encoded: bytes, entry: LedgerEntry, key: Any, row: Sequence[Any]) -> bool:
+        """``add`` the row if it ``fits``; False, taking nothing, when the batch must be cut
+        first (the routing's one call per row)."""
+        rows = self._rows
+        if rows and (len(rows) >= self.max_rows
+                     or self._bytes + len(encoded) + 1 > self.max_bytes):
+            return False
+        self.add(encoded, entry, key, row)
+        return True
 
     def skip(self) -> None:
         """Note a row that needs no upload (unchanged); it still counts towards the next cut."""
-        self._pending_rows += 1
+        self.pending_rows += 1
 
     def reject(self, entry: QuarantineEntry) -> None:
         """Note an invalid row: it is quarantined when the batch it falls in commits."""
         self._quarantine.append(entry)
-        self._pending_rows += 1
-
-    @property
-    def pending_rows(self) -> int:
-        """Rows taken in (sent, skipped or rejected) since the last cut."""
-        return self._pending_rows
+        self.pending_rows += 1
 
     @property
     def sendable(self) -> int:
@@ -215,6 +220,6 @@ class BatchBuilder:
         self._slot = {}
         self._bytes = ENVELOPE_BYTES
         self._first = self._last = None
-        self._pending_rows = 0
+        self.pending_rows = 0
         return batch
 
