@@ -1,0 +1,298 @@
+"""An extraction handed over to a worker process delivers exactly what the reading thread would.
+
+Past ``worker_after`` rows (0: from the first), a child process reads, shapes, encodes and
+hashes the rest and hands the chunks over a pipe; the main process keeps the ledger, batches,
+uploads and marks. These runs check, on SQLite and PostgreSQL, that each row is delivered
+once, invalid rows are quarantined, the mark ends at the last row, and that a worker that
+dies, cannot start or is stopped loses nothing and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from aitems_sync import engine
+from aitems_sync.client import AitemsClient
+from aitems_sync.commands import open_sources, open_state
+from aitems_sync.emulator import EmulatorServer, Faults, load_seed
+from aitems_sync.extract_worker import ExtractWorker
+from aitems_sync.prepare import Layout
+from aitems_sync.report import FAILED, INTERRUPTED, OK, DatasetReport, RunReport
+from aitems_sync.spec import SourceConfig
+from aitems_sync.spec_load import load_spec
+from aitems_sync.state import StateStore
+from tests.conftest import DEMO_SEED, source_and_state_urls
+from tests.shop import T0, Shop, customer_rows
+
+SPEC = """\
+version: 1
+aitems:
+  endpoint: {endpoint}
+  service_id: svcdemo0001
+  access_key: demo-access-key
+  secret_key: demo-secret-key
+  batch: {{max_rows: 50, in_flight: {in_flight}}}
+  retry: {{attempts: 3, backoff: 0.01s, max_backoff: 0.05s}}
+state: "{state_url}"
+sources:
+  shop: {{url: "{source_url}", timezone: Asia/Seoul}}
+datasets:
+  users:
+    type: user
+    dataset_id: dsusers0001
+    source: shop
+    # Every customer aged 33 gets an AGE past the int range: invalid, quarantined.
+    query: >-
+      SELECT id AS USER_ID, CASE WHEN age = 33 THEN CAST(age AS BIGINT) + 3000000000
+      ELSE age END AS AGE, gender AS GENDER, updated_at FROM customers
+    cursor: updated_at
+    max_invalid: 50%
+    fields:
+      - {{name: USER_ID, type: string}}
+      - {{name: AGE, type: [int, "null"]}}
+      - {{name: GENDER, type: [string, "null"], categorical: true}}
+  events:
+    type: interaction
+    dataset_id: dsevent0001
+    source: shop
+    query: >-
+      SELECT id AS event_id, user_id AS USER_ID, item_id AS ITEM_ID,
+      occurred_at AS TIMESTAMP, event_type AS EVENT_TYPE FROM events
+    cursor: event_id
+    lookback: 1h
+    fields:
+      - {{name: USER_ID, type: string}}
+      - {{name: ITEM_ID, type: string}}
+      - {{name: TIMESTAMP, type: long}}
+      - {{name: EVENT_TYPE, type: string}}
+"""
+
+CUSTOMERS = 3000
+MORE = 27_000
+
+
+def _invalid(customers: int) -> set[str]:
+    """The ids the spec's query makes invalid (age 33, as customer_rows gives them)."""
+    return {f"u{i:05d}" for i in range(customers) if 20 + i % 50 == 33}
+
+
+INVALID = _invalid(CUSTOMERS)
+EVENTS = 2000
+HANDOVER = "an extraction worker process reads the rest"
+
+
+@dataclass
+class Setup:
+    shop: Shop
+    emulator: EmulatorServer
+    spec: Path
+    state_url: str
+
+    def run(self, dataset: str, *, stop: threading.Event | None = None,
+            progress: Callable[[DatasetReport], None] | None = None,
+            **options: object) -> RunReport:
+        spec = load_spec(self.spec)
+        run_options = engine.RunOptions(datasets=(dataset,), chunk_rows=100,
+                                        **options)  # type: ignore[arg-type]
+        with open_state(spec) as state, open_sources(spec) as sources:
+            client = AitemsClient.from_config(spec.aitems)
+            try:
+                return engine.run(spec, state=state, uploader=client, sources=sources,
+                                  options=run_options, stop=stop, progress=progress)
+            finally:
+                client.close()
+
+    def delivered(self, dataset_id: str, field: str) -> Counter[object]:
+        return Counter(row[field] for row in self.emulator.received(dataset_id).deliveries)
+
+    def state(self) -> StateStore:
+        return StateStore.open(self.state_url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
+    source_url, state_url = source_and_state_urls(request, tmp_path)
+    shop = Shop(source_url)
+    shop.add_customers(customer_rows(CUSTOMERS))
+    shop.add_events([(n, f"u{n % 97:05d}", f"i{n % 31:03d}", "view", T0 + timedelta(seconds=n))
+                     for n in range(EVENTS)])
+    # Each batch waits for its answer (one on the wire): the reading thread is held back long
+    # enough for the worker to start before the rows run out.
+    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
+                              faults=Faults(latency=0.01))
+    emulator.start()
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(SPEC.format(endpoint=emulator.base_url, state_url=state_url,
+                                source_url=source_url, in_flight=1))
+    try:
+        yield Setup(shop, emulator, spec, state_url)
+    finally:
+        emulator.stop()
+        shop.close()
+
+
+def _worker_processes() -> list[int]:
+    """Pids of this process's extraction workers still alive (zombies included)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"aitems_sync.extract_worker" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _handed_over_after(caplog: pytest.LogCaptureFixture) -> list[int]:
+    """Rows read in-process before each handover the run logged."""
+    return [int(r.getMessage().split(": ")[1].split()[0]) for r in caplog.records
+            if HANDOVER in r.getMessage()]
+
+
+@pytest.mark.parametrize("worker_after", [0, 300])
+def test_rows_read_by_a_worker_are_delivered_once_and_invalid_ones_quarantined(
+        setup: Setup, worker_after: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aitems_sync")
+
+    report = setup.run("users", worker_after=worker_after).datasets[0]
+
+    handovers = _handed_over_after(caplog)
+    assert len(handovers) == 1
+    assert 0 <= handovers[0] < CUSTOMERS
+    if worker_after == 0:
+        assert handovers == [0]
+    else:
+        assert handovers[0] >= worker_after
+    assert (report.status, report.read, report.invalid) == (OK, CUSTOMERS, len(INVALID))
+    assert report.sent == report.new == CUSTOMERS - len(INVALID)
+    delivered = setup.delivered("dsusers0001", "USER_ID")
+    assert set(delivered) == {f"u{i:05d}" for i in range(CUSTOMERS)} - INVALID
+    assert set(delivered.values()) == {1}
+    store = setup.state()
+    try:
+        quarantined = store.quarantined("users")
+        mark = store.get_mark("users")
+    finally:
+        store.close()
+    assert sorted(e.key["USER_ID"] for e in quarantined) == sorted(INVALID)
+    # PostgreSQL folds the unquoted AS AGE to "age".
+    assert all({k.upper(): v for k, v in e.raw.items()}["AGE"] > 2**31 and e.origin == "local"
+               for e in quarantined)
+    assert mark is not None and mark.key == (f"u{CUSTOMERS - 1:05d}",)
+    assert _worker_processes() == []
+
+
+def test_a_worker_reads_only_what_changed_after_the_mark(setup: Setup) -> None:
+    setup.run("users", worker_after=None)
+    for id_ in ("u00005", "u01500", "u02999"):
+        setup.shop.update_customer(id_, gender="X", updated_at=T0 + timedelta(days=1))
+
+    report = setup.run("users", worker_after=0).datasets[0]
+
+    assert (report.read, report.changed, report.sent) == (3, 3, 3)
+    delivered = setup.delivered("dsusers0001", "USER_ID")
+    assert {k for k, n in delivered.items() if n == 2} == {"u00005", "u01500", "u02999"}
+
+
+def test_interactions_read_by_a_worker_are_delivered_once_within_the_lookback(
+        setup: Setup) -> None:
+    first = setup.run("events", worker_after=0).datasets[0]
+    setup.shop.add_events([(EVENTS + n, "u00001", f"i{n:03d}", "buy", T0 + timedelta(hours=2))
+                           for n in range(10)])
+
+    second = setup.run("events", worker_after=0).datasets[0]
+
+    assert (first.read, first.sent) == (EVENTS, EVENTS)
+    # The lookback reads the last hour again; the ledger keeps those rows off the wire.
+    assert second.sent == 10 and second.unchanged == second.read - 10
+    events = setup.emulator.received("dsevent0001").deliveries
+    assert len(events) == EVENTS + 10
+
+
+def test_a_worker_killed_mid_run_fails_the_dataset_and_the_next_run_sends_the_rest_once(
+        setup: Setup) -> None:
+    # Enough rows that the worker is still reading when it is killed: it runs ahead of the
+    # routing by what the pipe holds (PIPE_BYTES), ~10,000 of these rows.
+    setup.emulator.set_faults(Faults())
+    setup.shop.add_customers(customer_rows(MORE, start=CUSTOMERS))
+    chunks = 0
+
+    def kill_the_worker(_report: DatasetReport) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 5:
+            for pid in _worker_processes():
+                os.kill(pid, signal.SIGKILL)
+
+    failed = setup.run("users", worker_after=0, progress=kill_the_worker).datasets[0]
+
+    assert failed.status == FAILED
+    assert failed.error is not None
+    assert "the extraction worker process exited (killed by SIGKILL)" in failed.error
+    assert "run again" in failed.error
+    assert 0 < failed.read < CUSTOMERS + MORE
+    assert _worker_processes() == []
+
+    rest = setup.run("users", worker_after=0).datasets[0]
+
+    assert rest.status == OK
+    everyone = {f"u{i:05d}" for i in range(CUSTOMERS + MORE)}
+    delivered = setup.delivered("dsusers0001", "USER_ID")
+    assert set(delivered) == everyone - _invalid(CUSTOMERS + MORE)
+    assert set(delivered.values()) == {1}
+
+
+def test_a_run_stopped_while_a_worker_reads_commits_what_it_cut_and_leaves_no_worker(
+        setup: Setup) -> None:
+    stop = threading.Event()
+
+    def stop_soon(report: DatasetReport) -> None:
+        if report.read >= 1000:
+            stop.set()
+
+    stopped = setup.run("users", worker_after=0, stop=stop, progress=stop_soon).datasets[0]
+
+    assert stopped.status == INTERRUPTED
+    assert _worker_processes() == []
+    rest = setup.run("users", worker_after=0).datasets[0]
+    assert rest.status == OK
+    delivered = setup.delivered("dsusers0001", "USER_ID")
+    assert set(delivered) == {f"u{i:05d}" for i in range(CUSTOMERS)} - INVALID
+    assert set(delivered.values()) == {1}
+
+
+def test_a_worker_that_cannot_reach_the_source_is_never_ready_and_says_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(SPEC.format(endpoint="http://127.0.0.1:9/api/v1", in_flight=1,
+                                state_url=f"sqlite:///{tmp_path}/state.db",
+                                source_url=f"sqlite:///{tmp_path}/shop.db"))
+    dataset = load_spec(spec).datasets["users"]
+    unreachable = SourceConfig(name="shop", url=f"sqlite:///{tmp_path}/no/such/dir/shop.db")
+    layout = Layout(("USER_ID", "AGE", "GENDER", "updated_at"), 3, (0,))
+
+    with ExtractWorker(unreachable, dataset, layout, chunk_rows=100) as worker:
+        assert worker.ready(timeout=30) is False
+        assert worker.ready(timeout=30) is False  # asked again: still not, and no new wait
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "dataset users: the extraction worker did not start" in warnings[0]
+    assert "cannot connect" in warnings[0]
+    assert "the rows are read in the main process" in warnings[0]
+    assert _worker_processes() == []
