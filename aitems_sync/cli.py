@@ -141,9 +141,14 @@ def validate(ctx: Context, connect: bool) -> None:
               show_default=True, metavar="SECONDS",
               help="After SIGTERM or SIGINT, how long the uploads on the wire may take to "
                    "finish and commit before the run exits anyway.")
+@click.option("--extract-worker", is_flag=True, envvar="AITEMS_SYNC_EXTRACT_WORKER",
+              help="Past 20,000 rows, read, validate and encode a dataset's rows in a second "
+                   "process: backfills run 1.3-1.4x faster on two cores or more, and the worker "
+                   "takes ~50 MB more memory while it reads.")
 @click.pass_obj
 def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
-        lease_ttl: float | None, wait: float | None, parallel: int, grace: float) -> None:
+        lease_ttl: float | None, wait: float | None, parallel: int, grace: float,
+        extract_worker: bool) -> None:
     """Sync the new and changed rows of every dataset (or of the DATASETS named).
 
     Exit codes: 0 done; 1 a dataset failed (what was acknowledged is committed); 2 usage or
@@ -161,7 +166,8 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
             progress = display.enter_context(terminal_progress(sys.stderr))
         report = commands.run(ctx.config, datasets=datasets, full_refresh=full_refresh,
                               stop=stop.event, lease_ttl=lease_ttl, wait=wait,
-                              parallel=parallel, progress=progress)
+                              parallel=parallel, progress=progress,
+                              extract_worker=extract_worker)
         if stop.exit_code is not None:
             report.interrupted_exit_code = stop.exit_code
     if ctx.json_output:

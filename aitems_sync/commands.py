@@ -112,11 +112,13 @@ def run(
     wait: float | None = None,
     parallel: int = 1,
     progress: engine.Progress | None = None,
+    extract_worker: bool = False,
 ) -> RunReport:
     """Load the spec and run the sync once; see ``engine.run`` and ``engine.RunOptions``."""
     spec = load_spec(config)
     options = engine.RunOptions(datasets=tuple(datasets), full_refresh=full_refresh,
-                                wait=wait, parallel=parallel)
+                                wait=wait, parallel=parallel,
+                                worker_after=engine.WORKER_AFTER if extract_worker else None)
     if lease_ttl is not None:
         options = replace(options, lease_ttl=lease_ttl)
     selected = engine.select_datasets(spec, options.datasets)  # a usage error before anything

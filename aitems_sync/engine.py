@@ -34,8 +34,9 @@ from aitems_sync.state import StateStore
 
 log = logging.getLogger(__name__)
 
-#: Rows a dataset reads on its own thread before a worker process takes over its extraction:
-#: a delta this small never pays the worker's start (~0.2 s of CPU); a backfill pays it once.
+#: With an extraction worker (``run --extract-worker``), the rows a dataset reads on its own
+#: thread before the worker takes over: a delta this small never pays the worker's start
+#: (~0.2 s of CPU); a backfill pays it once.
 WORKER_AFTER = 20_000
 
 #: Told a dataset's report after every chunk of rows, from the thread syncing that dataset.
@@ -58,8 +59,9 @@ class RunOptions:
     chunk_rows: int = 5000  # rows read and diffed against the ledger at a time
     mark_every: int = 10_000  # rows after which a stretch with nothing to send commits its mark
     merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
-    # Rows read in-process before an extraction worker process reads the rest (None: never).
-    worker_after: int | None = WORKER_AFTER
+    # Rows read in-process before an extraction worker process reads the rest (None: never;
+    # the CLI's --extract-worker sets WORKER_AFTER).
+    worker_after: int | None = None
 
 
 def select_datasets(spec: Spec, names: Sequence[str]) -> list[DatasetSpec]:

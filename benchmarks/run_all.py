@@ -5,9 +5,10 @@
 
 Runs, sharing one emulator (and a second with 50 ms latency): backfill of 1M events and of 1M
 items; the no-op rerun and a 10k-event delta on the events state; a 10k-item delta on the items
-state; memory at 100k (the 1M points are the backfills); in_flight 1/4/8 at 50 ms; validation
-(bench_shape.py). Prints each figure as it comes, then a Markdown table, and writes every figure
-to benchmarks/data/results.json.
+state; memory at 100k (the 1M points are the backfills); both 1M backfills again with
+``run --extract-worker`` (a second process reads the rows; memory counts both processes);
+in_flight 1/4/8 at 50 ms; validation (bench_shape.py). Prints each figure as it comes, then a
+Markdown table, and writes every figure to benchmarks/data/results.json.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_backfill import backfill
+from bench_backfill import WORKER_LABEL, backfill
 from bench_delta import delta
 from bench_latency import LATENCY_ROWS, latency_runs, ratios
 from bench_memory import FLAT_MB, TARGET_MB
@@ -31,6 +32,7 @@ from harness import (
     ROOT,
     Emulator,
     Figure,
+    Measure,
     emulator,
     machine,
     show,
@@ -44,7 +46,7 @@ VALIDATION_TARGET = 300_000
 def _memory(figure: Figure, table: str) -> Figure:
     """The peak RSS of a backfill, as a figure of its own."""
     return Figure(f"memory: {table} {figure.rows:,}", figure.rows, figure.measure,
-                  target="<= 100 MB", met=figure.measure.peak_rss_mb <= TARGET_MB)
+                  target="<= 100 MB", met=figure.measure.memory_mb <= TARGET_MB)
 
 
 def _events(emu: Emulator, rows: int, big: int) -> list[Figure]:
@@ -59,7 +61,7 @@ def _events(emu: Emulator, rows: int, big: int) -> list[Figure]:
         figures += [show(huge), show(_memory(huge, "events"))]
         figures.append(show(noop(emu, spec, "events", big)))
     largest = figures[-2] if big else figures[2]
-    growth = largest.measure.peak_rss_mb - small.measure.peak_rss_mb
+    growth = largest.measure.memory_mb - small.measure.memory_mb
     flat = Figure(f"memory flat, events 100k -> {largest.rows:,}", 0, largest.measure,
                   target=f"<= +{FLAT_MB:.0f} MB", met=growth <= FLAT_MB,
                   note=f"{growth:+.1f} MB")
@@ -72,10 +74,19 @@ def _items(emu: Emulator, rows: int) -> list[Figure]:
     full, spec, source = backfill(emu, "items", rows, private_source=True)
     figures += [show(full), show(_memory(full, "items"))]
     figures.append(show(delta(emu, spec, source, "items", rows, 10_000)))
-    growth = full.measure.peak_rss_mb - small.measure.peak_rss_mb
+    growth = full.measure.memory_mb - small.measure.memory_mb
     figures.append(show(Figure(f"memory flat, items 100k -> {rows:,}", 0, full.measure,
                                target=f"<= +{FLAT_MB:.0f} MB", met=growth <= FLAT_MB,
                                note=f"{growth:+.1f} MB")))
+    return figures
+
+
+def _with_worker(emu: Emulator, rows: int) -> list[Figure]:
+    """The backfills again with ``run --extract-worker``, and their memory, worker included."""
+    figures = []
+    for table in ("events", "items"):
+        full, _, _ = backfill(emu, table, rows, worker=True)
+        figures += [show(full), show(_memory(full, table + WORKER_LABEL))]
     return figures
 
 
@@ -91,9 +102,16 @@ def validation() -> str:
     return output + f"  validation: slowest case {slowest:,} rows/s (target >= 300,000)  {verdict}"
 
 
+def _memory_cell(m: Measure) -> str:
+    if not m.worker_rss_mb:
+        return f"{m.peak_rss_mb:.1f}"
+    return f"{m.peak_rss_mb:.1f} + {m.worker_rss_mb:.1f} = {m.memory_mb:.1f}"
+
+
 def table(figures: list[Figure]) -> str:
     """The figures as a Markdown table."""
-    lines = ["| benchmark | rows | wall s | rows/s | peak RSS MB | CPU % sync/emulator/others "
+    lines = ["| benchmark | rows | wall s | rows/s | peak RSS MB: run + worker = together "
+             "| CPU % sync/emulator/others "
              "| target | verdict | note |",
              "|---|---:|---:|---:|---:|---|---|---|---|"]
     for f in figures:
@@ -103,7 +121,7 @@ def table(figures: list[Figure]) -> str:
         cpu = "/".join(f"{100 * c / m.seconds:.0f}" for c in (
             m.cpu_seconds, m.emulator_cpu_seconds, m.other_cpu_seconds))
         lines.append(f"| {f.name} | {f.rows:,} | {m.seconds:.2f} | {rate} | "
-                     f"{m.peak_rss_mb:.1f} | {cpu} | {f.target} | {verdict} | {f.note} |")
+                     f"{_memory_cell(m)} | {cpu} | {f.target} | {verdict} | {f.note} |")
     return "\n".join(lines)
 
 
@@ -131,6 +149,7 @@ def main() -> None:
         warm_up(emu)
         figures += _events(emu, args.rows, args.big_rows if args.big else 0)
         figures += _items(emu, args.rows)
+        figures += _with_worker(emu, args.rows)
     with emulator("--latency", "0.05") as emu:
         for figure in ratios(latency_runs(emu, LATENCY_ROWS, [1, 4, 8])):
             figures.append(show(figure))

@@ -9,9 +9,12 @@ dies, cannot start or is stopped loses nothing and leaves no process behind.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -129,7 +132,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     # Each batch waits for its answer (one on the wire): the reading thread is held back long
     # enough for the worker to start before the rows run out.
     emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
-                              faults=Faults(latency=0.01))
+                              faults=Faults(latency=0.02))
     emulator.start()
     spec = tmp_path / "sync.yaml"
     spec.write_text(SPEC.format(endpoint=emulator.base_url, state_url=state_url,
@@ -296,3 +299,28 @@ def test_a_worker_that_cannot_reach_the_source_is_never_ready_and_says_why(
     assert "cannot connect" in warnings[0]
     assert "the rows are read in the main process" in warnings[0]
     assert _worker_processes() == []
+
+
+@pytest.mark.parametrize("switch", [["--extract-worker"], []], ids=["flag", "env"])
+def test_run_extract_worker_hands_a_large_extraction_to_a_worker(
+        tmp_path: Path, emulator: EmulatorServer, switch: list[str]) -> None:
+    customers = engine.WORKER_AFTER + 15_000
+    emulator.set_faults(Faults(latency=0.01))  # the worker starts before the rows run out
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.add_customers(customer_rows(customers))
+    shop.close()
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(SPEC.format(endpoint=emulator.base_url, in_flight=4,
+                                state_url=f"sqlite:///{tmp_path / 'state.db'}",
+                                source_url=f"sqlite:///{tmp_path / 'shop.db'}"))
+    env = {**os.environ, "AITEMS_SYNC_EXTRACT_WORKER": "" if switch else "1"}
+
+    done = subprocess.run(
+        [sys.executable, "-m", "aitems_sync", "--config", str(spec), "--json", "run", "users",
+         *switch], capture_output=True, text=True, timeout=120, env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert HANDOVER in done.stderr
+    report = json.loads(done.stdout)["datasets"][0]
+    assert report["read"] == customers
+    assert report["sent"] == customers - len(_invalid(customers))
