@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry
+from aitems_sync.state_records import LedgerEntry, QuarantineEntry
+from aitems_sync.values import Mark
 
 #: Bytes of ``{"type":"interaction","value":[]}`` rounded up: the body around the rows.
 ENVELOPE_BYTES = 40
