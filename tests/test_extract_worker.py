@@ -56,7 +56,7 @@ datasets:
     source: shop
     # Every customer aged 33 gets an AGE past the int range: invalid, quarantined.
     query: >-
-      SELECT id AS USER_ID, CASE WHEN age = 33 THEN CAST(age AS BIGINT) + 3000000000
+      SELECT id AS USER_ID, CASE WHEN age = 33 THEN age + 3000000000
       ELSE age END AS AGE, gender AS GENDER, updated_at FROM customers
     cursor: updated_at
     max_invalid: 50%
@@ -122,7 +122,7 @@ class Setup:
         return StateStore.open(self.state_url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     source_url, state_url = source_and_state_urls(request, tmp_path)
     shop = Shop(source_url)
