@@ -119,7 +119,8 @@ class Chaos:
         path.write_text(SPEC.format(
             endpoint=self.emulator.base_url, source_url=self.source_url,
             state_url=self.state_url, max_rows=max_rows, in_flight=in_flight,
-            attempts=attempts, secret_key=secret_key, age=age, age_type=age_type))
+            attempts=attempts, secret_key=secret_key, age=age, age_type=age_type,
+            events_lookback="0s"))
         return path
 
     # -- processes ----------------------------------------------------------------------------

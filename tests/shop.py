@@ -80,6 +80,7 @@ EVENTS_DATASET = """\
       SELECT id AS event_id, user_id AS USER_ID, item_id AS ITEM_ID,
       occurred_at AS TIMESTAMP, event_type AS EVENT_TYPE FROM events
     cursor: event_id
+    lookback: {events_lookback}
     fields:
       - {{name: USER_ID, type: string}}
       - {{name: ITEM_ID, type: string}}
@@ -104,7 +105,7 @@ datasets:
     type: user
     dataset_id: dsusers0001
     source: shop
-    query: SELECT id AS USER_ID, age AS AGE, gender AS GENDER, updated_at FROM customers
+    query: SELECT id AS USER_ID, {age} AS AGE, gender AS GENDER, updated_at FROM customers
     cursor: updated_at
     lookback: {lookback}
     on_invalid: {on_invalid}
@@ -120,10 +121,11 @@ datasets:
 def write_spec(path: Path, *, endpoint: str, source_url: str, state_url: str,
                max_rows: int = 1000, in_flight: int = 4, lookback: str = "0s",
                on_invalid: str = "quarantine", max_invalid: str = "50%",
-               extra: str = "") -> Path:
-    """Write a spec for the shop to ``path`` and return it."""
+               extra: str = "", age: str = "age", events_lookback: str = "0s") -> Path:
+    """Write a spec for the shop to ``path`` and return it; ``age`` is the SQL of the users'
+    AGE column."""
     path.write_text(SPEC.format(
         endpoint=endpoint, source_url=source_url, state_url=state_url, max_rows=max_rows,
         in_flight=in_flight, lookback=lookback, on_invalid=on_invalid,
-        max_invalid=max_invalid, extra=extra))
+        max_invalid=max_invalid, extra=extra, age=age, events_lookback=events_lookback))
     return path

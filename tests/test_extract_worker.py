@@ -35,50 +35,16 @@ from aitems_sync.spec import SourceConfig
 from aitems_sync.spec_load import load_spec
 from aitems_sync.state import StateStore
 from tests.conftest import DEMO_SEED, source_and_state_urls
-from tests.shop import T0, Shop, customer_rows
+from tests.shop import T0, Shop, customer_rows, write_spec
 
-SPEC = """\
-version: 1
-aitems:
-  endpoint: {endpoint}
-  service_id: svcdemo0001
-  access_key: demo-access-key
-  secret_key: demo-secret-key
-  batch: {{max_rows: 50, in_flight: {in_flight}}}
-  retry: {{attempts: 3, backoff: 0.01s, max_backoff: 0.05s}}
-state: "{state_url}"
-sources:
-  shop: {{url: "{source_url}", timezone: Asia/Seoul}}
-datasets:
-  users:
-    type: user
-    dataset_id: dsusers0001
-    source: shop
-    # Every customer aged 33 gets an AGE past the int range: invalid, quarantined.
-    query: >-
-      SELECT id AS USER_ID, CASE WHEN age = 33 THEN age + 3000000000
-      ELSE age END AS AGE, gender AS GENDER, updated_at FROM customers
-    cursor: updated_at
-    max_invalid: 50%
-    fields:
-      - {{name: USER_ID, type: string}}
-      - {{name: AGE, type: [int, "null"]}}
-      - {{name: GENDER, type: [string, "null"], categorical: true}}
-  events:
-    type: interaction
-    dataset_id: dsevent0001
-    source: shop
-    query: >-
-      SELECT id AS event_id, user_id AS USER_ID, item_id AS ITEM_ID,
-      occurred_at AS TIMESTAMP, event_type AS EVENT_TYPE FROM events
-    cursor: event_id
-    lookback: 1h
-    fields:
-      - {{name: USER_ID, type: string}}
-      - {{name: ITEM_ID, type: string}}
-      - {{name: TIMESTAMP, type: long}}
-      - {{name: EVENT_TYPE, type: string}}
-"""
+# Every customer aged 33 gets an AGE past the int range: invalid, quarantined.
+AGE = "CASE WHEN age = 33 THEN age + 3000000000 ELSE age END"
+
+
+def _spec(path: Path, endpoint: str, source_url: str, state_url: str, in_flight: int) -> Path:
+    return write_spec(path, endpoint=endpoint, source_url=source_url, state_url=state_url,
+                      max_rows=50, in_flight=in_flight, age=AGE, events_lookback="1h")
+
 
 CUSTOMERS = 3000
 MORE = 27_000
@@ -134,9 +100,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
                               faults=Faults(latency=0.02))
     emulator.start()
-    spec = tmp_path / "sync.yaml"
-    spec.write_text(SPEC.format(endpoint=emulator.base_url, state_url=state_url,
-                                source_url=source_url, in_flight=1))
+    spec = _spec(tmp_path / "sync.yaml", emulator.base_url, source_url, state_url, in_flight=1)
     try:
         yield Setup(shop, emulator, spec, state_url)
     finally:
@@ -281,10 +245,8 @@ def test_a_run_stopped_while_a_worker_reads_commits_what_it_cut_and_leaves_no_wo
 
 def test_a_worker_that_cannot_reach_the_source_is_never_ready_and_says_why(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    spec = tmp_path / "sync.yaml"
-    spec.write_text(SPEC.format(endpoint="http://127.0.0.1:9/api/v1", in_flight=1,
-                                state_url=f"sqlite:///{tmp_path}/state.db",
-                                source_url=f"sqlite:///{tmp_path}/shop.db"))
+    spec = _spec(tmp_path / "sync.yaml", "http://127.0.0.1:9/api/v1",
+                 f"sqlite:///{tmp_path}/shop.db", f"sqlite:///{tmp_path}/state.db", in_flight=1)
     dataset = load_spec(spec).datasets["users"]
     unreachable = SourceConfig(name="shop", url=f"sqlite:///{tmp_path}/no/such/dir/shop.db")
     layout = Layout(("USER_ID", "AGE", "GENDER", "updated_at"), 3, (0,))
@@ -309,10 +271,8 @@ def test_run_extract_worker_hands_a_large_extraction_to_a_worker(
     shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
     shop.add_customers(customer_rows(customers))
     shop.close()
-    spec = tmp_path / "sync.yaml"
-    spec.write_text(SPEC.format(endpoint=emulator.base_url, in_flight=4,
-                                state_url=f"sqlite:///{tmp_path / 'state.db'}",
-                                source_url=f"sqlite:///{tmp_path / 'shop.db'}"))
+    spec = _spec(tmp_path / "sync.yaml", emulator.base_url, f"sqlite:///{tmp_path / 'shop.db'}",
+                 f"sqlite:///{tmp_path / 'state.db'}", in_flight=4)
     env = {**os.environ, "AITEMS_SYNC_EXTRACT_WORKER": "" if switch else "1"}
 
     done = subprocess.run(
