@@ -41,9 +41,11 @@ from tests.shop import T0, Shop, customer_rows, write_spec
 AGE = "CASE WHEN age = 33 THEN age + 3000000000 ELSE age END"
 
 
-def _spec(path: Path, endpoint: str, source_url: str, state_url: str, in_flight: int) -> Path:
+def _spec(path: Path, endpoint: str, source_url: str, state_url: str, in_flight: int,
+          extra: str = "") -> Path:
     return write_spec(path, endpoint=endpoint, source_url=source_url, state_url=state_url,
-                      max_rows=50, in_flight=in_flight, age=AGE, events_lookback="1h")
+                      max_rows=50, in_flight=in_flight, age=AGE, events_lookback="1h",
+                      extra=extra)
 
 
 CUSTOMERS = 3000
@@ -65,6 +67,7 @@ class Setup:
     shop: Shop
     emulator: EmulatorServer
     spec: Path
+    source_url: str
     state_url: str
 
     def run(self, dataset: str, *, stop: threading.Event | None = None,
@@ -102,7 +105,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     emulator.start()
     spec = _spec(tmp_path / "sync.yaml", emulator.base_url, source_url, state_url, in_flight=1)
     try:
-        yield Setup(shop, emulator, spec, state_url)
+        yield Setup(shop, emulator, spec, source_url, state_url)
     finally:
         emulator.stop()
         shop.close()
@@ -162,6 +165,24 @@ def test_rows_read_by_a_worker_are_delivered_once_and_invalid_ones_quarantined(
                for e in quarantined)
     assert mark is not None and mark.key == (f"u{CUSTOMERS - 1:05d}",)
     assert _worker_processes() == []
+
+
+def test_a_worker_validates_with_the_datasets_own_json_schema(setup: Setup) -> None:
+    _spec(setup.spec, setup.emulator.base_url, setup.source_url, setup.state_url, in_flight=1,
+          extra="    json_schema: {properties: {AGE: {maximum: 60}}}")
+
+    report = setup.run("users", worker_after=0).datasets[0]
+
+    too_old = {f"u{i:05d}" for i in range(CUSTOMERS) if 20 + i % 50 > 60}
+    assert (report.status, report.invalid) == (OK, len(INVALID | too_old))
+    store = setup.state()
+    try:
+        quarantined = {e.key["USER_ID"]: e for e in store.quarantined("users")}
+    finally:
+        store.close()
+    assert set(quarantined) == INVALID | too_old
+    assert all("60" in quarantined[k].errors[0]["message"] for k in too_old)
+    assert not set(setup.delivered("dsusers0001", "USER_ID")) & too_old
 
 
 def test_a_worker_reads_only_what_changed_after_the_mark(setup: Setup) -> None:
