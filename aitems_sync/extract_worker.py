@@ -31,6 +31,7 @@ import os
 import pickle
 import select
 import signal
+import site
 import struct
 import subprocess
 import sys
@@ -93,6 +94,7 @@ class ExtractWorker:
         assert self._process.stdin is not None and self._process.stdout is not None
         self._to: IO[bytes] = self._process.stdin
         self._from: IO[bytes] = self._process.stdout
+        _widen(self._to)
         _widen(self._from)
         self._ready = False
         self._failed = False
@@ -186,9 +188,13 @@ class _Exited(Exception):
 
 
 def _worker_env() -> dict[str, str]:
-    """The environment, with this package importable whether installed or not (tests)."""
+    """The environment, with this package importable by the worker: as it is when installed
+    in site-packages; from a checkout (tests, an editable install), by its directory on
+    PYTHONPATH (never site-packages there: it would come before the standard library)."""
     env = dict(os.environ)
     here = str(Path(__file__).resolve().parent.parent)
+    if here in {str(Path(p).resolve()) for p in site.getsitepackages()}:
+        return env
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = here if not path else here + os.pathsep + path
     return env
