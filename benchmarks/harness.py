@@ -367,7 +367,8 @@ def run_sync(
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
                                    env=CHILD_ENV)
-        watch = _MemoryWatch(process.pid)
+        # Under a profiler the child is the profiler, and the run its child: not a worker.
+        watch = _MemoryWatch(process.pid, children=not wrap)
         assert process.stdout is not None
         output = process.stdout.read()
         watch.stop()
@@ -395,8 +396,9 @@ class _MemoryWatch:
     each one's peak RSS (VmHWM, kept by the kernel) and the peak of their current RSS summed.
     A peak shorter than 20 ms can be missed in the sum, not in the VmHWM figures."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, children: bool = True) -> None:
         self.pid = pid
+        self.children = children
         self.own_kb = self.worker_kb = self.total_kb = 0
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -423,6 +425,8 @@ class _MemoryWatch:
 
     def _children(self) -> list[int]:
         found: list[int] = []
+        if not self.children:
+            return found
         try:
             for task in Path(f"/proc/{self.pid}/task").iterdir():
                 found += [int(p) for p in (task / "children").read_text().split()]
