@@ -319,6 +319,7 @@ class Measure:
     log: str = ""
     worker_rss_mb: float = 0.0  # the extraction workers' peak RSS (0: none ran)
     total_rss_mb: float = 0.0  # the peak of the run's and its workers' RSS added up
+    total_pss_mb: float = 0.0  # the same with PSS: shared library pages counted once
 
     @property
     def memory_mb(self) -> float:
@@ -329,7 +330,7 @@ class Measure:
         if not self.worker_rss_mb:
             return f"peak RSS {self.peak_rss_mb:6.1f} MB"
         return (f"peak RSS {self.peak_rss_mb:6.1f} MB + worker {self.worker_rss_mb:.1f} MB, "
-                f"together {self.memory_mb:.1f} MB")
+                f"together {self.memory_mb:.1f} MB (PSS {self.total_pss_mb:.1f} MB)")
 
     def dataset(self, name: str) -> dict[str, Any]:
         """The run report's counts for one dataset (read, sent, seconds, ...)."""
@@ -388,18 +389,22 @@ def run_sync(
     own = watch.own_kb / 1024 if watch.worker_kb else usage.ru_maxrss / 1024
     return Measure(seconds, own, cpu, emulator_cpu, process.returncode,
                    max(0.0, busy - cpu - emulator_cpu), report, log,
-                   worker_rss_mb=watch.worker_kb / 1024, total_rss_mb=watch.total_kb / 1024)
+                   worker_rss_mb=watch.worker_kb / 1024, total_rss_mb=watch.total_kb / 1024,
+                   total_pss_mb=watch.total_pss_kb / 1024)
 
 
 class _MemoryWatch:
     """Samples a run process and its children (extraction workers) every 20 ms from /proc:
-    each one's peak RSS (VmHWM, kept by the kernel) and the peak of their current RSS summed.
-    A peak shorter than 20 ms can be missed in the sum, not in the VmHWM figures."""
+    each one's peak RSS (VmHWM, kept by the kernel), and the peaks of their current RSS summed
+    and of their PSS summed (which counts the pages of shared libraries once, split between
+    the processes that map them; RSS counts them in each). A peak shorter than 20 ms can be
+    missed in the sums (in the PSS sum, read every 0.2 s, one shorter than that), not in the
+    VmHWM figures."""
 
     def __init__(self, pid: int, *, children: bool = True) -> None:
         self.pid = pid
         self.children = children
-        self.own_kb = self.worker_kb = self.total_kb = 0
+        self.own_kb = self.worker_kb = self.total_kb = self.total_pss_kb = 0
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -409,19 +414,28 @@ class _MemoryWatch:
         self._thread.join()
 
     def _loop(self) -> None:
+        ticks = 0
         while not self._stopped.wait(0.02):
-            self._sample()
+            self._sample(with_pss=not ticks % 10)
+            ticks += 1
 
-    def _sample(self) -> None:
-        total = 0
-        for pid in [self.pid, *self._children()]:
+    def _sample(self, *, with_pss: bool) -> None:
+        # smaps_rollup walks every mapping (~1 ms a process): PSS is read every 0.2 s, and
+        # only with workers, so that the watch itself takes no CPU from the run to speak of.
+        total = pss = 0
+        children = self._children()
+        with_pss = with_pss and bool(children)
+        for pid in [self.pid, *children]:
             rss, peak = _rss_kb(pid)
             total += rss
+            if with_pss:
+                pss += _pss_kb(pid)
             if pid == self.pid:
                 self.own_kb = max(self.own_kb, peak)
             else:
                 self.worker_kb = max(self.worker_kb, peak)
         self.total_kb = max(self.total_kb, total)
+        self.total_pss_kb = max(self.total_pss_kb, pss)
 
     def _children(self) -> list[int]:
         found: list[int] = []
@@ -433,6 +447,17 @@ class _MemoryWatch:
         except OSError:
             pass
         return found
+
+
+def _pss_kb(pid: int) -> int:
+    """A process's proportional set size in kB (0 once it is gone)."""
+    try:
+        for text in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if text.startswith("Pss:"):
+                return int(text.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _rss_kb(pid: int) -> tuple[int, int]:
@@ -512,7 +537,8 @@ class Figure:
         return {"name": self.name, "rows": self.rows, "seconds": round(m.seconds, 3),
                 "rows_per_second": round(self.rows_per_second) if self.rows else None,
                 "peak_rss_mb": round(m.peak_rss_mb, 1), "worker_rss_mb": round(m.worker_rss_mb, 1),
-                "memory_mb": round(m.memory_mb, 1), "cpu_seconds": round(m.cpu_seconds, 2),
+                "memory_mb": round(m.memory_mb, 1), "pss_mb": round(m.total_pss_mb, 1),
+                "cpu_seconds": round(m.cpu_seconds, 2),
                 "emulator_cpu_seconds": round(m.emulator_cpu_seconds, 2),
                 "other_cpu_seconds": round(m.other_cpu_seconds, 2),
                 "sync_seconds": round(self.sync_seconds, 3), "target": self.target,

@@ -105,7 +105,8 @@ def validation() -> str:
 def _memory_cell(m: Measure) -> str:
     if not m.worker_rss_mb:
         return f"{m.peak_rss_mb:.1f}"
-    return f"{m.peak_rss_mb:.1f} + {m.worker_rss_mb:.1f} = {m.memory_mb:.1f}"
+    return (f"{m.peak_rss_mb:.1f} + {m.worker_rss_mb:.1f} = {m.memory_mb:.1f} "
+            f"(PSS {m.total_pss_mb:.1f})")
 
 
 def table(figures: list[Figure]) -> str:
