@@ -295,8 +295,9 @@ def _freeze_imports() -> None:
 
     Shorten the GIL's switch interval: the committer and upload threads give the GIL up at
     every statement and socket call, and beside the busy reading thread each of them then
-    waited up to 5 ms to get it back. At 1 ms the items backfill ran at 89-90k rows/s against
-    82-85k (0.5 and 2 ms: 86k; benchmarks/README.md).
+    waited up to 5 ms to get it back. With an extraction worker, at 1 ms the items backfill ran
+    at 89-90k rows/s against 82-85k (0.5 and 2 ms: 86k); without one, no difference was
+    measured (benchmarks/README.md).
     """
     if _own_process:
         gc.freeze()

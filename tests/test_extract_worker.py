@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from aitems_sync import engine
 from aitems_sync.client import AitemsClient
@@ -31,6 +32,7 @@ from aitems_sync.emulator import EmulatorServer, Faults, load_seed
 from aitems_sync.extract_worker import ExtractWorker
 from aitems_sync.prepare import Layout
 from aitems_sync.report import FAILED, INTERRUPTED, OK, DatasetReport, RunReport
+from aitems_sync.source import Source
 from aitems_sync.spec import SourceConfig
 from aitems_sync.spec_load import load_spec
 from aitems_sync.state import StateStore
@@ -305,3 +307,21 @@ def test_run_extract_worker_hands_a_large_extraction_to_a_worker(
     report = json.loads(done.stdout)["datasets"][0]
     assert report["read"] == customers
     assert report["sent"] == customers - len(_invalid(customers))
+
+
+@pytest.mark.parametrize(("url", "own_engine", "shareable"), [
+    ("sqlite:///{tmp}/shop.db", True, True),
+    ("sqlite://", True, False),
+    ("sqlite:///:memory:", True, False),
+    ("sqlite:///file:shop?mode=memory&cache=shared&uri=true", True, False),
+    ("sqlite:///{tmp}/shop.db", False, False),
+])
+def test_only_a_source_another_process_can_open_by_its_url_gets_a_worker(
+        tmp_path: Path, url: str, own_engine: bool, shareable: bool) -> None:
+    config = SourceConfig(name="shop", url=url.format(tmp=tmp_path))
+    engine_ = None if own_engine else sa.create_engine(config.url)
+    try:
+        assert Source(config, engine=engine_).shareable is shareable
+    finally:
+        if engine_ is not None:
+            engine_.dispose()
