@@ -76,7 +76,11 @@ class _NearLedger:
     is merged is still compared; the log has no index by key, so it is not queried per chunk.
     Its size is bounded by the merge threshold plus the window."""
 
-    hashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # key -> (payload, seq)
+    hashes: dict[int, int] = field(default_factory=dict)  # key -> payload, the newest cut
+    # Keys cut in more than one batch not yet covered -> the newest of those batches. Most keys
+    # are cut once: a batch number per key would cost a tuple each (~56 bytes, ~3 MB at the
+    # merge threshold, on a run that peaks near the memory target).
+    repeated: dict[int, int] = field(default_factory=dict)
     earlier: dict[int, int] = field(default_factory=dict)  # the earlier runs' log: key -> payload
     # Set by the window's committer thread: every batch up to this seq is covered (merged into
     # the ledger, or committed where the mark alone covers it), and whether a merge took the
@@ -86,26 +90,32 @@ class _NearLedger:
     _batches: deque[tuple[int, list[int]]] = field(default_factory=deque)  # seq, key hashes
 
     def add(self, batch: Batch) -> None:
-        hashes = self.hashes
-        seq = batch.seq
+        hashes, repeated, seq = self.hashes, self.repeated, batch.seq
+        keys = [entry.key_hash for entry in batch.ledger]
         for entry in batch.ledger:
-            hashes[entry.key_hash] = (entry.payload_hash, seq)
-        self._batches.append((seq, [entry.key_hash for entry in batch.ledger]))
+            if entry.key_hash in hashes:
+                repeated[entry.key_hash] = seq
+            hashes[entry.key_hash] = entry.payload_hash
+        self._batches.append((seq, keys))
 
     def get(self, key_hash: int) -> int | None:
         """The key's payload hash here (this run's batches first), or None."""
         held = self.hashes.get(key_hash)
-        return held[0] if held is not None else self.earlier.get(key_hash)
+        return held if held is not None else self.earlier.get(key_hash)
 
     def purge(self) -> None:
-        """Forget what is covered now; called between chunks, before the ledger is looked up."""
+        """Forget what is covered now; called between chunks, before the ledger is looked up.
+        A key a later batch cut again stays until that batch is covered too."""
         through, batches, hashes = self.covered_through, self._batches, self.hashes
+        repeated = self.repeated
         while batches and batches[0][0] <= through:
             seq, keys = batches.popleft()
             for key_hash in keys:
-                held = hashes.get(key_hash)
-                if held is not None and held[1] == seq:
-                    del hashes[key_hash]
+                newest = repeated.get(key_hash)
+                if newest is None:
+                    hashes.pop(key_hash, None)
+                elif newest <= seq:
+                    del hashes[key_hash], repeated[key_hash]
         if self.earlier_merged and self.earlier:
             self.earlier = {}
 

@@ -211,6 +211,25 @@ def test_the_near_ledger_forgets_a_batch_once_covered_but_keeps_a_newer_version(
     assert near.hashes == {} and near.earlier == {}
 
 
+def test_the_near_ledger_keeps_a_key_cut_again_until_its_newest_batch_is_covered() -> None:
+    near = _NearLedger()
+    near.add(_batch(1, (5, 50), (6, 60)))
+    near.add(_batch(2, (5, 51)))
+    near.add(_batch(3, (5, 52), (6, 61)))
+
+    near.covered_through = 2
+    near.purge()
+    assert [near.get(5), near.get(6)] == [52, 61]
+    near.covered_through = 3
+    near.purge()
+    assert near.hashes == {} and near.repeated == {}
+
+    near.add(_batch(4, (5, 53)))  # cut again once all the others were covered: once here
+    near.covered_through = 4
+    near.purge()
+    assert near.hashes == {} and near.repeated == {}
+
+
 @pytest.mark.parametrize(("dataset", "merge_every"), [("events", 1_000_000), ("users", 500)])
 def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_covers(
     tmp_path: Path, emulator: EmulatorServer, dataset: str, merge_every: int
