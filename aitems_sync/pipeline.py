@@ -49,7 +49,7 @@ from aitems_sync.state import BatchCommit, Mark, QuarantineEntry, Sending, State
 log = logging.getLogger(__name__)
 
 #: Ledger entries logged before the committer merges the log into the ledger: the reader holds
-#: them in memory meanwhile (~150 bytes each), and each merge rewrites the ledger pages they
+#: them in memory meanwhile (~130 bytes each), and each merge rewrites the ledger pages they
 #: touch (benchmarks/README.md).
 MERGE_EVERY = 50_000
 
