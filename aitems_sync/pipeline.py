@@ -66,6 +66,18 @@ class _Slot:
     batch: Batch
     batch_id: int | None = None
     future: Future[Delivery] | None = None
+    _keys: frozenset[int] | None = None
+
+    @property
+    def keys(self) -> frozenset[int]:
+        """The key hashes of the batch's rows (made on first use, by the committer)."""
+        if self._keys is None:
+            self._keys = frozenset(entry.key_hash for entry in self.batch.ledger)
+        return self._keys
+
+    @property
+    def on_the_wire(self) -> bool:
+        return self.future is not None and not self.future.done()
 
     @property
     def settled(self) -> bool:
@@ -222,11 +234,23 @@ class Window:
 
     def _room_on_the_wire(self, committing: list[_Slot]) -> list[_Slot]:
         """The batches to journal and send now: the next ones in order, as long as no more
-        than ``in_flight`` batches stand between journalled and committed."""
+        than ``in_flight`` batches stand between journalled and committed, up to the first
+        that holds a key a batch on the wire (or going with it) holds too.
+
+        AiTEMS may apply requests in any order: a key's newer version sent beside its older
+        one could land first and be overwritten, while the ledger records the newer one, so
+        no run would send it again. Such a batch waits until the other is answered."""
         journalled = sum(1 for s in self._slots if s.future is not None)
         journalled -= sum(1 for s in committing if s.future is not None)
         waiting = [s for s in self._slots if s.future is None and not s.batch.empty]
-        return waiting[:max(0, self.in_flight - journalled)]
+        going = [s for s in self._slots if s.on_the_wire]
+        room: list[_Slot] = []
+        for slot in waiting[:max(0, self.in_flight - journalled)]:
+            if any(not slot.keys.isdisjoint(other.keys) for other in going):
+                break
+            room.append(slot)
+            going.append(slot)
+        return room
 
     def _write(self, done: list[_Slot], to_send: list[_Slot]) -> None:
         """Commit ``done`` and journal ``to_send`` in one transaction, then send those."""

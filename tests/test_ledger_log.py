@@ -24,7 +24,7 @@ from aitems_sync.commands import open_sources, open_state
 from aitems_sync.dataset_sync import DatasetSync, SyncSettings, _NearLedger
 from aitems_sync.delivery import Target
 from aitems_sync.delta import Batch, encode_row
-from aitems_sync.emulator import EmulatorServer
+from aitems_sync.emulator import EmulatorServer, Faults
 from aitems_sync.report import DatasetReport, RunReport
 from aitems_sync.spec_load import load_spec
 from aitems_sync.state import LedgerEntry, StateStore
@@ -261,3 +261,16 @@ def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_c
     assert sync.report.sent == 6000
     assert unmerged < merge_every
     assert len(sync.near.hashes) == unmerged
+
+
+def test_with_answers_out_of_order_aitems_ends_with_each_keys_newest_version(
+        shop: Visits) -> None:
+    # Answers come back in random order: with in_flight 4 a key's newer version, cut three
+    # batches after its older one, could land first and then be overwritten by the older one.
+    shop.emulator.set_faults(Faults(latency_jitter=0.05, seed=7))
+
+    report = shop.run()
+
+    assert report.datasets[0].status == "ok"
+    held = {row["USER_ID"]: row["AGE"] for row in shop.emulator.received("dsusers0001").rows}
+    assert held == {f"u{u:02d}": 21 for u in range(USERS)}
