@@ -1,9 +1,11 @@
 """Sync one dataset: the streaming loop from extracted rows to committed batches.
 
-Rows flow in source order (cursor, key). Each chunk is shaped and hashed, then diffed against
-the ledger with one lookup; sendable rows are cut into batches that go to the dataset's upload
-window (:mod:`aitems_sync.pipeline`), which commits them strictly in batch order, so the mark
-never passes a batch that AiTEMS has not acknowledged.
+Rows flow in source order (cursor, key). Each chunk is prepared (shaped, validated, encoded and
+hashed: :mod:`aitems_sync.prepare`; with ``worker_after``, by an extraction worker process past
+that many rows: :mod:`aitems_sync.extract_worker`), then diffed against the ledger with one
+lookup; sendable rows are cut into batches that go to the dataset's upload window
+(:mod:`aitems_sync.pipeline`), which commits them strictly in batch order, so the mark never
+passes a batch that AiTEMS has not acknowledged.
 
 A stop request (a signal, a lost lease, a 401/403 on another dataset) is checked every few dozen
 rows: no batch is cut after it, the batches already on the wire finish and commit, and the rows

@@ -8,6 +8,8 @@ batches as ``sending``, as long as no more than ``in_flight`` stand between jour
 committed; those then go to a pool of ``in_flight`` upload threads. So:
 
 - a batch is journalled, and durably, before its request leaves;
+- a batch holding a key that a batch on the wire holds waits for that one's answer: AiTEMS may
+  apply requests in any order, and a key's newer version must land after its older one;
 - the mark never passes a batch AiTEMS has not acknowledged: only the acknowledged prefix of the
   cut batches commits, in order, all of a batch or none of it;
 - commits group by themselves: whatever was acknowledged while the last transaction was being
