@@ -178,9 +178,7 @@ class BatchBuilder:
     def offer(self, encoded: bytes, entry: LedgerEntry, key: Any, row: Sequence[Any]) -> bool:
         """``add`` the row if it ``fits``; False, taking nothing, when the batch must be cut
         first (the routing's one call per row)."""
-        rows = self._rows
-        if rows and (len(rows) >= self.max_rows
-                     or self._bytes + len(encoded) + 1 > self.max_bytes):
+        if not self.fits(encoded):
             return False
         self.add(encoded, entry, key, row)
         return True

@@ -165,17 +165,12 @@ class ExtractWorker:
             self._from.close()
 
     def _send(self, message: object) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            self._to.write(_HEADER.pack(len(data)) + data)
-            self._to.flush()
-        except BrokenPipeError:
-            pass  # it died: its exit is reported by the next _receive
+        with contextlib.suppress(BrokenPipeError):  # it died: the next _receive says how
+            _write(self._to, message)
 
     def _receive(self) -> object:
         try:
-            header = _read_exact(self._from, _HEADER.size)
-            message = pickle.loads(_read_exact(self._from, _HEADER.unpack(header)[0]))
+            message = _read(self._from)
         except EOFError:
             raise _Exited(_exit(self._process.wait())) from None
         if isinstance(message, AitemsSyncError):
@@ -277,14 +272,18 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def _read(pipe: IO[bytes]) -> Any:
+    """One message: its frame, unpickled (EOFError if the pipe closes first)."""
     header = _read_exact(pipe, _HEADER.size)
     return pickle.loads(_read_exact(pipe, _HEADER.unpack(header)[0]))
 
 
 def _write(pipe: IO[bytes], message: object) -> None:
+    """One message, framed. An unbuffered pipe may take part of a write (a signal arrives):
+    the rest is written until all of it went."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    pipe.write(_HEADER.pack(len(data)))
-    pipe.write(data)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[pipe.write(view):]
     pipe.flush()
 
 
