@@ -8,10 +8,12 @@ with a batch) can be tested on their own.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
+from itertools import accumulate, repeat
 from typing import Any
 
 import orjson
@@ -127,6 +129,28 @@ class Batch:
         return not self.rows
 
 
+@dataclass(frozen=True)
+class NewRows:
+    """Valid rows of new keys (each once), in columns, for :meth:`BatchBuilder.extend`."""
+
+    encoded: Sequence[bytes]
+    key_hashes: Sequence[int]
+    entries: Sequence[LedgerEntry]
+    keys: Sequence[Any]
+    places: Sequence[Sequence[Any]]
+
+    @classmethod
+    def of(cls, encoded: Sequence[bytes], key_hashes: Sequence[int], payloads: Sequence[int],
+           positions: Sequence[float | None] | None, keys: Sequence[Any],
+           places: Sequence[Sequence[Any]]) -> NewRows:
+        # tuple.__new__ mapped over the columns makes the entries without a Python call per
+        # row (a LedgerEntry(...) call runs the named tuple's __new__: ~0.22 against ~0.1 us).
+        columns = zip(key_hashes, payloads, [None] * len(key_hashes) if positions is None
+                      else positions, strict=True)
+        entries: list[LedgerEntry] = list(map(tuple.__new__, repeat(LedgerEntry), columns))
+        return cls(encoded, key_hashes, entries, keys, places)
+
+
 @dataclass
 class BatchBuilder:
     """Collects sendable rows in delta order and cuts batches bounded by rows and bytes.
@@ -182,6 +206,41 @@ class BatchBuilder:
             return False
         self.add(encoded, entry, key, row)
         return True
+
+    def extend(self, rows: NewRows, start: int, limit: int) -> int:
+        """Take rows ``start``.. of ``rows``, whose keys this batch does not hold: as many as
+        the batch's bounds allow, up to ``limit``. How many were taken; 0 when the batch must
+        be cut first. The bulk form of ``offer``: a backfill's chunk goes in with a few C
+        calls per batch instead of Python steps per row."""
+        taken_rows = self._rows
+        room = min(self.max_rows - len(taken_rows), limit, len(rows.encoded) - start)
+        if room <= 0:
+            return 0
+        sizes = list(accumulate(map(len, rows.encoded[start:start + room])))
+        # Row i of the slice fits when the bytes so far, plus each row's and its separator's
+        # up to i, stay within the bound; that total grows with i, so bisect finds the end.
+        budget = self.max_bytes - self._bytes
+        taken = bisect_right(range(room), budget, key=lambda i: sizes[i] + i + 1)
+        if not taken:
+            if taken_rows:
+                return 0
+            taken = 1  # a row alone over max_bytes still goes, in a batch of its own (fits)
+        end = start + taken
+        slot = len(taken_rows)
+        self._slot.update(zip(rows.key_hashes[start:end], range(slot, slot + taken), strict=True))
+        taken_rows.extend(rows.encoded[start:end])
+        self._ledger.extend(rows.entries[start:end])
+        self._keys.extend(rows.keys[start:end])
+        self._bytes += sizes[taken - 1] + taken
+        if self._first is None:
+            self._first = rows.places[start]
+        self._last = rows.places[end - 1]
+        self.pending_rows += taken
+        return taken
+
+    def holds_any(self, key_hashes: set[int]) -> bool:
+        """Whether this batch holds any of the keys."""
+        return not self._slot.keys().isdisjoint(key_hashes)
 
     def skip(self) -> None:
         """Note a row that needs no upload (unchanged); it still counts towards the next cut."""

@@ -47,6 +47,7 @@ from aitems_sync.errors import AitemsSyncError
 from aitems_sync.report import AmbiguousBatch, DatasetReport
 from aitems_sync.spec import DatasetSpec
 from aitems_sync.state import BatchCommit, Mark, QuarantineEntry, Sending, StateStore
+from aitems_sync.state_records import KEY_HASH
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class _Slot:
     def keys(self) -> frozenset[int]:
         """The key hashes of the batch's rows (made on first use, by the committer)."""
         if self._keys is None:
-            self._keys = frozenset(entry.key_hash for entry in self.batch.ledger)
+            self._keys = frozenset(map(KEY_HASH, self.batch.ledger))
         return self._keys
 
     @property

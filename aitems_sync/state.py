@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -362,8 +363,7 @@ class StateStore:
         dataset_id = self._known_id(dataset)
         now = self._clock()
         batch_ids = [c.batch_id for c in commits if c.batch_id is not None]
-        entries = [(dataset_id, e.key_hash, e.payload_hash, e.position)
-                   for c in commits for e in c.ledger]
+        entries = list(chain.from_iterable(c.ledger for c in commits))
         marks = [c.mark for c in commits if c.mark is not None]
         rejected = [rec.quarantine_row(e, self._known_id(e.dataset), now)
                     for c in commits for e in c.quarantine]
@@ -382,7 +382,7 @@ class StateStore:
                     "its rows are read again on the next run"
                 )
             if entries:
-                self._ledger_log.append(conn, entries)
+                self._ledger_log.append(conn, dataset_id, entries)
             if marks:
                 self._put_mark(conn, dataset_id, marks[-1])
             if rejected:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from aitems_sync.errors import StateError
@@ -33,6 +34,12 @@ class LedgerEntry(NamedTuple):
     key_hash: int
     payload_hash: int
     position: float | None = None
+
+
+#: A LedgerEntry's fields as C getters, to ``map`` over a batch's entries without a Python step
+#: per entry.
+KEY_HASH = itemgetter(0)
+PAYLOAD_HASH = itemgetter(1)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from aitems_sync.delta import BatchBuilder, cursor_position, encode_row, row_encoder, row_hash
+from aitems_sync.delta import (
+    BatchBuilder,
+    NewRows,
+    cursor_position,
+    encode_row,
+    row_encoder,
+    row_hash,
+)
 from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -127,6 +134,52 @@ def test_a_batch_with_only_skipped_rows_moves_the_mark_without_rows() -> None:
 
     assert batch.empty
     assert (batch.first, batch.end) == (None, Mark(9, ("z",)))
+
+
+def new_rows(sizes: Sequence[int]) -> NewRows:
+    keys = [f"k{i}" for i in range(len(sizes))]
+    encoded = [b"x" * size for size in sizes]
+    key_hashes = [row_hash(key.encode()) for key in keys]
+    return NewRows.of(encoded, key_hashes, [row_hash(e) for e in encoded], None, keys,
+                      [(i, key) for i, key in enumerate(keys)])
+
+
+@given(st.integers(1, 12), st.integers(40, 100), st.integers(0, 4),
+       st.lists(st.integers(0, 12), min_size=1, max_size=20), st.integers(1, 25))
+@example(12, 50, 0, [5, 4], 5)  # 40 of envelope + 5 + 1 = 46: the 4 and its comma overflow by 1
+def test_extend_takes_exactly_the_rows_offer_would_take_one_by_one(
+    max_rows: int, max_bytes: int, held: int, sizes: list[int], limit: int
+) -> None:
+    rows = new_rows(sizes)
+    bulk, single = builder(max_rows, max_bytes), builder(max_rows, max_bytes)
+    for b in (bulk, single):  # the batch may hold rows already
+        for i in range(held):
+            b.offer(b"h" * 5, LedgerEntry(row_hash(b"held%d" % i), 0), f"h{i}", (-1, f"h{i}"))
+
+    taken = bulk.extend(rows, 0, limit)
+    one_by_one = 0
+    for i in range(min(limit, len(sizes))):
+        entry = rows.entries[i]
+        if not single.offer(rows.encoded[i], entry, rows.keys[i], rows.places[i]):
+            break
+        one_by_one += 1
+
+    assert taken == one_by_one
+    assert bulk.cut(None) == single.cut(None)
+
+
+def test_extend_starts_a_row_larger_than_max_bytes_in_an_empty_batch_alone() -> None:
+    b = builder(max_rows=5, max_bytes=60)
+
+    assert b.extend(new_rows([100, 1]), 0, 5) == 1
+    assert b.extend(new_rows([100, 1]), 1, 5) == 0  # the next one waits for a cut
+
+
+def test_new_rows_carry_each_rows_ledger_entry() -> None:
+    rows = NewRows.of([b"a", b"b"], [1, 2], [10, 20], [0.5, 1.5], ["a", "b"], [(0,), (1,)])
+
+    assert rows.entries == [LedgerEntry(1, 10, 0.5), LedgerEntry(2, 20, 1.5)]
+    assert all(type(entry) is LedgerEntry for entry in rows.entries)
 
 
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),

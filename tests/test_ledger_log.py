@@ -131,10 +131,11 @@ NEWEST = dict(_newest(u) for u in range(USERS))
 
 
 @pytest.mark.parametrize("merge_every", [15, 1_000_000])
+@pytest.mark.parametrize("chunk_rows", [5000, USERS])  # one chunk; chunks of unique new keys
 def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
-    shop: Visits, merge_every: int
+    shop: Visits, merge_every: int, chunk_rows: int
 ) -> None:
-    report = shop.run(merge_every=merge_every)
+    report = shop.run(merge_every=merge_every, chunk_rows=chunk_rows)
     assert _profiles(report) == {"status": "ok", "read": ROWS, "new": USERS,
                                  "changed": USERS, "unchanged": ROWS - 2 * USERS,
                                  "sent": 2 * USERS}
@@ -144,6 +145,21 @@ def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
         assert state.ledger_lookup("profiles", list(NEWEST)) == NEWEST
         logged = state.logged_count("profiles")
     assert logged < 15 if merge_every == 15 else logged == 2 * USERS
+
+
+def test_a_key_read_again_while_its_batch_is_being_built_is_compared_with_that_batch(
+    shop: Visits, tmp_path: Path,
+) -> None:
+    shop.spec = write_spec(tmp_path / "one-batch.yaml", endpoint=shop.emulator.base_url,
+                           source_url=shop.source_url, state_url=shop.state_url,
+                           max_rows=1000, extra=PROFILES)
+    report = shop.run(chunk_rows=USERS)  # every chunk holds each user once, all in one batch
+
+    # A user's second version replaces the first in the batch (superseded): both count as new,
+    # as neither was ever sent.
+    assert _profiles(report) == {"status": "ok", "read": ROWS, "new": 2 * USERS,
+                                 "changed": 0, "unchanged": ROWS - 2 * USERS, "sent": USERS}
+    assert shop.delivered() == Counter({(f"u{u:02d}", 21): 1 for u in range(USERS)})
 
 
 def test_a_run_compares_with_the_log_earlier_runs_left_and_merges_it_once_large(
