@@ -18,10 +18,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from aitems_sync.delivery import Target, Uploader
 from aitems_sync.delta import Batch, BatchBuilder, NewRows, cursor_position
@@ -111,11 +112,16 @@ class _NearLedger:
         held = self.hashes.get(key_hash)
         return held if held is not None else self.earlier.get(key_hash)
 
-    def purge(self) -> None:
-        """Forget what is covered now; called between chunks, before the ledger is looked up.
-        A key a later batch cut again stays until that batch is covered too."""
-        through, batches, hashes = self.covered_through, self._batches, self.hashes
-        repeated = self.repeated
+    def coverage(self) -> Coverage:
+        """What the merged ledger covers now: read it before a lookup, and purge with it."""
+        return Coverage(self.covered_through, self.earlier_merged)
+
+    def purge(self, coverage: Coverage | None = None) -> None:
+        """Forget what ``coverage`` covers (now, by default): what a ledger lookup begun after
+        it was read will find. A key a later batch cut again stays until that batch is
+        covered too."""
+        through, merged = coverage or self.coverage()
+        batches, hashes, repeated = self._batches, self.hashes, self.repeated
         while batches and batches[0][0] <= through:
             seq, keys = batches.popleft()
             again = repeated.keys() & keys if repeated else set()
@@ -124,8 +130,16 @@ class _NearLedger:
                     del hashes[key_hash], repeated[key_hash]
             once = [k for k in keys if k not in again] if again else keys
             deque(map(hashes.pop, once, repeat(None)), maxlen=0)  # a C loop
-        if self.earlier_merged and self.earlier:
+        if merged and self.earlier:
             self.earlier = {}
+
+
+class Coverage(NamedTuple):
+    """Every batch up to ``through`` is in the merged ledger (or covered by the mark alone),
+    and, with ``merged``, so is the log earlier runs left."""
+
+    through: int
+    merged: bool
 
 
 class DatasetSync:
@@ -198,9 +212,9 @@ class DatasetSync:
                         tuple(extraction.key_indices))
         self.preparer = Preparer(self.dataset, layout, self.source.timezone)
         try:
-            for chunk in self._prepared(extraction, mark):
-                self.near.purge()
-                if not self._take_chunk(chunk):
+            for chunk, ledger, coverage in self._looked_up(self._prepared(extraction, mark)):
+                self.near.purge(coverage)
+                if not self._route(chunk, ledger):
                     self.report.status = INTERRUPTED
                     break
                 if self.progress is not None:
@@ -297,17 +311,39 @@ class DatasetSync:
 
     # -- per chunk ------------------------------------------------------------------------
 
-    def _take_chunk(self, chunk: Prepared) -> bool:
-        """Route a chunk's rows into batches; False when a stop request cut it short."""
-        ledger: dict[int, int] = {}
-        if self.use_ledger:
-            if self.log_to_load:  # on the first chunk: a run with nothing to read never loads it
-                self.near.earlier = self.state.logged_entries(self.dataset.name)
-                self.log_to_load = False
-            hashes = chunk.lookup_hashes()
-            ledger = self.state.ledger_lookup(self.dataset.name, hashes,
-                                              logged=False) if hashes else {}
-        return self._route(chunk, ledger)
+    def _looked_up(
+        self, chunks: Iterator[Prepared]
+    ) -> Iterator[tuple[Prepared, dict[int, int], Coverage]]:
+        """Each chunk with its keys' payload hashes in the merged ledger, and the coverage
+        read before that lookup (what the near ledger may forget before the chunk is routed).
+
+        The next chunk's lookup runs on a helper thread while the caller routes this one: the
+        database does it without the GIL, and a backfill's reading thread waited for it a
+        quarter of its time."""
+        if not self.use_ledger:
+            for chunk in chunks:
+                yield chunk, {}, self.near.coverage()
+            return
+        name = f"lookup-{self.dataset.name}"
+        with ThreadPoolExecutor(1, thread_name_prefix=name) as lookups:
+            ahead: tuple[Prepared, Future[tuple[dict[int, int], Coverage]]] | None = None
+            for chunk in chunks:
+                if self.log_to_load:  # on the first chunk: a run with nothing to read never
+                    self.near.earlier = self.state.logged_entries(self.dataset.name)
+                    self.log_to_load = False
+                looking = lookups.submit(self._look_up, chunk)
+                if ahead is not None:
+                    yield ahead[0], *ahead[1].result()
+                ahead = (chunk, looking)
+            if ahead is not None:
+                yield ahead[0], *ahead[1].result()
+
+    def _look_up(self, chunk: Prepared) -> tuple[dict[int, int], Coverage]:
+        coverage = self.near.coverage()  # before the lookup: it sees at least this much
+        hashes = chunk.lookup_hashes()
+        if not hashes:
+            return {}, coverage
+        return self.state.ledger_lookup(self.dataset.name, hashes, logged=False), coverage
 
     def _route(self, chunk: Prepared, ledger: dict[int, int]) -> bool:
         """Skip each valid row AiTEMS holds already (the batch being built, then the near

@@ -246,6 +246,19 @@ def test_the_near_ledger_keeps_a_key_cut_again_until_its_newest_batch_is_covered
     assert near.hashes == {} and near.repeated == {}
 
 
+def test_the_near_ledger_forgets_only_what_a_lookup_begun_after_its_coverage_finds() -> None:
+    near = _NearLedger(earlier={7: 70})
+    near.add(_batch(1, (1, 10)))
+    before_lookup = near.coverage()  # the lookup thread reads it, then looks the keys up
+
+    near.covered_through, near.earlier_merged = 1, True  # a merge the lookup may not have seen
+    near.purge(before_lookup)
+    assert [near.get(1), near.get(7)] == [10, 70]
+
+    near.purge(near.coverage())  # the next chunk's lookup began after that merge
+    assert near.hashes == {} and near.earlier == {}
+
+
 @pytest.mark.parametrize(("dataset", "merge_every"), [("events", 1_000_000), ("users", 500)])
 def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_covers(
     tmp_path: Path, emulator: EmulatorServer, dataset: str, merge_every: int
