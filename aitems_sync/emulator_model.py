@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
 from aitems_sync.emulator_rows import (
@@ -103,7 +104,7 @@ class _Content:
                 for row in rows:
                     by_key[row[key]] = row  # an existing key keeps its first position
         elif key is not None:
-            self.keys.update(row[key] for row in rows)
+            self.keys.update(map(itemgetter(key), rows))
 
     def current_rows(self, key: str | None) -> list[Document]:
         return list(self.by_key.values()) if key is not None else list(self.deliveries)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -218,6 +219,11 @@ def parse_upload(target: UploadTarget, body: bytes) -> list[dict[str, Any]]:
 
 def check_rows(checker: RowChecker, rows: list[Any], key: str | None) -> list[Problem]:
     """Every problem of the rows (up to `MAX_PROBLEMS`); empty when all rows fit the schema."""
+    return [] if all_fit(checker, rows, key) else row_problems(checker, rows, key)
+
+
+def row_problems(checker: RowChecker, rows: list[Any], key: str | None) -> list[Problem]:
+    """``check_rows`` row by row: every problem named, in row order."""
     problems: list[Problem] = []
     names, checks = checker.names, checker.checks
     for index, row in enumerate(rows):
@@ -243,6 +249,27 @@ def check_rows(checker: RowChecker, rows: list[Any], key: str | None) -> list[Pr
     return problems[:MAX_PROBLEMS]
 
 
+def all_fit(checker: RowChecker, rows: list[Any], key: str | None) -> bool:
+    """Whether every row fits, column by column in C loops (``map``, ``set``, ``min``): the
+    verdict of :func:`row_problems`, which then only runs to name the problems of an upload
+    that has some. A 1,000-row upload took ~1.2 ms row by row, and the emulator shares the
+    benchmarks' two cores with the runs it measures."""
+    if not rows:
+        return True
+    if set(map(type, rows)) != {dict} or set(map(tuple, rows)) != {tuple(checker.names)}:
+        return False
+    for name, allowed, bounds, _expected in checker.checks:
+        column = list(map(itemgetter(name), rows))
+        kinds = set(map(type, column))
+        if not kinds <= allowed:
+            return False
+        if bounds is not None and int in kinds:
+            ints = column if kinds == {int} else [v for v in column if type(v) is int]
+            if min(ints) < bounds[0] or max(ints) > bounds[1]:
+                return False
+    return key is None or len(set(map(itemgetter(key), rows))) == len(rows)
+
+
 def _key_problems(checker: RowChecker, index: int, keys: list[Any]) -> list[Problem]:
     expected = set(checker.names)
     present = set(keys)
@@ -258,7 +285,7 @@ def _key_problems(checker: RowChecker, index: int, keys: list[Any]) -> list[Prob
 
 
 def _duplicate_keys(rows: list[dict[str, Any]], key: str) -> list[Problem]:
-    if len({row[key] for row in rows}) == len(rows):
+    if len(set(map(itemgetter(key), rows))) == len(rows):
         return []
     first: dict[Any, int] = {}
     problems = []

@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aitems_sync.emulator import EmulatorServer, Faults, load_seed
+from aitems_sync.emulator_rows import all_fit, compile_checker, row_problems
 from aitems_sync.errors import UsageError
 from aitems_sync.signing import signed_headers
 from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_SEED
@@ -559,3 +562,49 @@ def test_concurrent_uploads_are_all_counted(emulator: EmulatorServer) -> None:
         thread.join()
     received = emulator.received(EVENTS)
     assert (received.uploads, len(received.deliveries)) == (80, 80)
+
+
+# -- the whole-upload check agrees with the row-by-row one -----------------------------------
+
+_SCHEMA = {"name": "items", "fields": [
+    {"name": "ITEM_ID", "type": ["string"]}, {"name": "STOCK", "type": ["int", "null"]},
+    {"name": "VIEWS", "type": ["long"]}, {"name": "PRICE", "type": ["double", "null"]},
+    {"name": "NEW", "type": ["boolean"]}]}
+_SCHEMA_NAMES = [field["name"] for field in _SCHEMA["fields"]]  # type: ignore[index]
+_ANY_VALUE = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.floats(allow_nan=False),
+                       st.integers())
+_ITEM = st.fixed_dictionaries({  # typed right; integers up to one past each bound
+    "ITEM_ID": st.sampled_from(["a", "b", "c", "d"]),
+    "STOCK": st.one_of(st.none(), st.integers(-(2**31) - 1, 2**31)),
+    "VIEWS": st.integers(-(2**63) - 1, 2**63),
+    "PRICE": st.one_of(st.none(), st.floats(allow_nan=False), st.integers()),
+    "NEW": st.booleans(),
+}).map(lambda row: {name: row[name] for name in _SCHEMA_NAMES})  # in the schema's order
+_ODD_ROW = st.one_of(
+    st.tuples(_ITEM, st.sampled_from(_SCHEMA_NAMES), _ANY_VALUE).map(
+        lambda t: {**t[0], t[1]: t[2]}),  # one field of any type
+    _ITEM.map(lambda row: dict(reversed(row.items()))),  # fields out of order
+    _ITEM.map(lambda row: {k: v for k, v in row.items() if k != "NEW"}),  # a field missing
+    _ITEM.map(lambda row: {**row, "EXTRA": 1}),  # a field too many
+    st.just([]),  # not an object
+)
+
+
+@st.composite
+def _uploads(draw: st.DrawFn) -> list[Any]:
+    """Rows typed right (their keys may repeat), and maybe one odd row among them."""
+    rows: list[Any] = draw(st.lists(_ITEM, max_size=6))
+    odd = draw(st.none() | _ODD_ROW)
+    if odd is not None:
+        rows.insert(draw(st.integers(0, len(rows))), odd)
+    return rows
+
+
+@settings(max_examples=300)
+@given(_uploads(), st.sampled_from([None, "ITEM_ID"]))
+def test_the_whole_upload_check_accepts_exactly_the_uploads_without_row_problems(
+    rows: list[Any], key: str | None
+) -> None:
+    checker = compile_checker(_SCHEMA)
+
+    assert all_fit(checker, rows, key) == (row_problems(checker, rows, key) == [])
