@@ -147,6 +147,28 @@ def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
     assert logged < 15 if merge_every == 15 else logged == 2 * USERS
 
 
+def test_a_first_load_compares_a_key_read_again_long_after_its_entry_was_merged(
+    shop: Visits,
+) -> None:
+    # 2,000 other users, then u00's last version again: by then the entry of its first
+    # delivery is long merged (every 15 entries) and forgotten by the reader's memory, so
+    # only the ledger (or the first load's filter of merged keys) knows it.
+    later = T0 + timedelta(seconds=ROWS)
+    source = sa.create_engine(shop.source_url)
+    with source.begin() as conn:
+        conn.execute(visits.insert(), [
+            {"seq": ROWS + n, "user_id": f"w{n:04d}", "age": 30,
+             "seen_at": later + timedelta(seconds=n)} for n in range(2000)])
+        conn.execute(visits.insert(), {"seq": ROWS + 2000, "user_id": "u00", "age": 21,
+                                       "seen_at": later + timedelta(seconds=2000)})
+    source.dispose()
+
+    report = shop.run(merge_every=15, chunk_rows=50)
+
+    assert _profiles(report)["sent"] == 2 * USERS + 2000
+    assert shop.delivered()[("u00", 21)] == 1
+
+
 def test_a_key_read_again_while_its_batch_is_being_built_is_compared_with_that_batch(
     shop: Visits, tmp_path: Path,
 ) -> None:
