@@ -70,7 +70,7 @@ def deliver(uploader: Uploader, target: Target, rows: Sequence[bytes]) -> Delive
         try:
             result = uploader.upload_encoded(
                 target.service_id, target.dataset_id, target.dataset_type,
-                [rows[i] for i in indices],
+                rows if len(indices) == len(rows) else [rows[i] for i in indices],
             )
         except (PayloadTooLargeError, BadRequestError) as error:
             if len(indices) == 1:
