@@ -3,12 +3,14 @@
 Rows flow in source order (cursor, key). Each chunk is prepared (shaped, validated, encoded and
 hashed: :mod:`aitems_sync.prepare`; with ``worker_after``, by an extraction worker process past
 that many rows: :mod:`aitems_sync.extract_worker`), then diffed against the ledger with one
-lookup; sendable rows are cut into batches that go to the dataset's upload window
+lookup (made on a helper thread while the previous chunk is routed); sendable rows are cut
+into batches that go to the dataset's upload window
 (:mod:`aitems_sync.pipeline`), which commits them strictly in batch order, so the mark never
 passes a batch that AiTEMS has not acknowledged.
 
 A stop request (a signal, a lost lease, a 401/403 on another dataset) is checked every few dozen
-rows: no batch is cut after it, the batches already on the wire finish and commit, and the rows
+rows (before each batch's worth of a chunk of new keys, which goes into batches in bulk): no
+batch is cut after it, the batches already on the wire finish and commit, and the rows
 not yet in a batch are read again by the next run (the mark is still before them).
 """
 
@@ -22,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from aitems_sync.delivery import Target, Uploader
 from aitems_sync.delta import Batch, BatchBuilder, NewRows, cursor_position
@@ -405,8 +407,9 @@ class DatasetSync:
         same row by row: the same batches, cut at the same rows). The stop request is looked at
         before each batch's worth."""
         builder, report, mark_every = self.builder, self.report, self.settings.mark_every
-        rows = NewRows.of(chunk.encoded, chunk.key_hashes, chunk.payloads,  # type: ignore[arg-type]
-                          chunk.positions, chunk.keys, chunk.places)
+        encoded = cast(list[bytes], chunk.encoded)  # no row is invalid: none is None
+        rows = NewRows.of(encoded, chunk.key_hashes, chunk.payloads, chunk.positions, chunk.keys,
+                          chunk.places)
         start, end = 0, len(chunk)
         while start < end:
             if self.stop.is_set():
