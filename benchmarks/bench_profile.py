@@ -10,7 +10,8 @@ The recording has every thread, idle samples included (``py-spy record --idle --
 first stage found walking its stack from the innermost frame out; a frame of our own code that
 is the innermost one (its own time, including C calls such as orjson.dumps, which py-spy does
 not show) is classified by the source line it was on. Upload threads are split into waiting for
-the emulator's answer, waiting for work, and CPU spent in the HTTP client.
+the emulator's answer, waiting for work, and CPU spent in the HTTP client; the committer into
+idle, merges, COMMIT and other statements; the lookup thread into idle and ledger lookups.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ _LINE_STAGES: list[tuple[str, str]] = [
     ("orjson.dumps", "orjson + dict(zip) of the row (in _shape)"),
     ("_Row(", "per-row objects (_Row, LedgerEntry)"),
     ("LedgerEntry(", "per-row objects (_Row, LedgerEntry)"),
-    ("self._shape(raw) for raw", "per-row loop overhead (_take_chunk/_route)"),
+    ("self._shape(raw) for raw", "per-row loop overhead (_route)"),
 ]
 
 
@@ -109,6 +110,13 @@ def _committer_stage(frames: list[tuple[str, str, int]]) -> str:
     return "committer: bookkeeping (Python)"
 
 
+def _lookup_stage(frames: list[tuple[str, str, int]]) -> str:
+    functions = " ".join(f"{function} ({file}" for function, file, _ in frames)
+    if "ledger_lookup" in functions:
+        return "lookup thread: the next chunk's ledger lookup"
+    return "lookup thread: idle, waiting for a chunk"
+
+
 def _upload_stage(frames: list[tuple[str, str, int]]) -> str:
     functions = [f"{function} ({file}" for function, file, _ in frames]
     leaf = functions[-1] if functions else ""
@@ -125,8 +133,8 @@ def _upload_stage(frames: list[tuple[str, str, int]]) -> str:
 
 
 def summarise(path: Path) -> tuple[Counter[str], Counter[str], Counter[str]]:
-    """Samples per main-thread stage, per upload- and committer-thread stage, and main-thread
-    own-time lines."""
+    """Samples per main-thread stage, per upload-, committer- and lookup-thread stage, and
+    main-thread own-time lines."""
     main: Counter[str] = Counter()
     uploads: Counter[str] = Counter()
     lines: Counter[str] = Counter()
@@ -141,6 +149,8 @@ def summarise(path: Path) -> tuple[Counter[str], Counter[str], Counter[str]]:
             uploads[_upload_stage(frames)] += count
         elif "commit-" in thread:
             uploads[_committer_stage(frames)] += count
+        elif "lookup-" in thread:
+            uploads[_lookup_stage(frames)] += count
         elif "lease-renewer" in thread:
             continue
         else:  # the main thread (named once threading has started)
@@ -158,7 +168,7 @@ def report(path: Path, top: int) -> str:
     out = [f"{path.name}: {total:,} main-thread samples (wall time, idle included)",
            "", "main thread, by stage                                         share"]
     out += [f"  {stage:<60} {count / total:6.1%}" for stage, count in main.most_common()]
-    for kind in ("upload threads", "committer"):
+    for kind in ("upload threads", "committer", "lookup thread"):
         stages = Counter({s: c for s, c in uploads.items() if s.startswith(kind)})
         kind_total = sum(stages.values()) or 1
         out += ["", f"{kind} ({kind_total:,} samples over all its threads)"]
