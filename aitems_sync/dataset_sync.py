@@ -212,7 +212,8 @@ class DatasetSync:
     def _stream(self, extraction: Extraction, mark: Mark | None) -> None:
         layout = Layout(tuple(extraction.columns), extraction.cursor_index,
                         tuple(extraction.key_indices))
-        self.preparer = Preparer(self.dataset, layout, self.source.timezone)
+        self.preparer = Preparer(self.dataset, layout, self.source.timezone,
+                                 self.state.row_hash_of(self.dataset.name))
         try:
             for chunk, ledger, coverage in self._looked_up(self._prepared(extraction, mark)):
                 self.near.purge(coverage)
@@ -282,7 +283,7 @@ class DatasetSync:
         from aitems_sync.extract_worker import ExtractWorker
 
         return ExtractWorker(self.source.config, self.dataset, self.preparer.layout,
-                             self.settings.chunk_rows)
+                             self.preparer.row_hash, self.settings.chunk_rows)
 
     def _window(self) -> Window | DryWindow:
         if self.settings.dry_run:

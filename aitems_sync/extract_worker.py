@@ -64,6 +64,7 @@ class Setup:
     source: SourceConfig
     dataset: DatasetSpec
     layout: Layout
+    row_hash: str
     chunk_rows: int
 
 
@@ -82,10 +83,10 @@ class ExtractWorker:
     """A worker process for one dataset's extraction; use as a context manager."""
 
     def __init__(self, source: SourceConfig, dataset: DatasetSpec, layout: Layout,
-                 chunk_rows: int) -> None:
+                 row_hash: str, chunk_rows: int) -> None:
         # The spec keeps the user's json_schema read-only (a mappingproxy): a plain dict pickles.
         schema = None if dataset.json_schema is None else dict(dataset.json_schema)
-        setup = Setup(source, replace(dataset, json_schema=schema), layout, chunk_rows)
+        setup = Setup(source, replace(dataset, json_schema=schema), layout, row_hash, chunk_rows)
         self.dataset = dataset.name
         self._process = subprocess.Popen(
             [sys.executable, "-m", "aitems_sync.extract_worker"],
@@ -251,7 +252,7 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     setup = _read(requests)
     assert isinstance(setup, Setup)
     source = Source(setup.source)
-    preparer = Preparer(setup.dataset, setup.layout, source.timezone)
+    preparer = Preparer(setup.dataset, setup.layout, source.timezone, setup.row_hash)
     source.columns(setup.dataset.query)  # connect now: the handover then costs only the query
     gc.freeze()  # the imports' objects: the collector's generations hold only rows from here on
     _write(replies, READY)

@@ -63,17 +63,21 @@ class Prepared:
 
 
 class Preparer:
-    """Compiled once per dataset and per query's result columns (see :class:`Shaper`)."""
+    """Compiled once per dataset and per query's result columns (see :class:`Shaper`), with the
+    row hash its ledger is written with (``StateStore.row_hash_of``)."""
 
-    def __init__(self, dataset: DatasetSpec, layout: Layout, timezone: tzinfo) -> None:
+    def __init__(self, dataset: DatasetSpec, layout: Layout, timezone: tzinfo,
+                 row_hash: str) -> None:
         self.dataset = dataset
         self.layout = layout
         self.timezone = timezone
+        self.row_hash = row_hash
         self.shaper = Shaper(dataset, layout.columns, timezone)
         self.is_interaction = dataset.type == "interaction"
         names = self.shaper.field_names
         self.key_positions = [names.index(k) for k in dataset.key_fields]
-        self.encode = row_encoder(names, None if self.is_interaction else self.key_positions)
+        self.encode = row_encoder(names, None if self.is_interaction else self.key_positions,
+                                  row_hash)
         self.place_of = _place_getter(layout.cursor_index, layout.key_indices)
         self.key_of = _key_getter(None if self.is_interaction else self.key_positions)
 
@@ -113,7 +117,8 @@ class Preparer:
             return None
         coerced = self.shaper.coerce(raw)
         try:
-            return row_hash(orjson.dumps([coerced[i] for i in self.key_positions]))
+            return row_hash(orjson.dumps([coerced[i] for i in self.key_positions]),
+                            self.row_hash)
         except TypeError:
             return None
 

@@ -85,11 +85,12 @@ def _decide(dataset: DatasetSpec, records: Sequence[QuarantineRecord], state: St
     plan = _Plan()
     shapers: dict[tuple[str, ...], Shaper] = {}
     candidates: dict[int, _Candidate] = {}  # by key hash: the newest record of a key wins
+    row_hash = state.row_hash_of(dataset.name)
     for record in records:  # oldest first
         columns = tuple(record.raw)
         if columns not in shapers:
             shapers[columns] = Shaper(dataset, columns, timezone)
-        candidate = _reshape(dataset, shapers[columns], record)
+        candidate = _reshape(dataset, shapers[columns], record, row_hash)
         if candidate is None:
             report.still_invalid += 1
             continue
@@ -112,14 +113,14 @@ def _decide(dataset: DatasetSpec, records: Sequence[QuarantineRecord], state: St
     return plan
 
 
-def _reshape(dataset: DatasetSpec, shaper: Shaper, record: QuarantineRecord
+def _reshape(dataset: DatasetSpec, shaper: Shaper, record: QuarantineRecord, row_hash: str
              ) -> _Candidate | None:
     values = shaper.shape(tuple(record.raw.values()))
     if values is None:
         return None
     positions = None if dataset.type == "interaction" else [
         shaper.field_names.index(k) for k in dataset.key_fields]
-    encoded, key_hash, payload = encode_row(shaper.field_names, values, positions)
+    encoded, key_hash, payload = encode_row(shaper.field_names, values, positions, row_hash)
     return _Candidate(record, encoded, LedgerEntry(key_hash, payload))
 
 

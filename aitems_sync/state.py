@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from aitems_sync import state_engine as se
 from aitems_sync import state_records as rec
 from aitems_sync import state_schema as t
+from aitems_sync.delta import ROW_HASH, ROW_HASHES
 from aitems_sync.errors import LockHeldError, StateError
 from aitems_sync.state_records import (
     BatchCommit,
@@ -105,6 +106,7 @@ class StateStore:
         self._dialect = engine.dialect.name
         self._clock = clock
         self._ids: dict[str, int] = {}
+        self._row_hashes: dict[str, str] = {}
         self._ledger_log = se.LedgerLog(engine.dialect)
         self._statements = _Statements(self._dialect)
         self.url_for_display = display
@@ -156,11 +158,30 @@ class StateStore:
             found = conn.execute(query).scalar_one_or_none()
         if found is None and create:
             with self._write(f"register dataset {name!r}") as conn:
-                conn.execute(se.insert_ignore(self._dialect, t.datasets, ["name"]), {"name": name})
+                conn.execute(se.insert_ignore(self._dialect, t.datasets, ["name"]),
+                             {"name": name, "row_hash": ROW_HASH})
                 found = conn.execute(query).scalar_one()
         if found is not None:
             self._ids[name] = found
         return found
+
+    def row_hash_of(self, dataset: str) -> str:
+        """The row hash the dataset's ledger is written with (one of ``delta.ROW_HASHES``): the
+        one it was registered with, or for a dataset not registered yet the one it will be."""
+        if dataset in self._row_hashes:
+            return self._row_hashes[dataset]
+        query = sa.select(t.datasets.c.row_hash).where(t.datasets.c.name == dataset)
+        with self._read(f"look up dataset {dataset!r}") as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        if found is None:
+            return ROW_HASH
+        if found not in ROW_HASHES:
+            raise StateError(
+                f"dataset {dataset!r} in the state store {self.url_for_display} has its ledger "
+                f"hashed with {found!r}, which this aitems-sync does not know; upgrade aitems-sync"
+            )
+        self._row_hashes[dataset] = found
+        return str(found)
 
     def _known_id(self, name: str) -> int:
         found = self._dataset_id(name, create=True)

@@ -19,6 +19,11 @@ large B-tree dirties one leaf page per entry and writes each whole to the WAL (a
 took ~3.6 KB of writes per entry at 1,000 entries per commit). The log is merged into the ledger
 in one sorted pass once it holds enough entries (:meth:`StateStore.merge_ledger`); until then a
 key's newest log entry (highest ``seq``) overrides its ledger entry.
+
+Each dataset row names the hash its ledger's key and payload hashes are made with
+(``row_hash``, version 4): datasets registered since then use XXH3, about 1 us a row cheaper than
+the BLAKE2b of earlier versions, which the datasets registered before keep, since their ledgers
+hold BLAKE2b hashes (:data:`aitems_sync.delta.ROW_HASH`).
 """
 
 from __future__ import annotations
@@ -114,6 +119,9 @@ datasets = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", _NAME, nullable=False, unique=True),
+    # Written when the dataset is registered (delta.ROW_HASH); the default is what the datasets
+    # of a store older than version 4 had.
+    sa.Column("row_hash", sa.String(16), nullable=False, server_default="blake2b-64"),
 )
 
 runs = sa.Table(
@@ -237,6 +245,13 @@ def _add_ledger_log(conn: sa.Connection) -> None:
     _create(conn, (ledger_log,))
 
 
+def _add_dataset_row_hash(conn: sa.Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("datasets")}
+    if "row_hash" not in columns:
+        conn.execute(sa.text("ALTER TABLE datasets ADD COLUMN row_hash VARCHAR(16) NOT NULL "
+                             "DEFAULT 'blake2b-64'"))
+
+
 # MySQL commits each DDL statement at once: a step that fails half-way stays half done there.
 # Steps must be able to run again over their own partial work (create_all checks first).
 Migration = Callable[[sa.Connection], None]
@@ -245,6 +260,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _create_version_1),
     (2, _add_quarantine_ledger_hash),
     (3, _add_ledger_log),
+    (4, _add_dataset_row_hash),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

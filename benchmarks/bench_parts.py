@@ -5,15 +5,16 @@
 Each line times one step over the same 1M events (generated like bench_backfill's), best of
 three, so the end-to-end figures can be read against what the parts allow: reading through
 SQLAlchemy Core (the engine's way) and through the bare sqlite3 cursor; the engine's Shaper;
-orjson of a dict per row; blake2b row hashes; one frozen dataclass (like Mark or LedgerEntry)
-per row; and ledger upserts of random keys into a growing SQLite ledger (1,000 and 10,000
-entries per commit, as commit_batch writes them, synchronous FULL).
+orjson of a dict per row; the row hashes (``delta.row_hash``: BLAKE2b, which the datasets of
+stores older than state schema version 4 keep, and XXH3, every newer one's); one frozen
+dataclass (like Mark or LedgerEntry) per row; and ledger upserts of random keys into a growing
+SQLite ledger (1,000 and 10,000 entries per commit, as commit_batch writes them, synchronous
+FULL).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import sqlite3
 import tempfile
@@ -28,6 +29,7 @@ import orjson
 import sqlalchemy as sa
 from harness import ROOT, source_db, wait_for_quiet
 
+from aitems_sync.delta import ROW_HASHES, row_hash
 from aitems_sync.shape import Shaper
 from aitems_sync.spec import DatasetSpec, Field
 
@@ -123,9 +125,9 @@ def main() -> None:
     _best("shape + validate: Shaper.shape", rows, lambda: [shaper.shape(r) for r in raw])
     _best("encode: orjson.dumps(dict(zip(names, values)))", rows,
           lambda: [orjson.dumps(dict(zip(NAMES, v, strict=True))) for v in shaped if v])
-    _best("hash: blake2b(digest_size=8) -> int", rows, lambda: [
-        int.from_bytes(hashlib.blake2b(e, digest_size=8).digest(), "little", signed=True)
-        for e in encoded])
+    for scheme in ROW_HASHES:
+        _best(f"hash: row_hash(row, {scheme!r})", rows,
+              lambda scheme=scheme: [row_hash(e, scheme) for e in encoded])
     _best("objects: one frozen dataclass per row (Mark, LedgerEntry)", rows,
           lambda: [_Frozen(r[0], (r[1],)) for r in raw])
     ledger_rows = min(rows, 1_000_000)

@@ -7,8 +7,10 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from aitems_sync.emulator import EmulatorServer, load_seed
+from aitems_sync.state import StateStore
 from tests import mariadbserver, pgserver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -32,6 +34,18 @@ def source_and_state_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tup
     fixture = "pg_url" if request.param == "postgresql" else "mariadb_url"
     url = str(request.getfixturevalue(fixture))
     return url, url
+
+
+def register_dataset(state_url: str, dataset: str, row_hash: str) -> None:
+    """Register the dataset as a store of an earlier schema version holds it: its ledger hashed
+    with ``row_hash`` (the BLAKE2b of state schema versions 1-3)."""
+    with StateStore.open(state_url) as store:
+        store.set_mark(dataset, None)
+    engine = sa.create_engine(state_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE datasets SET row_hash = :h WHERE name = :n"),
+                     {"h": row_hash, "n": dataset})
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

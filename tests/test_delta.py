@@ -13,16 +13,22 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from aitems_sync.delta import (
+    ROW_HASH,
+    ROW_HASHES,
     BatchBuilder,
     NewRows,
     cursor_position,
     encode_row,
     row_encoder,
-    row_hash,
 )
+from aitems_sync.delta import row_hash as hash_with
 from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry
 
 SEOUL = ZoneInfo("Asia/Seoul")
+
+
+def row_hash(data: bytes) -> int:
+    return hash_with(data, ROW_HASH)
 
 
 def mark(row: Sequence[Any]) -> Mark:
@@ -37,25 +43,37 @@ def add(b: BatchBuilder, cursor: int, key: str, payload: bytes) -> None:
     b.add(payload, LedgerEntry(row_hash(key.encode()), row_hash(payload)), key, (cursor, key))
 
 
-def test_row_hash_is_a_stable_signed_64_bit_integer() -> None:
-    value = row_hash(b'{"USER_ID":"u1"}')
+@pytest.mark.parametrize("scheme", ROW_HASHES)
+def test_row_hash_is_a_stable_signed_64_bit_integer(scheme: str) -> None:
+    value = hash_with(b'{"USER_ID":"u1"}', scheme)
 
-    assert value == row_hash(b'{"USER_ID":"u1"}')
-    assert value != row_hash(b'{"USER_ID":"u2"}')
+    assert value == hash_with(b'{"USER_ID":"u1"}', scheme)
+    assert value != hash_with(b'{"USER_ID":"u2"}', scheme)
     assert -(2**63) <= value < 2**63
 
 
-def test_encode_row_keeps_schema_order_and_hashes_the_key_apart() -> None:
-    encoded, key_hash, payload = encode_row(("USER_ID", "AGE"), ("u1", 30), [0])
+@pytest.mark.parametrize(("scheme", "expected"), [
+    # What the ledgers of earlier versions hold: these numbers must never change.
+    ("blake2b-64", 6455300059550759896),
+    # XXH3-64 of b"abc" is 0x78AF5F94892F3950 (the reference implementation's test vector).
+    ("xxh3-64", 0x78AF5F94892F3950),
+])
+def test_each_row_hash_is_the_published_function(scheme: str, expected: int) -> None:
+    assert hash_with(b"abc", scheme) == expected
+
+
+@pytest.mark.parametrize("scheme", ROW_HASHES)
+def test_encode_row_keeps_schema_order_and_hashes_the_key_apart(scheme: str) -> None:
+    encoded, key_hash, payload = encode_row(("USER_ID", "AGE"), ("u1", 30), [0], scheme)
 
     assert encoded == b'{"USER_ID":"u1","AGE":30}'
-    assert payload == row_hash(encoded)
-    assert key_hash == row_hash(b'["u1"]')
-    assert encode_row(("USER_ID", "AGE"), ("u1", 31), [0])[1] == key_hash
+    assert payload == hash_with(encoded, scheme)
+    assert key_hash == hash_with(b'["u1"]', scheme)
+    assert encode_row(("USER_ID", "AGE"), ("u1", 31), [0], scheme)[1] == key_hash
 
 
 def test_a_whole_row_key_hashes_the_payload() -> None:
-    _, key_hash, payload = encode_row(("USER_ID", "ITEM_ID"), ("u1", "i1"), None)
+    _, key_hash, payload = encode_row(("USER_ID", "ITEM_ID"), ("u1", "i1"), None, ROW_HASH)
 
     assert key_hash == payload
 
@@ -192,13 +210,14 @@ def test_a_compiled_row_encoder_gives_encode_rows_bytes_and_hashes(data: st.Data
                                unique=True))
     keys = data.draw(st.none() | st.lists(st.integers(0, len(names) - 1), min_size=1,
                                           max_size=len(names), unique=True))
-    encode = row_encoder(names, keys)
+    scheme = data.draw(st.sampled_from(ROW_HASHES))
+    encode = row_encoder(names, keys, scheme)
     for _ in range(3):
         values = tuple(data.draw(_VALUES) for _ in names)
-        assert encode(values) == encode_row(names, values, keys)
+        assert encode(values) == encode_row(names, values, keys, scheme)
 
 
 def test_a_compiled_row_encoder_takes_field_names_as_data_not_code() -> None:
     names = ["ITEM_ID", "x'] + __import__('os').getcwd() + ['", '"quoted"', "값"]
     values = ("i1", 1, 2.5, "ü")
-    assert row_encoder(names, [0])(values) == encode_row(names, values, [0])
+    assert row_encoder(names, [0], ROW_HASH)(values) == encode_row(names, values, [0], ROW_HASH)

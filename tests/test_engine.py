@@ -18,9 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from aitems_sync.cli import main_group
+from aitems_sync.delta import ROW_HASH, row_hash
 from aitems_sync.emulator import EmulatorServer
 from aitems_sync.state import StateStore
-from tests.conftest import source_and_state_urls
+from tests.conftest import register_dataset, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
 
@@ -94,7 +95,12 @@ def test_second_run_with_nothing_changed_uploads_nothing(world: World) -> None:
     assert report["users"]["sent"] == 0
 
 
-def test_updated_rows_are_resent_and_touched_rows_are_not(world: World) -> None:
+@pytest.mark.parametrize("scheme", [ROW_HASH, "blake2b-64"])
+def test_updated_rows_are_resent_and_touched_rows_are_not(world: World, scheme: str) -> None:
+    """Whichever row hash the dataset's ledger is written with: a dataset registered before
+    state schema version 4 keeps BLAKE2b, so an upgrade re-sends nothing."""
+    if scheme != ROW_HASH:
+        register_dataset(world.state_url, "users", scheme)
     world.shop.add_customers(customer_rows(100))
     world.run("users")
     later = T0 + timedelta(days=1)
@@ -108,6 +114,10 @@ def test_updated_rows_are_resent_and_touched_rows_are_not(world: World) -> None:
     assert report["users"]["read"] == 2
     assert report["users"]["changed"] == 1
     assert report["users"]["unchanged"] == 1
+    with world.state() as store:
+        assert store.row_hash_of("users") == scheme
+        key_hash = row_hash(b'["u00007"]', scheme)
+        assert list(store.ledger_lookup("users", [key_hash])) == [key_hash]
 
 
 def test_rows_sharing_the_marks_cursor_value_are_not_lost(world: World) -> None:

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from aitems_sync import engine
 from aitems_sync.client import AitemsClient
 from aitems_sync.commands import open_sources, open_state
+from aitems_sync.delta import ROW_HASH
 from aitems_sync.emulator import EmulatorServer, Faults, load_seed
 from aitems_sync.extract_worker import ExtractWorker
 from aitems_sync.prepare import Layout
@@ -36,7 +37,7 @@ from aitems_sync.source import Source
 from aitems_sync.spec import SourceConfig
 from aitems_sync.spec_load import load_spec
 from aitems_sync.state import StateStore
-from tests.conftest import DEMO_SEED, source_and_state_urls
+from tests.conftest import DEMO_SEED, register_dataset, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
 # Every customer aged 33 gets an AGE past the int range: invalid, quarantined.
@@ -199,6 +200,18 @@ def test_a_worker_reads_only_what_changed_after_the_mark(setup: Setup) -> None:
     assert {k for k, n in delivered.items() if n == 2} == {"u00005", "u01500", "u02999"}
 
 
+def test_a_worker_hashes_rows_with_the_datasets_own_row_hash(setup: Setup) -> None:
+    """A dataset registered before state schema version 4 keeps BLAKE2b, in a worker too."""
+    register_dataset(setup.state_url, "users", "blake2b-64")
+    setup.run("users", worker_after=None)  # the ledger written in-process
+    for id_ in ("u00005", "u01500", "u02999"):
+        setup.shop.update_customer(id_, updated_at=T0 + timedelta(days=1))  # touched only
+
+    report = setup.run("users", worker_after=0).datasets[0]
+
+    assert (report.read, report.unchanged, report.sent) == (3, 3, 0)
+
+
 def test_interactions_read_by_a_worker_are_delivered_once_within_the_lookback(
         setup: Setup) -> None:
     first = setup.run("events", worker_after=0).datasets[0]
@@ -274,7 +287,7 @@ def test_a_worker_that_cannot_reach_the_source_is_never_ready_and_says_why(
     unreachable = SourceConfig(name="shop", url=f"sqlite:///{tmp_path}/no/such/dir/shop.db")
     layout = Layout(("USER_ID", "AGE", "GENDER", "updated_at"), 3, (0,))
 
-    with ExtractWorker(unreachable, dataset, layout, chunk_rows=100) as worker:
+    with ExtractWorker(unreachable, dataset, layout, ROW_HASH, chunk_rows=100) as worker:
         assert worker.ready(timeout=30) is False
         assert worker.ready(timeout=30) is False  # asked again: still not, and no new wait
 

@@ -23,7 +23,7 @@ from aitems_sync.client import AitemsClient
 from aitems_sync.commands import open_sources, open_state
 from aitems_sync.dataset_sync import DatasetSync, SyncSettings, _NearLedger
 from aitems_sync.delivery import Target
-from aitems_sync.delta import Batch, encode_row
+from aitems_sync.delta import ROW_HASH, Batch, encode_row
 from aitems_sync.emulator import EmulatorServer, Faults
 from aitems_sync.report import DatasetReport, RunReport
 from aitems_sync.spec_load import load_spec
@@ -123,7 +123,7 @@ def _profiles(report: RunReport) -> dict[str, object]:
 def _newest(user: int) -> tuple[int, int]:
     """The ledger's key hash and payload hash of a user's last version (aged 21)."""
     _encoded, key_hash, payload = encode_row(["USER_ID", "AGE", "GENDER"],
-                                           [f"u{user:02d}", 21, "F"], [0])
+                                           [f"u{user:02d}", 21, "F"], [0], ROW_HASH)
     return key_hash, payload
 
 

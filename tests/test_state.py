@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aitems_sync.delta import ROW_HASH
 from aitems_sync.errors import LockHeldError, StateError
 from aitems_sync.state import (
     CursorValue,
@@ -598,9 +599,10 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
     with StateStore.open(store_url) as store:
         store.set_mark("users", Mark(cursor=5, key=("u5",)))
     engine = sa.create_engine(store_url)
-    with engine.begin() as conn:  # what version 1 left: no quarantine.ledger_hash, no log
+    with engine.begin() as conn:  # what version 1 left: no quarantine.ledger_hash, no log, ...
         conn.execute(sa.text("ALTER TABLE quarantine DROP COLUMN ledger_hash"))
         conn.execute(sa.text("DROP TABLE ledger_log"))
+        conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN row_hash"))  # ... no row hash
         conn.execute(sa.text("UPDATE schema_version SET version = 1"))
 
     with StateStore.open(store_url) as store:
@@ -610,10 +612,27 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         assert store.get_mark("users") == Mark(cursor=5, key=("u5",))
         store.commit_batch("users", run_id="r", batch_id=None, ledger=entries([3]), mark=None)
         assert store.ledger_lookup("users", [3]) == {3: 7}
+        # The dataset's ledger was written with the BLAKE2b of versions 1-3; a new one's is not.
+        assert store.row_hash_of("users") == "blake2b-64"
+        store.set_mark("items", None)
+        assert store.row_hash_of("items") == ROW_HASH
     assert record.ledger_hash == 42
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 3
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 4
     engine.dispose()
+
+
+def test_a_dataset_hashed_in_a_way_this_version_does_not_know_is_refused(store_url: str) -> None:
+    with StateStore.open(store_url) as store:
+        store.set_mark("users", None)
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE datasets SET row_hash = 'sha3-64'"))
+    engine.dispose()
+
+    with StateStore.open(store_url) as store, pytest.raises(
+            StateError, match=r"dataset 'users' .* hashed with 'sha3-64'.*upgrade aitems-sync"):
+        store.row_hash_of("users")
 
 
 def test_a_store_from_a_newer_version_is_refused(store_url: str) -> None:
