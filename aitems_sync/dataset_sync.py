@@ -66,7 +66,6 @@ class SyncSettings:
     mark_every: int = 10_000
     dry_run: bool = False  # plan: read, shape and diff, but upload and write nothing
     merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
-    merge_parts: int | None = None  # parts each merge is cut into (None: from the last's time)
     # Rows read on the reading thread before an extraction worker process is started to read
     # the rest (0: from the first row; None: never). See aitems_sync/extract_worker.py.
     worker_after: int | None = None
@@ -295,7 +294,6 @@ class DatasetSync:
             check_lease=self.check_lease, keep_ledger=self.keeps_ledger,
             logged=self.logged, on_covered=self._covered, merge_every=self.settings.merge_every,
             merge_first=self.logged >= self.settings.merge_every // 2,
-            merge_parts=self.settings.merge_parts,
         )
 
     def _after_stream(self) -> None:

@@ -59,7 +59,6 @@ class RunOptions:
     chunk_rows: int = 5000  # rows read and diffed against the ledger at a time
     mark_every: int = 10_000  # rows after which a stretch with nothing to send commits its mark
     merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
-    merge_parts: int | None = None  # parts each merge is cut into (None: from the last's time)
     # Rows read in-process before an extraction worker process reads the rest (None: never;
     # the CLI's --extract-worker sets WORKER_AFTER).
     worker_after: int | None = None
@@ -218,7 +217,6 @@ def _settings(spec: Spec, dataset: DatasetSpec, options: RunOptions, run_id: str
         chunk_rows=options.chunk_rows,
         mark_every=options.mark_every,
         merge_every=options.merge_every,
-        merge_parts=options.merge_parts,
         worker_after=options.worker_after,
         dry_run=dry_run,
     )

@@ -19,12 +19,9 @@ committed; those then go to a pool of ``in_flight`` upload threads. So:
   one fsync per group instead of two per batch, off the reading thread.
 
 Committed ledger entries go to the ledger's log (see :mod:`aitems_sync.state_schema`). Once
-``merge_every`` entries wait there, the committer merges the log into the ledger and tells the
-reader (``on_covered``), which holds the unmerged entries in memory until then. The merge runs
-in parts, a range of key hashes each, in transactions of their own between the commits: a
-merge into a ledger of millions of keys takes ~0.5 s, and in one transaction no batch would
-commit meanwhile, so the window would fill and the reader wait. Each merge is cut into as
-many parts as the last one took ``MERGE_PART_SECONDS`` (:func:`merge_parts`).
+``merge_every`` entries wait there, the committer merges the log into the ledger in a
+transaction of its own and tells the reader (``on_covered``), which holds the unmerged entries
+in memory until then.
 
 When a batch fails, the uploads already on the wire finish, and what they delivered goes into
 the ledger but not the mark: a re-run reads those rows again (the mark is behind them) and the
@@ -35,9 +32,7 @@ ledger keeps them off the wire. The failure is raised to the caller at its next 
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,7 +47,6 @@ from aitems_sync.errors import AitemsSyncError
 from aitems_sync.report import AmbiguousBatch, DatasetReport
 from aitems_sync.spec import DatasetSpec
 from aitems_sync.state import BatchCommit, Mark, QuarantineEntry, Sending, StateStore
-from aitems_sync.state_engine import KeyRange, key_ranges
 from aitems_sync.state_records import KEY_HASH
 
 log = logging.getLogger(__name__)
@@ -61,32 +55,10 @@ log = logging.getLogger(__name__)
 #: them in memory meanwhile (~130 bytes each), and each merge rewrites the ledger pages they
 #: touch (benchmarks/README.md).
 MERGE_EVERY = 50_000
-#: A merge of the log is cut into parts of about this long, as measured on the last merge.
-MERGE_PART_SECONDS = 0.05
-MAX_MERGE_PARTS = 32
 
 LOST_ANSWER = "an answer was lost and the upload was retried"
 FAILED_MAYBE_LANDED = ("the upload failed after an attempt that may have landed; the next run "
                        "sends it again")
-
-
-def merge_parts(last_seconds: float | None) -> int:
-    """How many parts the next merge of the log is cut into, after the last one took
-    ``last_seconds`` (None: the first of the run, in one part: its ledger may be empty)."""
-    if last_seconds is None:
-        return 1
-    return max(1, min(MAX_MERGE_PARTS, math.ceil(last_seconds / MERGE_PART_SECONDS)))
-
-
-@dataclass
-class _Merge:
-    """A merge of the log in parts: the entries up to ``through``, the key ranges still to
-    merge, the last batch committed when it began (what the merge covers), and its time."""
-
-    through: int
-    parts: list[KeyRange]
-    covers: int
-    seconds: float = 0.0
 
 
 @dataclass
@@ -145,7 +117,7 @@ class Window:
         state: StateStore, uploader: Uploader, report: DatasetReport,
         check_lease: Callable[[], None], on_covered: Callable[[int, bool], None],
         keep_ledger: bool = True, logged: int = 0, merge_every: int = MERGE_EVERY,
-        merge_first: bool = False, merge_parts: int | None = None,
+        merge_first: bool = False,
     ) -> None:
         self.dataset = dataset
         self.run_id = run_id
@@ -158,7 +130,6 @@ class Window:
         self.on_covered = on_covered
         self.keep_ledger = keep_ledger
         self.merge_every = merge_every
-        self.fixed_merge_parts = merge_parts
         self.limit = 2 * self.in_flight + 2
         self._wake = threading.Condition()
         # Guarded by _wake: handed over by the caller, and the count of batches not committed.
@@ -172,8 +143,6 @@ class Window:
         self._unmerged = logged
         self._committed_seq = 0
         self._merge_soon = merge_first
-        self._merging: _Merge | None = None
-        self._last_merge_seconds: float | None = None
         self._pool = ThreadPoolExecutor(self.in_flight,
                                         thread_name_prefix=f"upload-{dataset.name}")
         self._committer = threading.Thread(target=self._commit_loop, daemon=True,
@@ -235,11 +204,9 @@ class Window:
                 self._wake.notify_all()
 
     def _next_cycle(self) -> bool:
-        """Wait for work, then run one transaction, and a part of the merge under way if any;
-        False once closed and nothing is left."""
+        """Wait for work, then run one transaction; False once closed and nothing is left."""
         with self._wake:
-            while not (self._cut or (self._slots and self._slots[0].settled)
-                       or self._merging is not None):
+            while not (self._cut or (self._slots and self._slots[0].settled)):
                 if self._closing and not self._slots:
                     return False
                 self._wake.wait()
@@ -255,8 +222,6 @@ class Window:
         if failed is not None:
             self._slots.popleft()
             self._fail(failed)
-        if self._merging is not None:
-            self._merge_part(self._merging)
         return True
 
     def _settled_prefix(self) -> list[_Slot]:
@@ -311,37 +276,18 @@ class Window:
             with self._wake:
                 self._open -= len(done)
                 self._wake.notify_all()
-        if self._merging is None and (self._merge_soon or self._unmerged >= self.merge_every):
+        if self._merge_soon or self._unmerged >= self.merge_every:
             self._merge_soon = False
-            self._begin_merge()
+            self._merge()
         elif done and not self.keep_ledger:
             self.on_covered(self._committed_seq, False)
 
-    def _begin_merge(self) -> None:
-        """Start merging the log as it is now: what every batch committed so far logged."""
-        through = self.state.ledger_log_end(self.dataset.name)
-        self._unmerged = 0  # from here on: what commits log after ``through``
-        if through is None:  # nothing logged
-            self.on_covered(self._committed_seq, True)
-            return
-        parts = self.fixed_merge_parts or merge_parts(self._last_merge_seconds)
-        self._merging = _Merge(through, key_ranges(parts), self._committed_seq)
-
-    def _merge_part(self, merge: _Merge) -> None:
-        """Merge the next range of key hashes; after the last, tell the reader which batches
-        the ledger now holds."""
-        keys = merge.parts.pop(0)
+    def _merge(self) -> None:
+        """Merge the ledger's log, then tell the reader which batches the ledger now holds."""
         self.check_lease()
-        began = time.monotonic()
-        self.state.merge_ledger_part(self.dataset.name, merge.through, keys,
-                                     last=not merge.parts)
-        merge.seconds += time.monotonic() - began
-        if not merge.parts:
-            self._merging = None
-            self._last_merge_seconds = merge.seconds
-            self.on_covered(merge.covers, True)
-            if self._unmerged >= self.merge_every:  # logged meanwhile: the next one is due
-                self._begin_merge()
+        self.state.merge_ledger(self.dataset.name)
+        self._unmerged = 0
+        self.on_covered(self._committed_seq, True)
 
     def _notify(self, _future: Future[Delivery]) -> None:
         with self._wake:

@@ -27,7 +27,6 @@ from aitems_sync import state_records as rec
 from aitems_sync import state_schema as t
 from aitems_sync.delta import ROW_HASH, ROW_HASHES
 from aitems_sync.errors import LockHeldError, StateError
-from aitems_sync.state_engine import KeyRange
 from aitems_sync.state_records import (
     BatchCommit,
     BatchRecord,
@@ -295,33 +294,6 @@ class StateStore:
             return 0
         with self._write(f"merge the ledger log of dataset {dataset!r}") as conn:
             return self._ledger_log.merge(conn, dataset_id)
-
-    def ledger_log_end(self, dataset: str) -> int | None:
-        """The ``seq`` of the dataset's last logged entry (None: its log is empty): what a
-        merge in parts (:meth:`merge_ledger_part`) takes in."""
-        dataset_id = self._dataset_id(dataset)
-        if dataset_id is None:
-            return None
-        with self._read(f"read the ledger log of dataset {dataset!r}") as conn:
-            return self._ledger_log.last(conn, dataset_id)
-
-    def merge_ledger_part(self, dataset: str, through: int, keys: KeyRange, *,
-                          last: bool) -> None:
-        """Merge the dataset's logged entries up to ``through`` whose key hashes are in
-        ``keys`` into its ledger, in one transaction; with ``last``, the entries up to
-        ``through`` then leave the log.
-
-        Parts whose ranges cover every key hash (``state_engine.key_ranges``), the last one
-        ``last``, merge as :meth:`merge_ledger` does, each a short transaction. In between, a
-        merged entry is in both the ledger and the log, and a key's newest entry still wins
-        wherever it is read (the log overrides the ledger). Call while holding the dataset's
-        lease.
-        """
-        dataset_id = self._known_id(dataset)
-        with self._write(f"merge the ledger log of dataset {dataset!r}") as conn:
-            self._ledger_log.merge_keys(conn, dataset_id, through, keys)
-            if last:
-                self._ledger_log.forget(conn, dataset_id, through)
 
     def ledger_size(self, dataset: str) -> int:
         """The number of keys in the dataset's ledger, its log included."""

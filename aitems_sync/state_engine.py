@@ -32,7 +32,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -234,17 +233,6 @@ def insert_ignore(dialect_name: str, table: sa.Table, index: Sequence[str]) -> s
 #: ``(key_hash, payload_hash, position)``: a LedgerEntry, or any tuple of those three.
 LedgerRow = tuple[int, int, float | None]
 
-#: A range of key hashes, both ends included.
-KeyRange = tuple[int, int]
-#: Every signed 64-bit key hash.
-ALL_KEYS: KeyRange = (-(2**63), 2**63 - 1)
-
-
-def key_ranges(parts: int) -> list[KeyRange]:
-    """Every key hash, cut into ``parts`` contiguous ranges of equal width, in key order."""
-    bounds = [-(2**63) + (2**64 * i) // parts for i in range(parts + 1)]
-    return [(low, high - 1) for low, high in pairwise(bounds)]
-
 
 class LedgerLog:
     """Appends to ``ledger_log`` and merges it into ``ledger``, written for speed: the append is
@@ -262,9 +250,7 @@ class LedgerLog:
     The merge is one ``INSERT ... SELECT`` per dialect that keeps each key's newest entry: SQLite
     applies the log in (key, seq) order, so the last entry of a key wins and the B-tree's pages
     are visited once each, in order; PostgreSQL picks it with ``DISTINCT ON`` (one statement may
-    not update a row twice); MySQL applies the log in ``seq`` order. It takes the entries up to
-    a ``seq`` whose key hashes are in a range: the whole range at once (:meth:`merge`), or a
-    range at a time in transactions of their own (:meth:`merge_keys`, then :meth:`forget`).
+    not update a row twice); MySQL applies the log in ``seq`` order.
     """
 
     COLUMNS = ("dataset_id", "key_hash", "payload_hash", "position")
@@ -284,8 +270,7 @@ class LedgerLog:
         "sqlite": (
             "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
             "SELECT dataset_id, key_hash, payload_hash, position FROM ledger_log "
-            "WHERE dataset_id = :dataset_id AND seq <= :through "
-            "AND key_hash BETWEEN :low AND :high ORDER BY key_hash, seq "
+            "WHERE dataset_id = :dataset_id AND seq <= :through ORDER BY key_hash, seq "
             "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
             "SET payload_hash = excluded.payload_hash, position = excluded.position"
         ),
@@ -293,15 +278,14 @@ class LedgerLog:
             "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
             "SELECT DISTINCT ON (key_hash) dataset_id, key_hash, payload_hash, position "
             "FROM ledger_log WHERE dataset_id = :dataset_id AND seq <= :through "
-            "AND key_hash BETWEEN :low AND :high ORDER BY key_hash, seq DESC "
+            "ORDER BY key_hash, seq DESC "
             "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
             "SET payload_hash = excluded.payload_hash, position = excluded.position"
         ),
         "mysql": (
             "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
             "SELECT dataset_id, key_hash, payload_hash, position FROM ledger_log "
-            "WHERE dataset_id = :dataset_id AND seq <= :through "
-            "AND key_hash BETWEEN :low AND :high ORDER BY seq "
+            "WHERE dataset_id = :dataset_id AND seq <= :through ORDER BY seq "
             "ON DUPLICATE KEY UPDATE payload_hash = VALUES(payload_hash), "
             "position = VALUES(position)"
         ),
@@ -338,27 +322,11 @@ class LedgerLog:
     def merge(self, conn: sa.Connection, dataset_id: int) -> int:
         """Move the dataset's logged entries into the ledger, each key's newest winning;
         returns how many log entries were merged. Run inside the caller's transaction."""
-        through = self.last(conn, dataset_id)
+        through = conn.execute(self._last, {"dataset_id": dataset_id}).scalar()
         if through is None:
             return 0
-        self.merge_keys(conn, dataset_id, through, ALL_KEYS)
-        return self.forget(conn, dataset_id, through)
-
-    def last(self, conn: sa.Connection, dataset_id: int) -> int | None:
-        """The ``seq`` of the dataset's last logged entry; None when its log is empty."""
-        found = conn.execute(self._last, {"dataset_id": dataset_id}).scalar()
-        return None if found is None else int(found)
-
-    def merge_keys(self, conn: sa.Connection, dataset_id: int, through: int,
-                   keys: KeyRange) -> None:
-        """Merge the dataset's entries up to ``through`` whose key hash is in ``keys`` (both
-        ends included) into the ledger, each key's newest winning; they stay in the log."""
-        conn.execute(self._merge, {"dataset_id": dataset_id, "through": through,
-                                   "low": keys[0], "high": keys[1]})
-
-    def forget(self, conn: sa.Connection, dataset_id: int, through: int) -> int:
-        """Delete the dataset's entries up to ``through`` from the log; how many."""
         params = {"dataset_id": dataset_id, "through": through}
+        conn.execute(self._merge, params)
         return int(conn.execute(self._forget, params).rowcount)
 
     def _append_many(self, conn: sa.Connection, dataset_id: int,

@@ -8,16 +8,13 @@ across many batches and merges, with the state on SQLite, PostgreSQL and MariaDB
 
 from __future__ import annotations
 
-import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from itertools import pairwise
 from pathlib import Path
 
-import orjson
 import pytest
 import sqlalchemy as sa
 
@@ -28,11 +25,9 @@ from aitems_sync.dataset_sync import DatasetSync, SyncSettings, _NearLedger
 from aitems_sync.delivery import Target
 from aitems_sync.delta import ROW_HASH, Batch, encode_row
 from aitems_sync.emulator import EmulatorServer, Faults
-from aitems_sync.pipeline import MAX_MERGE_PARTS, MERGE_PART_SECONDS, Window, merge_parts
 from aitems_sync.report import DatasetReport, RunReport
 from aitems_sync.spec_load import load_spec
 from aitems_sync.state import LedgerEntry, StateStore
-from aitems_sync.state_engine import key_ranges
 from tests.conftest import source_and_state_urls
 from tests.shop import T0, TIMESTAMP, Shop, customer_rows, write_spec
 
@@ -135,12 +130,12 @@ def _newest(user: int) -> tuple[int, int]:
 NEWEST = dict(_newest(u) for u in range(USERS))
 
 
-@pytest.mark.parametrize(("merge_every", "merge_parts"), [(15, None), (15, 3), (1_000_000, None)])
+@pytest.mark.parametrize("merge_every", [15, 1_000_000])
 @pytest.mark.parametrize("chunk_rows", [5000, USERS])  # one chunk; chunks of unique new keys
 def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
-    shop: Visits, merge_every: int, merge_parts: int | None, chunk_rows: int
+    shop: Visits, merge_every: int, chunk_rows: int
 ) -> None:
-    report = shop.run(merge_every=merge_every, merge_parts=merge_parts, chunk_rows=chunk_rows)
+    report = shop.run(merge_every=merge_every, chunk_rows=chunk_rows)
     assert _profiles(report) == {"status": "ok", "read": ROWS, "new": USERS,
                                  "changed": USERS, "unchanged": ROWS - 2 * USERS,
                                  "sent": 2 * USERS}
@@ -168,7 +163,7 @@ def test_a_first_load_compares_a_key_read_again_long_after_its_entry_was_merged(
                                        "seen_at": later + timedelta(seconds=2000)})
     source.dispose()
 
-    report = shop.run(merge_every=15, merge_parts=3, chunk_rows=50)
+    report = shop.run(merge_every=15, chunk_rows=50)
 
     assert _profiles(report)["sent"] == 2 * USERS + 2000
     assert shop.delivered()[("u00", 21)] == 1
@@ -230,60 +225,6 @@ def test_a_log_of_merge_every_entries_or_more_is_merged_before_the_run_reads(
         assert state.ledger_lookup("profiles", list(NEWEST), logged=False) == NEWEST
 
 
-def test_a_merge_covers_only_the_batches_whose_entries_the_ledger_then_holds(
-        tmp_path: Path, emulator: EmulatorServer) -> None:
-    """``on_covered(seq, merged=True)`` lets the reader forget every batch up to ``seq``: each
-    must be in the merged ledger by then, also those committed while a merge ran in parts."""
-    spec = load_spec(write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
-                                source_url=f"sqlite:///{tmp_path / 'shop.db'}",
-                                state_url=f"sqlite:///{tmp_path / 'state.db'}"))
-    users = spec.datasets["users"]
-    rng = random.Random(3)
-    keys = {seq: [rng.getrandbits(64) - 2**63 for _ in range(40)] for seq in range(1, 301)}
-    merges: list[int] = []
-    missing: list[int] = []
-    with open_state(spec) as state, AitemsClient.from_config(spec.aitems) as client:
-
-        def covered(through: int, merged: bool) -> None:  # on the committer thread
-            if merged:
-                merges.append(through)
-                wanted = [k for seq in range(1, through + 1) for k in keys[seq]]
-                held = state.ledger_lookup("users", wanted, logged=False)
-                missing.extend(k for k in wanted if k not in held)
-
-        target = Target(spec.aitems.service_id, users.dataset_id, users.type)
-        with Window(users, "r1", target, 4, state, client, DatasetReport("users"),
-                    check_lease=lambda: None, on_covered=covered, merge_every=400,
-                    merge_parts=4) as window:
-            for seq, batch_keys in keys.items():
-                rows = [orjson.dumps({"USER_ID": f"u{k}", "AGE": 30, "GENDER": "F"})
-                        for k in batch_keys]
-                window.emit(Batch(seq=seq, rows=rows, keys=[None] * len(rows),
-                                  ledger=[LedgerEntry(k, seq) for k in batch_keys], first=None,
-                                  last=None, end=None, quarantine=[], body_bytes=0))
-            window.drain()
-
-    assert len(merges) >= 20
-    assert missing == []
-
-
-def test_a_merge_is_cut_into_parts_of_about_merge_part_seconds_each() -> None:
-    assert merge_parts(None) == 1  # a run's first merge: its ledger may be empty
-    assert merge_parts(0.01) == 1
-    assert merge_parts(MERGE_PART_SECONDS * 2.5) == 3
-    assert merge_parts(600.0) == MAX_MERGE_PARTS
-
-
-@pytest.mark.parametrize("parts", [1, 2, 3, 7, MAX_MERGE_PARTS])
-def test_the_parts_of_a_merge_cover_every_key_hash_once_in_order(parts: int) -> None:
-    ranges = key_ranges(parts)
-
-    assert len(ranges) == parts
-    assert ranges[0][0] == -(2**63) and ranges[-1][1] == 2**63 - 1
-    assert all(high + 1 == low for (_, high), (low, _) in pairwise(ranges))
-    assert all(low <= high for low, high in ranges)
-
-
 # -- the reading thread's near ledger ---------------------------------------------------------
 
 
@@ -340,15 +281,12 @@ def test_the_near_ledger_forgets_only_what_a_lookup_begun_after_its_coverage_fin
     assert near.hashes == {} and near.earlier == {}
 
 
-@pytest.mark.parametrize(("dataset", "merge_every", "merge_parts"),
-                         [("events", 1_000_000, None), ("users", 500, None), ("users", 500, 4)])
+@pytest.mark.parametrize(("dataset", "merge_every"), [("events", 1_000_000), ("users", 500)])
 def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_covers(
-    tmp_path: Path, emulator: EmulatorServer, dataset: str, merge_every: int,
-    merge_parts: int | None,
+    tmp_path: Path, emulator: EmulatorServer, dataset: str, merge_every: int
 ) -> None:
     """Events (no lookback) keep no ledger: each commit's mark covers its rows. Users log
-    their entries: only those logged since the last merge began may stay in the reader's
-    memory (a merge in parts covers what was logged when it began)."""
+    their entries: only those logged since the last merge may stay in the reader's memory."""
     shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
     shop.add_customers(customer_rows(6000))
     shop.add_events([(n, f"u{n % 97}", f"i{n % 89}", "view", T0 + timedelta(seconds=n))
@@ -358,7 +296,6 @@ def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_c
                                 max_rows=100))
     chosen = spec.datasets[dataset]
     settings = SyncSettings(run_id="r1", batch=spec.aitems.batch, merge_every=merge_every,
-                            merge_parts=merge_parts,
                             target=Target(spec.aitems.service_id, chosen.dataset_id, chosen.type))
     with open_state(spec) as state, open_sources(spec) as sources:
         client = AitemsClient.from_config(spec.aitems)

@@ -33,7 +33,6 @@ from aitems_sync.state import (
     decode_value,
     encode_value,
 )
-from aitems_sync.state_engine import key_ranges
 from aitems_sync.state_schema import LATEST_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -366,44 +365,6 @@ def test_merging_moves_each_keys_newest_entry_into_the_ledger(store: StateStore)
     assert store.merge_ledger("users") == 0
     assert store.prune_ledger("users", before=2.5) == 0  # key 3 sits at 3.0
     assert store.prune_ledger("users", before=3.5) == 1
-
-
-def test_a_merge_in_parts_ends_as_one_merge_and_reads_stay_right_in_between(
-        store: StateStore) -> None:
-    spread = [-(2**63), -(2**40), -5, 0, 5, 2**40, 2**63 - 1]  # over every part's range
-    store.commit_batch("users", run_id="r", batch_id=None, ledger=entries(spread, 1), mark=None)
-    store.merge_ledger("users")
-    store.commit_batch("users", run_id="r", batch_id=None, ledger=entries(spread, 2), mark=None)
-    through = store.ledger_log_end("users")
-    # Logged after the merge began: newer than ``through``, and not part of it.
-    store.commit_batch("users", run_id="r", batch_id=None, ledger=entries([5], 3), mark=None)
-    assert through is not None and store.ledger_log_end("users") == through + 1
-    newest = {key: 3 if key == 5 else 2 for key in spread}
-    parts = key_ranges(3)
-
-    for number, keys in enumerate(parts, 1):
-        store.merge_ledger_part("users", through, keys, last=number == len(parts))
-        merged = {k: (2 if parts[0][0] <= k <= keys[1] else 1) for k in spread}
-        assert store.ledger_lookup("users", spread, logged=False) == merged
-        assert store.ledger_lookup("users", spread) == newest
-
-    assert store.logged_entries("users") == {5: 3}  # only what came after ``through``
-    assert store.merge_ledger("users") == 1
-    assert store.ledger_lookup("users", spread, logged=False) == newest
-
-
-def test_a_merge_stopped_between_parts_leaves_the_log_for_the_next_one(
-        store: StateStore) -> None:
-    store.commit_batch("users", run_id="r", batch_id=None, ledger=entries([-9, 9], 1), mark=None)
-    store.commit_batch("users", run_id="r", batch_id=None, ledger=entries([-9, 9], 2), mark=None)
-    through = store.ledger_log_end("users")
-    assert through is not None
-    first, _second = key_ranges(2)
-    store.merge_ledger_part("users", through, first, last=False)  # and then the run died
-
-    assert store.ledger_lookup("users", [-9, 9]) == {-9: 2, 9: 2}
-    assert store.merge_ledger("users") == 4
-    assert store.ledger_lookup("users", [-9, 9], logged=False) == {-9: 2, 9: 2}
 
 
 def test_pruning_merges_the_log_first(store: StateStore) -> None:
