@@ -30,8 +30,6 @@ ENVELOPE_BYTES = 40
 #: state schema version 4 keep BLAKE2b, which their ledgers were written with (see
 #: :meth:`aitems_sync.state.StateStore.row_hash_of`).
 ROW_HASH = "xxh3-64"
-#: Every row hash a ledger may hold, by the name the state store records per dataset.
-ROW_HASHES = ("blake2b-64", ROW_HASH)
 
 
 def _blake2b_64(data: bytes) -> int:
@@ -42,11 +40,13 @@ def _xxh3_64(data: bytes) -> int:
     return int.from_bytes(xxhash.xxh3_64_digest(data), "big", signed=True)
 
 
-_HASHERS: dict[str, Callable[[bytes], int]] = {"blake2b-64": _blake2b_64, "xxh3-64": _xxh3_64}
+_HASHERS: dict[str, Callable[[bytes], int]] = {"blake2b-64": _blake2b_64, ROW_HASH: _xxh3_64}
+#: Every row hash a ledger may hold, by the name the state store records per dataset.
+ROW_HASHES = tuple(_HASHERS)
 #: The same hashes inline, as the compiled encoder writes them (its tests hold both equal).
 _HASH_EXPRESSIONS = {
     "blake2b-64": "h(b2({data}, digest_size=8).digest(), 'little', signed=True)",
-    "xxh3-64": "h(x3({data}), 'big', signed=True)",
+    ROW_HASH: "h(x3({data}), 'big', signed=True)",
 }
 _HASH_NAMES: dict[str, Any] = {"b2": hashlib.blake2b, "x3": xxhash.xxh3_64_digest,
                                "h": int.from_bytes}

@@ -32,7 +32,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +42,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from aitems_sync.errors import StateError
+from aitems_sync.state_records import KEY_HASH, PAYLOAD_HASH, POSITION
 from aitems_sync.state_schema import ledger_log, migrate, migration_lock
 from aitems_sync.values import dumps
 
@@ -345,9 +345,9 @@ class LedgerLog:
                        rows: Sequence[LedgerRow]) -> None:
         conn.exec_driver_sql(self._PG_APPEND, {
             "dataset_id": dataset_id,
-            "keys": list(map(itemgetter(0), rows)),
-            "payloads": list(map(itemgetter(1), rows)),
-            "positions": list(map(itemgetter(2), rows)),
+            "keys": list(map(KEY_HASH, rows)),
+            "payloads": list(map(PAYLOAD_HASH, rows)),
+            "positions": list(map(POSITION, rows)),
         })
 
 

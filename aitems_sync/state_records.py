@@ -40,6 +40,7 @@ class LedgerEntry(NamedTuple):
 #: per entry.
 KEY_HASH = itemgetter(0)
 PAYLOAD_HASH = itemgetter(1)
+POSITION = itemgetter(2)
 
 
 @dataclass(frozen=True)
