@@ -43,7 +43,7 @@ from sqlalchemy.pool import StaticPool
 
 from aitems_sync.errors import StateError
 from aitems_sync.state_records import KEY_HASH, PAYLOAD_HASH, POSITION
-from aitems_sync.state_schema import ledger_log, migrate, migration_lock
+from aitems_sync.state_schema import ledger, ledger_log, ledger_recent, migrate, migration_lock
 from aitems_sync.values import dumps
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,9 @@ LedgerRow = tuple[int, int, float | None]
 
 
 class LedgerLog:
-    """Appends to ``ledger_log`` and merges it into ``ledger``, written for speed: the append is
-    the one write whose size grows with a batch.
+    """Appends to ``ledger_log``, merges it into ``ledger_recent`` and that into ``ledger`` (the
+    levels: :mod:`aitems_sync.state_schema`), written for speed: the append is the one write
+    whose size grows with a batch.
 
     Each dialect appends with ONE statement per commit, whatever the number of entries, so that
     the database does the work in a single call that releases the GIL: the engine commits on
@@ -250,7 +251,8 @@ class LedgerLog:
     The merge is one ``INSERT ... SELECT`` per dialect that keeps each key's newest entry: SQLite
     applies the log in (key, seq) order, so the last entry of a key wins and the B-tree's pages
     are visited once each, in order; PostgreSQL picks it with ``DISTINCT ON`` (one statement may
-    not update a row twice); MySQL applies the log in ``seq`` order.
+    not update a row twice); MySQL applies the log in ``seq`` order. The same statements, without
+    the ``seq``, move ``ledger_recent`` (one entry per key) into ``ledger``.
     """
 
     COLUMNS = ("dataset_id", "key_hash", "payload_hash", "position")
@@ -266,26 +268,27 @@ class LedgerLog:
         "%(payloads)s::BIGINT[], %(positions)s::DOUBLE PRECISION[]) "
         "WITH ORDINALITY AS entries(k, p, pos, n) ORDER BY n"
     )
+    # Into ``ledger_recent``, the second level (state_schema): {target} is a table name.
     _MERGE: ClassVar[dict[str, str]] = {
         "sqlite": (
-            "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
-            "SELECT dataset_id, key_hash, payload_hash, position FROM ledger_log "
-            "WHERE dataset_id = :dataset_id AND seq <= :through ORDER BY key_hash, seq "
+            "INSERT INTO {target} (dataset_id, key_hash, payload_hash, position) "
+            "SELECT dataset_id, key_hash, payload_hash, position FROM {source} "
+            "WHERE dataset_id = :dataset_id{through} ORDER BY key_hash{seq} "
             "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
             "SET payload_hash = excluded.payload_hash, position = excluded.position"
         ),
         "postgresql": (
-            "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
+            "INSERT INTO {target} (dataset_id, key_hash, payload_hash, position) "
             "SELECT DISTINCT ON (key_hash) dataset_id, key_hash, payload_hash, position "
-            "FROM ledger_log WHERE dataset_id = :dataset_id AND seq <= :through "
-            "ORDER BY key_hash, seq DESC "
+            "FROM {source} WHERE dataset_id = :dataset_id{through} "
+            "ORDER BY key_hash{seq_desc} "
             "ON CONFLICT (dataset_id, key_hash) DO UPDATE "
             "SET payload_hash = excluded.payload_hash, position = excluded.position"
         ),
         "mysql": (
-            "INSERT INTO ledger (dataset_id, key_hash, payload_hash, position) "
-            "SELECT dataset_id, key_hash, payload_hash, position FROM ledger_log "
-            "WHERE dataset_id = :dataset_id AND seq <= :through ORDER BY seq "
+            "INSERT INTO {target} (dataset_id, key_hash, payload_hash, position) "
+            "SELECT dataset_id, key_hash, payload_hash, position FROM {source} "
+            "WHERE dataset_id = :dataset_id{through} ORDER BY {order} "
             "ON DUPLICATE KEY UPDATE payload_hash = VALUES(payload_hash), "
             "position = VALUES(position)"
         ),
@@ -300,7 +303,15 @@ class LedgerLog:
         order = tuple(compiled.positiontup or ()) if compiled.positional else None
         self._order = None if order is None else [self.COLUMNS.index(name) for name in order]
         name = "mysql" if dialect.name == "mariadb" else dialect.name
-        self._merge = sa.text(self._MERGE[name])
+        self._merge = sa.text(self._MERGE[name].format(
+            target="ledger_recent", source="ledger_log", through=" AND seq <= :through",
+            seq=", seq", seq_desc=", seq DESC", order="seq"))
+        # A level holds each key once: its merge needs no order but the key's.
+        self._merge_recent = sa.text(self._MERGE[name].format(
+            target="ledger", source="ledger_recent", through="", seq="", seq_desc="",
+            order="key_hash"))
+        self._forget_recent = sa.delete(ledger_recent).where(
+            ledger_recent.c.dataset_id == sa.bindparam("dataset_id"))
         self._last = sa.select(sa.func.max(ledger_log.c.seq)).where(
             ledger_log.c.dataset_id == sa.bindparam("dataset_id"))
         self._forget = sa.delete(ledger_log).where(
@@ -320,7 +331,7 @@ class LedgerLog:
             self._append_many(conn, dataset_id, rows)
 
     def merge(self, conn: sa.Connection, dataset_id: int) -> int:
-        """Move the dataset's logged entries into the ledger, each key's newest winning;
+        """Move the dataset's logged entries into ``ledger_recent``, each key's newest winning;
         returns how many log entries were merged. Run inside the caller's transaction."""
         through = conn.execute(self._last, {"dataset_id": dataset_id}).scalar()
         if through is None:
@@ -328,6 +339,13 @@ class LedgerLog:
         params = {"dataset_id": dataset_id, "through": through}
         conn.execute(self._merge, params)
         return int(conn.execute(self._forget, params).rowcount)
+
+    def merge_recent(self, conn: sa.Connection, dataset_id: int) -> int:
+        """Move the dataset's ``ledger_recent`` into ``ledger`` (its entries win); returns how
+        many keys moved. Run inside the caller's transaction."""
+        params = {"dataset_id": dataset_id}
+        conn.execute(self._merge_recent, params)
+        return int(conn.execute(self._forget_recent, params).rowcount)
 
     def _append_many(self, conn: sa.Connection, dataset_id: int,
                      rows: Sequence[LedgerRow]) -> None:
@@ -365,22 +383,58 @@ def chunks(values: Sequence[int]) -> Iterator[list[int]]:
         yield list(values[start : start + CHUNK])
 
 
-def ledger_lookup(conn: sa.Connection, table: sa.Table, dataset_id: int,
+#: The merged levels' entries for the keys of a JSON array, as two JSON arrays of ``[key_hash,
+#: payload_hash]`` (``ledger``'s, then ``ledger_recent``'s): one statement, one snapshot of both.
+_SQLITE_LOOKUP = (
+    "SELECT (SELECT json_group_array(json_array(key_hash, payload_hash)) FROM ledger "
+    "WHERE dataset_id = ?1 AND key_hash IN (SELECT value FROM json_each(?2))), "
+    "(SELECT json_group_array(json_array(key_hash, payload_hash)) FROM ledger_recent "
+    "WHERE dataset_id = ?1 AND key_hash IN (SELECT value FROM json_each(?2)))"
+)
+
+
+def ledger_lookup(conn: sa.Connection, dataset_id: int,
                   key_hashes: Sequence[int]) -> dict[int, int]:
-    """``key_hash -> payload_hash`` of ``table`` (the ledger or its log) for the keys that are
-    in it; where the log holds a key more than once, its newest entry."""
+    """``key_hash -> payload_hash`` in the merged ledger (``ledger_recent``'s entry over
+    ``ledger``'s) for the keys that are in it.
+
+    Both levels are read by one statement (per chunk of keys, where the dialect needs chunks),
+    which sees one snapshot: a merge of ``ledger_recent`` into ``ledger`` committed between two
+    statements could hide a key from both."""
     dialect_name = conn.dialect.name
-    if dialect_name == "sqlite" and table is not ledger_log:
+    if dialect_name == "sqlite":
         # The keys travel as one JSON text and the answer comes back as one: sqlite3 releases
         # the GIL for every row it steps, and beside busy threads each row then waits to get it
         # back (a lookup of 1,000 keys took ~18 ms in a run, against 2.5 ms on its own).
-        answer = conn.exec_driver_sql(
-            "SELECT json_group_array(json_array(key_hash, payload_hash)) FROM ledger "
-            "WHERE dataset_id = ? AND key_hash IN (SELECT value FROM json_each(?))",
-            (dataset_id, dumps(list(key_hashes)))).scalar_one()
-        return dict(orjson.loads(answer))
+        merged, recent = conn.exec_driver_sql(
+            _SQLITE_LOOKUP, (dataset_id, dumps(list(key_hashes)))).one()
+        found: dict[int, int] = dict(orjson.loads(merged))
+        found.update(orjson.loads(recent))
+        return found
+    found = {}
+    levels = (ledger, ledger_recent)
+    for chunk in _key_lists(dialect_name, key_hashes):
+        selects = [
+            sa.select(table.c.key_hash, table.c.payload_hash, sa.literal(level).label("level"))
+            .where(table.c.dataset_id == dataset_id, table.c.key_hash.in_(chunk))
+            for level, table in enumerate(levels)
+        ]
+        union = sa.union_all(*selects).subquery()
+        query = sa.select(union.c.key_hash, union.c.payload_hash).order_by(union.c.level)
+        found.update((k, p) for k, p in conn.execute(query))
+    return found
+
+
+def log_lookup(conn: sa.Connection, dataset_id: int,
+               key_hashes: Sequence[int]) -> dict[int, int]:
+    """``key_hash -> payload_hash`` of the keys' newest entries in ``ledger_log``."""
+    dialect_name = conn.dialect.name
+    log_ = ledger_log
     found: dict[int, int] = {}
-    for query in _lookup_queries(dialect_name, table, dataset_id, key_hashes):
+    for chunk in _key_lists(dialect_name, key_hashes):
+        query = (sa.select(log_.c.key_hash, log_.c.payload_hash)
+                 .where(log_.c.dataset_id == dataset_id, log_.c.key_hash.in_(chunk))
+                 .order_by(log_.c.seq))
         found.update((k, p) for k, p in conn.execute(query))
     return found
 
@@ -400,27 +454,18 @@ def logged_entries(conn: sa.Connection, dataset_id: int) -> dict[int, int]:
         result.close()
 
 
-def _lookup_queries(
-    dialect_name: str, table: sa.Table, dataset_id: int, key_hashes: Sequence[int]
-) -> list[sa.Executable]:
-    """Queries of ``(key_hash, payload_hash)`` rows for the keys: one where the dialect allows.
-    Log rows come oldest first."""
-    order = " ORDER BY seq" if table is ledger_log else ""
+def _key_lists(dialect_name: str, key_hashes: Sequence[int]) -> Iterator[Any]:
+    """The keys as what ``column.in_()`` takes: one subquery over a bound array or JSON text
+    where the dialect offers one, else lists of at most :data:`CHUNK` values."""
     if dialect_name == "sqlite":
-        text = sa.text(
-            f"SELECT key_hash, payload_hash FROM {table.name} WHERE dataset_id = :dataset_id "
-            f"AND key_hash IN (SELECT value FROM json_each(:keys)){order}"
-        )
-        return [text.bindparams(dataset_id=dataset_id, keys=dumps(list(key_hashes)))]
-    select = sa.select(table.c.key_hash, table.c.payload_hash)
-    select = select.where(table.c.dataset_id == dataset_id)
-    if table is ledger_log:
-        select = select.order_by(table.c.seq)
-    if dialect_name == "postgresql":
+        keys = sa.func.json_each(dumps(list(key_hashes))).table_valued("value")
+        yield sa.select(keys.c.value)
+    elif dialect_name == "postgresql":
         # IN (SELECT unnest(...)) probes the primary key per key even before the table has
         # statistics; `= ANY(array)` scanned the whole dataset then (60 ms vs 8 ms measured).
         from sqlalchemy.dialects.postgresql import ARRAY
 
-        keys = sa.bindparam("keys", list(key_hashes), type_=ARRAY(sa.BigInteger))
-        return [select.where(table.c.key_hash.in_(sa.select(sa.func.unnest(keys))))]
-    return [select.where(table.c.key_hash.in_(chunk)) for chunk in chunks(key_hashes)]
+        array = sa.bindparam("keys", list(key_hashes), type_=ARRAY(sa.BigInteger))
+        yield sa.select(sa.func.unnest(array))
+    else:
+        yield from chunks(key_hashes)

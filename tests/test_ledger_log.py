@@ -27,7 +27,7 @@ from aitems_sync.delta import ROW_HASH, Batch, encode_row
 from aitems_sync.emulator import EmulatorServer, Faults
 from aitems_sync.report import DatasetReport, RunReport
 from aitems_sync.spec_load import load_spec
-from aitems_sync.state import LedgerEntry, StateStore
+from aitems_sync.state import RECENT_LIMIT, LedgerEntry, StateStore
 from tests.conftest import source_and_state_urls
 from tests.shop import T0, TIMESTAMP, Shop, customer_rows, write_spec
 
@@ -64,10 +64,11 @@ class Visits:
     state_url: str
     emulator: EmulatorServer
 
-    def run(self, **options: object) -> RunReport:
+    def run(self, recent_limit: int = RECENT_LIMIT, **options: object) -> RunReport:
         spec = load_spec(self.spec)
         run_options = engine.RunOptions(datasets=("profiles",), **options)  # type: ignore[arg-type]
-        with open_state(spec) as state, open_sources(spec) as sources:
+        with (StateStore.open(spec.state_url, recent_limit=recent_limit) as state,
+              open_sources(spec) as sources):
             client = AitemsClient.from_config(spec.aitems)
             try:
                 return engine.run(spec, state=state, uploader=client, sources=sources,
@@ -130,12 +131,16 @@ def _newest(user: int) -> tuple[int, int]:
 NEWEST = dict(_newest(u) for u in range(USERS))
 
 
-@pytest.mark.parametrize("merge_every", [15, 1_000_000])
+@pytest.mark.parametrize(("merge_every", "recent_limit"), [
+    (15, RECENT_LIMIT),
+    (15, 25),  # the second level is merged into the ledger every other merge or so
+    (1_000_000, RECENT_LIMIT),
+])
 @pytest.mark.parametrize("chunk_rows", [5000, USERS])  # one chunk; chunks of unique new keys
 def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
-    shop: Visits, merge_every: int, chunk_rows: int
+    shop: Visits, merge_every: int, recent_limit: int, chunk_rows: int
 ) -> None:
-    report = shop.run(merge_every=merge_every, chunk_rows=chunk_rows)
+    report = shop.run(merge_every=merge_every, chunk_rows=chunk_rows, recent_limit=recent_limit)
     assert _profiles(report) == {"status": "ok", "read": ROWS, "new": USERS,
                                  "changed": USERS, "unchanged": ROWS - 2 * USERS,
                                  "sent": 2 * USERS}
@@ -147,8 +152,9 @@ def test_keys_repeated_across_batches_and_merges_are_sent_once_per_version(
     assert logged < 15 if merge_every == 15 else logged == 2 * USERS
 
 
+@pytest.mark.parametrize("recent_limit", [RECENT_LIMIT, 100])  # in either level by then
 def test_a_first_load_compares_a_key_read_again_long_after_its_entry_was_merged(
-    shop: Visits,
+    shop: Visits, recent_limit: int,
 ) -> None:
     # 2,000 other users, then u00's last version again: by then the entry of its first
     # delivery is long merged (every 15 entries) and forgotten by the reader's memory, so
@@ -163,7 +169,7 @@ def test_a_first_load_compares_a_key_read_again_long_after_its_entry_was_merged(
                                        "seen_at": later + timedelta(seconds=2000)})
     source.dispose()
 
-    report = shop.run(merge_every=15, chunk_rows=50)
+    report = shop.run(merge_every=15, chunk_rows=50, recent_limit=recent_limit)
 
     assert _profiles(report)["sent"] == 2 * USERS + 2000
     assert shop.delivered()[("u00", 21)] == 1

@@ -375,6 +375,99 @@ def test_pruning_merges_the_log_first(store: StateStore) -> None:
     assert sorted(store.ledger_lookup("clicks", list(range(6)), logged=False)) == [2, 3, 4, 5]
 
 
+@pytest.fixture
+def levels(store_url: str, clock: FakeClock) -> Iterator[StateStore]:
+    """A store whose ledger's second level is merged into the ledger at 4 keys."""
+    opened = StateStore.open(store_url, clock=clock, recent_limit=4)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def keys_by_level(store_url: str, dataset: str) -> dict[str, list[int]]:
+    """The dataset's keys in each of the ledger's tables, read from the database."""
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            return {
+                table: sorted(conn.execute(sa.text(
+                    f"SELECT key_hash FROM {table} WHERE dataset_id = "
+                    "(SELECT id FROM datasets WHERE name = :name)"), {"name": dataset}).scalars())
+                for table in ("ledger_log", "ledger_recent", "ledger")
+            }
+    finally:
+        engine.dispose()
+
+
+def test_merges_gather_in_the_second_level_until_it_holds_its_limit(
+        levels: StateStore, store_url: str) -> None:
+    levels.commit_batch("users", run_id="r", batch_id=None, ledger=entries(range(3)), mark=None)
+    assert levels.merge_ledger("users") == 3
+    assert keys_by_level(store_url, "users") == {
+        "ledger_log": [], "ledger_recent": [0, 1, 2], "ledger": []}
+    assert levels.ledger_lookup("users", [0, 1, 2, 3], logged=False) == {0: 7, 1: 7, 2: 7}
+
+    levels.commit_batch("users", run_id="r", batch_id=None, ledger=entries([3], 8), mark=None)
+    assert levels.merge_ledger("users") == 1  # the fourth key: the level is moved
+    assert keys_by_level(store_url, "users") == {
+        "ledger_log": [], "ledger_recent": [], "ledger": [0, 1, 2, 3]}
+    assert levels.ledger_lookup("users", [0, 1, 2, 3], logged=False) == {
+        0: 7, 1: 7, 2: 7, 3: 8}
+    assert levels.ledger_size("users") == 4
+
+
+def test_a_keys_entry_in_the_second_level_overrides_the_ledgers(
+        levels: StateStore, store_url: str) -> None:
+    levels.commit_batch("users", run_id="r", batch_id=None, ledger=entries(range(4)), mark=None)
+    levels.merge_ledger("users")
+    levels.commit_batch("users", run_id="r", batch_id=None, ledger=entries([1, 5], 9), mark=None)
+    levels.merge_ledger("users")
+    levels.commit_batch("users", run_id="r", batch_id=None, ledger=entries([1], 10), mark=None)
+    assert keys_by_level(store_url, "users") == {
+        "ledger_log": [1], "ledger_recent": [1, 5], "ledger": [0, 1, 2, 3]}
+    assert levels.ledger_lookup("users", list(range(6)), logged=False) == {
+        0: 7, 1: 9, 2: 7, 3: 7, 5: 9}
+    assert levels.ledger_lookup("users", list(range(6))) == {0: 7, 1: 10, 2: 7, 3: 7, 5: 9}
+    assert levels.ledger_size("users") == 5  # keys 0-3 and 5, each once
+    assert levels.has_ledger("users")
+    levels.reset("users")
+    assert keys_by_level(store_url, "users") == {
+        "ledger_log": [], "ledger_recent": [], "ledger": []}
+
+
+def test_a_store_opened_again_counts_what_its_second_level_holds(
+        store_url: str, clock: FakeClock) -> None:
+    with StateStore.open(store_url, clock=clock, recent_limit=4) as first:
+        first.commit_batch("users", run_id="r", batch_id=None, ledger=entries(range(3)),
+                           mark=None)
+        first.merge_ledger("users")
+    with StateStore.open(store_url, clock=clock, recent_limit=4) as second:
+        second.commit_batch("users", run_id="r", batch_id=None, ledger=entries([7]), mark=None)
+        second.merge_ledger("users")
+    assert keys_by_level(store_url, "users") == {
+        "ledger_log": [], "ledger_recent": [], "ledger": [0, 1, 2, 7]}
+
+
+@pytest.mark.parametrize(("older", "newer", "kept"), [
+    (5.0, 1.0, {}),  # the newest entry is old: the key goes, its older entry does not return
+    (1.0, 5.0, {3: 2}),  # the newest entry is recent: the key stays, with its newest payload
+])
+def test_pruning_judges_a_key_by_its_newest_entry_across_levels(
+        levels: StateStore, older: float, newer: float, kept: dict[int, int]) -> None:
+    levels.commit_batch("clicks", run_id="r", batch_id=None, mark=None,
+                        ledger=[LedgerEntry(k, 1, older) for k in range(3, 7)])
+    levels.merge_ledger("clicks")  # four keys: into the ledger
+    levels.commit_batch("clicks", run_id="r", batch_id=None, mark=None,
+                        ledger=[LedgerEntry(3, 2, newer)])
+    levels.merge_ledger("clicks")  # into the second level
+    levels.prune_ledger("clicks", before=2.0)
+    found = levels.ledger_lookup("clicks", [3])
+    assert found == kept
+    expected_others = {} if older < 2.0 else {4: 1, 5: 1, 6: 1}
+    assert levels.ledger_lookup("clicks", [4, 5, 6]) == expected_others
+
+
 # -- journal -----------------------------------------------------------------------------------
 
 
@@ -602,6 +695,7 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
     with engine.begin() as conn:  # what version 1 left: no quarantine.ledger_hash, no log, ...
         conn.execute(sa.text("ALTER TABLE quarantine DROP COLUMN ledger_hash"))
         conn.execute(sa.text("DROP TABLE ledger_log"))
+        conn.execute(sa.text("DROP TABLE ledger_recent"))
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN row_hash"))  # ... no row hash
         conn.execute(sa.text("UPDATE schema_version SET version = 1"))
 
@@ -618,7 +712,7 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         assert store.row_hash_of("items") == ROW_HASH
     assert record.ledger_hash == 42
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 4
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 5
     engine.dispose()
 
 
