@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from aitems_sync import signals
 from aitems_sync.dataset_sync import DatasetSync, SyncSettings
 from aitems_sync.delivery import Target, Uploader, UploadOutcome
 from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, UsageError
@@ -172,7 +173,7 @@ class _Run:
         with ThreadPoolExecutor(parallel, thread_name_prefix="dataset") as pool:
             for done in [pool.submit(self.one, d, r)
                          for d, r in zip(selected, reports, strict=True)]:
-                done.result()
+                signals.result(done)
 
     def one(self, dataset: DatasetSpec, report: DatasetReport) -> None:
         """Sync one dataset into ``report``; its failure is recorded, never raised."""

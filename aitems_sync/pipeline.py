@@ -41,6 +41,7 @@ from types import TracebackType
 
 import orjson
 
+from aitems_sync import signals
 from aitems_sync.delivery import Delivery, Target, Uploader, deliver
 from aitems_sync.delta import Batch
 from aitems_sync.errors import AitemsSyncError
@@ -169,7 +170,7 @@ class Window:
         """
         with self._wake:
             while self._open >= self.limit and self._failure is None:
-                self._wake.wait()
+                self._wake.wait(signals.HEED_SIGNALS_SECONDS)
             if self._failure is not None:
                 raise self._failure
             self._cut.append(batch)
@@ -188,7 +189,7 @@ class Window:
         with self._wake:
             self._closing = True
             self._wake.notify_all()
-        self._committer.join()
+        signals.join(self._committer)
 
     # -- the committer thread -----------------------------------------------------------------
 

@@ -13,15 +13,26 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import TypeVar
 
 from aitems_sync.errors import EXIT_SIGINT, EXIT_SIGTERM
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 _EXIT_CODES = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGINT: EXIT_SIGINT}
+#: The longest a run's main thread sleeps in one wait. CPython runs signal handlers on the main
+#: thread only, between bytecodes; a signal the kernel hands to another thread (as Linux does
+#: when the main thread has one pending already: a second SIGTERM right after the first, on a
+#: busy machine) interrupts no wait of the main thread, whose handler then ran only when the
+#: wait ended (3 s late in a test, the uploads' latency twice). Waits are cut into slices.
+HEED_SIGNALS_SECONDS = 0.05
+
 #: Seconds the uploads on the wire get after the first signal; below Kubernetes' default
 #: terminationGracePeriodSeconds (30), so the run exits with its own code before SIGKILL.
 DEFAULT_GRACE = 25.0
@@ -72,3 +83,16 @@ def _exit_now(code: int, why: str) -> None:
               "ambiguous and sends them again", why, extra={"event": "abort"})
     logging.shutdown()
     os._exit(code)
+
+
+def join(thread: threading.Thread) -> None:
+    """``thread.join()``, waking every :data:`HEED_SIGNALS_SECONDS` to run signal handlers."""
+    while thread.is_alive():
+        thread.join(HEED_SIGNALS_SECONDS)
+
+
+def result(future: Future[T]) -> T:
+    """``future.result()``, waking every :data:`HEED_SIGNALS_SECONDS` to run signal handlers."""
+    while not future.done():
+        wait([future], HEED_SIGNALS_SECONDS)
+    return future.result()

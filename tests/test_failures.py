@@ -10,11 +10,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from aitems_sync import signals
 from aitems_sync.emulator import EmulatorServer, Faults
 from aitems_sync.pipeline import LOST_ANSWER
 from aitems_sync.state import LedgerEntry, Mark, StateStore
@@ -485,6 +487,32 @@ def test_exiting_before_the_uploads_finish_leaves_them_ambiguous_for_the_next_ru
         b.batch_id for b in on_the_wire)
     tally = check_delivery(chaos, [rerun.report], datasets=["users"])
     assert tally.extra_deliveries == 200  # the four batches, sent twice as reported
+
+
+@pytest.mark.parametrize("wait", ["join", "result"])
+def test_a_signal_the_kernel_hands_to_another_thread_is_heeded_while_the_main_thread_waits(
+        wait: str) -> None:
+    # Linux hands a process's signal to another thread when the main thread has one pending
+    # already (a second SIGTERM right after the first, on a busy machine); CPython runs the
+    # handler only on the main thread, between bytecodes, so a wait of the main thread that
+    # nothing wakes would hold the handler back until it ends.
+    seen: list[bool] = []
+    with signals.stop_on_signals(grace=60) as request:
+        def waited_for() -> None:
+            time.sleep(0.2)  # the main thread is waiting by then
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread
+            time.sleep(0.5)
+            seen.append(request.event.is_set())
+
+        if wait == "join":
+            thread = threading.Thread(target=waited_for)
+            thread.start()
+            signals.join(thread)
+        else:
+            with ThreadPoolExecutor(1) as pool:
+                signals.result(pool.submit(waited_for))
+    assert seen == [True]  # handled while the main thread still waited
+    assert request.exit_code == 143
 
 
 # -- datasets in parallel ----------------------------------------------------------------------
