@@ -340,10 +340,12 @@ class StateStore:
             return ~sa.exists().where(table.c.dataset_id == dataset_id,
                                       table.c.key_hash == key_hash)
 
+        # Each level's keys not in a larger one: the probes are as many as the smaller
+        # levels' entries, not the ledger's.
         queries = [
-            sa.select(sa.func.count()).where(recent.c.dataset_id == dataset_id),
-            sa.select(sa.func.count()).where(ledger.c.dataset_id == dataset_id,
-                                             elsewhere(recent, ledger.c.key_hash)),
+            sa.select(sa.func.count()).where(ledger.c.dataset_id == dataset_id),
+            sa.select(sa.func.count()).where(recent.c.dataset_id == dataset_id,
+                                             elsewhere(ledger, recent.c.key_hash)),
             sa.select(sa.func.count(sa.distinct(log_.c.key_hash))).where(
                 log_.c.dataset_id == dataset_id, elsewhere(recent, log_.c.key_hash),
                 elsewhere(ledger, log_.c.key_hash)),
@@ -352,7 +354,8 @@ class StateStore:
             return sum(int(conn.execute(query).scalar_one()) for query in queries)
 
     def has_ledger(self, dataset: str) -> bool:
-        """Whether the dataset's ledger or its log holds any entry (index probes, no count)."""
+        """Whether the dataset's ledger (either level) or its log holds any entry (index
+        probes, no count)."""
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return False
