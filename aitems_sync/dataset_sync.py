@@ -185,6 +185,9 @@ class DatasetSync:
             with self._window() as self.window, self.source.extract(
                 self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
                 mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
+                # An extraction worker reads on from a mark after the first rows: sorting the
+                # whole table to read those here cost ~10 % of the 1M items backfill.
+                may_sort=self.settings.worker_after is None,
             ) as extraction:
                 self._stream(extraction, mark)
             self._after_stream()

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
+from sqlalchemy.sql.expression import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 from sqlalchemy.types import NullType
 
 from aitems_sync.columns import ColumnMatchError, match_column
@@ -126,6 +128,7 @@ class Source:
         mark: MarkLike | None,
         lookback: timedelta = timedelta(0),
         chunk_rows: int = 5000,
+        may_sort: bool = True,
     ) -> Extraction:
         """Start streaming the rows after ``mark`` (or all rows), ordered by cursor then key.
 
@@ -134,6 +137,11 @@ class Source:
         as a context manager) to release the connection early. The first chunk holds at most
         :data:`FIRST_CHUNK_ROWS` rows, so that a consumer's first batch is cut (and its upload
         under way) while the rest is read.
+
+        A read of all rows from SQLite that its plan would walk through an index lacking
+        columns is sorted by SQLite instead (:func:`walks_an_index`), unless ``may_sort`` is
+        false: the sort comes before the first row (~0.7 s at 1M rows, 5-8 s at 10M), and
+        spills to SQLite's temporary directory (``SQLITE_TMPDIR``) about the rows' size.
         """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -149,6 +157,13 @@ class Source:
         conn = self._connect()
         try:
             _prepare_stream(conn)
+            if may_sort and mark is None and conn.dialect.name == "sqlite" and walks_an_index(
+                    _plan(conn, statement)):
+                statement = extraction_statement(query, names, cursor_index, key_indices, None,
+                                                 lookback, "sqlite", sort=True)
+                log.info("source %s: SQLite sorts the whole table, read in storage order "
+                         "(walking the cursor's index would read it at random)",
+                         self.name, extra={"event": "sorted_read", "source": self.name})
             if conn.dialect.supports_server_side_cursors:
                 conn = conn.execution_options(stream_results=True, yield_per=chunk_rows)
             result = conn.execute(statement)
@@ -241,19 +256,58 @@ def extraction_statement(
     mark: MarkLike | None,
     lookback: timedelta,
     dialect: str,
+    *,
+    sort: bool = False,
 ) -> sa.Select[Any]:
-    """The SELECT around the user's query: incremental predicate and ``ORDER BY cursor, key``."""
+    """The SELECT around the user's query: incremental predicate and ``ORDER BY cursor, key``.
+
+    With ``sort`` (SQLite, a read of all rows) the order and the full read's predicate are
+    written as ``+column``, which no index serves: SQLite then reads the table in its storage
+    order and sorts the rows (see :func:`walks_an_index`).
+    """
     src = sa.text(_wrap(query)).columns(*[sa.column(n) for n in names]).subquery("src")
     cur = src.c[names[cursor_index]]
     keys = [src.c[names[i]] for i in key_indices]
     ordered_keys = keys if dialect not in _NULLS_LAST_DIALECTS else [k.nulls_first() for k in keys]
-    statement = sa.select(src).order_by(cur, *ordered_keys)
+    order: list[sa.ColumnElement[Any]] = [cur, *ordered_keys]
+    if sort:
+        order = [_unindexed(column) for column in order]
+    statement = sa.select(src).order_by(*order)
     if mark is None:
-        return statement.where(cur.is_not(None))
+        return statement.where(order[0].is_not(None))
     if lookback > timedelta(0):
         start = lookback_start(mark.cursor, lookback)
         return statement.where(cur >= _bind("mark_start", start, dialect))
     return statement.where(_after(cur, keys, mark, dialect))
+
+
+def walks_an_index(plan: Sequence[str]) -> bool:
+    """Whether SQLite's query plan (the ``detail`` of each ``EXPLAIN QUERY PLAN`` row) reads a
+    table in the order of an index that does not hold all its columns: ``SCAN t USING INDEX i``,
+    or ``SEARCH t USING INDEX i (c>?)``, the range a full read's ``cursor IS NOT NULL`` makes of
+    a nullable cursor's index.
+
+    That is how SQLite serves ``ORDER BY cursor, key`` from an index on them, and for a read of
+    the whole table it is the slow way: each row costs a random read of the table (one
+    ``pread`` each, 800k for the 1M-row benchmark table), where reading the table in storage
+    order and sorting it took 2.4 s against 4.0 s at 1M rows, and 25 s against 61 s at 10M
+    (benchmarks/README.md). Only a full read asks (a delta reads a short range of the index);
+    a covering index and a rowid cursor (``SCAN t``) are left alone.
+    """
+    return any(step.startswith(("SCAN ", "SEARCH ")) and " USING INDEX " in step
+               for step in plan)
+
+
+def _plan(conn: sa.Connection, statement: sa.Select[Any]) -> list[str]:
+    compiled = statement.compile(dialect=conn.dialect)
+    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)
+    return [str(row[-1]) for row in rows]
+
+
+def _unindexed(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """``+column``: the same values, order and collation, but no index serves it (SQLite)."""
+    return UnaryExpression(column, operator=custom_op("+"))
 
 
 def _after(
@@ -420,13 +474,36 @@ def _create_engine(name: str, url: str) -> sa.Engine:
             # MySQL's older clients default to latin1 (or 3-byte utf8): 4-byte text would
             # come back as '?'. utf8mb4 carries any text the server holds.
             connect_args["charset"] = "utf8mb4"
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise SourceError(
             f"source {name!r}: cannot use {_safe_url(url)}: {_scrub(_first_line(exc), url)}; "
             "check the dialect and install its driver (for PostgreSQL use postgresql+psycopg:// "
             "with the psycopg package)"
         ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _heed_signals)
+    return engine
+
+
+#: SQLite virtual-machine steps between two calls of a source connection's progress handler:
+#: ~10 ms of a full read's sort (~280 calls for the 1M-row benchmark table).
+SIGNAL_CHECK_STEPS = 100_000
+
+
+def _heed_signals(dbapi_conn: Any, _record: Any) -> None:
+    """Let the main thread run a signal's handler within one long SQLite statement.
+
+    CPython runs signal handlers on the main thread between bytecodes; a statement that works
+    long before its first row (a full read's sort: ~8 s at 10M rows) kept SIGTERM waiting that
+    long. The progress handler is a Python call, in which a pending handler runs; it never
+    interrupts the statement (the run stops between rows, as it always does).
+    """
+    dbapi_conn.set_progress_handler(_go_on, SIGNAL_CHECK_STEPS)
+
+
+def _go_on() -> int:
+    return 0
 
 
 def _safe_url(url: str) -> str:

@@ -188,6 +188,18 @@ def test_a_worker_validates_with_the_datasets_own_json_schema(setup: Setup) -> N
     assert not set(setup.delivered("dsusers0001", "USER_ID")) & too_old
 
 
+@pytest.mark.parametrize("worker_after", [None, 300])
+def test_a_full_read_is_sorted_by_sqlite_only_where_no_worker_reads_on_from_a_mark(
+        setup: Setup, worker_after: int | None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aitems_sync")
+    report = setup.run("users", worker_after=worker_after).datasets[0]
+
+    assert report.read == CUSTOMERS
+    sorted_reads = [r for r in caplog.records if getattr(r, "event", None) == "sorted_read"]
+    # customers(updated_at) is indexed: SQLite would walk the index, reading the table at random.
+    assert len(sorted_reads) == (worker_after is None and setup.source_url.startswith("sqlite"))
+
+
 def test_a_worker_reads_only_what_changed_after_the_mark(setup: Setup) -> None:
     setup.run("users", worker_after=None)
     for id_ in ("u00005", "u01500", "u02999"):

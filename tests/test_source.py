@@ -7,8 +7,11 @@ plans and streaming cursors have their own tests.
 from __future__ import annotations
 
 import gc
+import os
 import re
+import signal
 import socket
+import threading
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -24,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from aitems_sync.errors import SourceError
-from aitems_sync.source import Source, extraction_statement, lookback_start
+from aitems_sync.source import Source, extraction_statement, lookback_start, walks_an_index
 from aitems_sync.spec import SourceConfig
 from aitems_sync.state import Mark
 
@@ -547,6 +550,116 @@ def test_the_incremental_predicate_uses_the_cursor_index(db_url: str) -> None:
         assert "events_c" in plan, plan
         assert "Seq Scan" not in plan and "SCAN events" not in plan, plan
         assert "'type': 'ALL'" not in plan, plan  # MariaDB's full scan
+    source.close()
+
+
+def statements_run(source: Source) -> list[str]:
+    """Every statement the source's engine sends from now on, as sent."""
+    sent: list[str] = []
+    sa.event.listen(source.engine, "before_cursor_execute",
+                    lambda _conn, _cursor, sql, *_rest: sent.append(sql))
+    return sent
+
+
+ITEMS_ROWS = [(i, f"2024-05-{1 + (i * 7) % 28:02d}", None if i % 5 == 0 else f"n{i}")
+              for i in range(1, 401)]
+
+
+@pytest.mark.parametrize(
+    ("index", "mark", "may_sort", "plan_wanted"),
+    [
+        # A read of all rows through an index that lacks a column: the table in storage order,
+        # sorted; not the index, whose rows cost a random read of the table each.
+        ("CREATE INDEX items_c ON items (c, id)", None, True, "USE TEMP B-TREE FOR ORDER BY"),
+        # ... unless the caller wants the first rows at once (an extraction worker reads on).
+        ("CREATE INDEX items_c ON items (c, id)", None, False, "SEARCH items USING INDEX"),
+        # The index holds every column the query reads: it is read in order, nothing sorted.
+        ("CREATE INDEX items_c ON items (c, id, name)", None, True,
+         "USING COVERING INDEX items_c"),
+        # A delta: the index's range after the mark, as before.
+        ("CREATE INDEX items_c ON items (c, id)", (150, "2024-05-15"), True,
+         "SEARCH items USING INDEX"),
+    ],
+)
+def test_a_sqlite_full_read_through_an_index_lacking_columns_sorts_the_table_instead(
+    tmp_path: Path, index: str, mark: tuple[int, str] | None, may_sort: bool, plan_wanted: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    values = ", ".join(f"({i}, '{c}', {'NULL' if n is None else repr(n)})"
+                       for i, c, n in ITEMS_ROWS)
+    run_sql(url, "CREATE TABLE items (id integer, c text, name text)",
+            f"INSERT INTO items VALUES {values}", index)
+    source = make_source(url)
+    sent = statements_run(source)
+    rows = extract_rows(source, "SELECT id, c, name FROM items", cursor="c", key=["id"],
+                        mark=None if mark is None else Mark(mark[1], (mark[0],)),
+                        may_sort=may_sort)
+    expected = sorted((r for r in ITEMS_ROWS if mark is None or (r[1], r[0]) > mark[::-1]),
+                      key=lambda r: (r[1], r[0]))
+    assert rows == expected
+    extraction = next(sql for sql in sent if sql.lstrip().startswith("SELECT src."))
+    plan = explain_sql(url, extraction, () if mark is None else (mark[1], mark[1], mark[1],
+                                                                 mark[0]))
+    assert plan_wanted in plan, plan
+    assert ("TEMP B-TREE" in plan) == (plan_wanted == "USE TEMP B-TREE FOR ORDER BY"), plan
+    source.close()
+
+
+def test_a_sqlite_full_read_in_rowid_order_is_scanned_without_a_sort(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    run_sql(url, "CREATE TABLE events (id integer PRIMARY KEY, c integer)",
+            "INSERT INTO events VALUES " + ", ".join(f"({i}, {i % 7})" for i in range(1, 101)))
+    source = make_source(url)
+    sent = statements_run(source)
+    rows = extract_rows(source, "SELECT id, c FROM events", cursor="id", key=[])
+    assert [row[0] for row in rows] == list(range(1, 101))
+    extraction = next(sql for sql in sent if sql.lstrip().startswith("SELECT src."))
+    assert explain_sql(url, extraction, ()) == "SCAN events"
+    source.close()
+
+
+def explain_sql(url: str, sql: str, params: tuple[Any, ...]) -> str:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        text = "\n".join(str(row[-1]) for row in
+                         conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params))
+    engine.dispose()
+    return text
+
+
+@pytest.mark.parametrize(
+    ("plan", "walks"),
+    [
+        (["SCAN items USING INDEX items_c"], True),
+        (["SCAN o USING INDEX o_at", "SEARCH c USING INTEGER PRIMARY KEY (rowid=?)"], True),
+        (["SCAN items USING COVERING INDEX items_c"], False),
+        (["SCAN items"], False),
+        (["SCAN items", "USE TEMP B-TREE FOR ORDER BY"], False),
+        (["SEARCH items USING INDEX items_c (c>?)"], True),  # a nullable cursor: c IS NOT NULL
+        (["SEARCH items USING COVERING INDEX items_c (c>?)"], False),
+        (["SEARCH items USING INTEGER PRIMARY KEY (rowid>?)"], False),
+    ],
+)
+def test_only_a_read_in_the_order_of_an_index_lacking_columns_walks_an_index(
+    plan: list[str], walks: bool
+) -> None:
+    assert walks_an_index(plan) is walks
+
+
+def test_a_signal_is_heeded_while_a_sqlite_source_statement_runs(tmp_path: Path) -> None:
+    source = make_source(f"sqlite:///{tmp_path / 'source.db'}")
+    heeded: list[float] = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: heeded.append(time.monotonic()))
+    try:
+        with source.engine.connect() as conn:
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+            conn.exec_driver_sql(  # ~0.5-1 s before its one row
+                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g "
+                "WHERE n < 3000000) SELECT max(n) FROM g").fetchall()
+            finished = time.monotonic()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert heeded and heeded[0] < finished - 0.2, (heeded, finished)
     source.close()
 
 
