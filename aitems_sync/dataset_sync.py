@@ -185,9 +185,10 @@ class DatasetSync:
             with self._window() as self.window, self.source.extract(
                 self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
                 mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
-                # An extraction worker reads on from a mark after the first rows: sorting the
-                # whole table to read those here cost ~10 % of the 1M items backfill.
-                may_sort=self.settings.worker_after is None,
+                # With a worker, the first rows are read here at once, unsorted; the worker
+                # sorts the rest (Start.sort): sorting the whole table here first cost ~10 % of
+                # the 1M items backfill.
+                sort=None if self.settings.worker_after is None else False,
             ) as extraction:
                 self._stream(extraction, mark)
             self._after_stream()
@@ -253,7 +254,7 @@ class DatasetSync:
             return
         from aitems_sync.extract_worker import Start
 
-        start = Start(mark, self.dataset.lookback)
+        start = Start(mark, self.dataset.lookback, sort=mark is None)
         worker: ExtractWorker | None = None
         try:
             if after == 0:
@@ -265,7 +266,7 @@ class DatasetSync:
                     prepared = self.preparer.prepare(chunk)
                     yield prepared
                     read += len(prepared)
-                    start = Start(_mark_at(prepared.places[-1]))
+                    start = Start(_mark_at(prepared.places[-1]), sort=mark is None)
                     if worker is None and read >= after:
                         worker = self._start_worker()
                     elif worker is not None and worker.ready():

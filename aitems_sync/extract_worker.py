@@ -70,10 +70,12 @@ class Setup:
 
 @dataclass(frozen=True)
 class Start:
-    """Read the rows after ``mark`` (all of them when None), with ``lookback``."""
+    """Read the rows after ``mark`` (all of them when None), with ``lookback``; with ``sort``
+    (the run reads the whole table: what is left is most of it) as ``Source.extract`` does."""
 
     mark: Mark | None
     lookback: timedelta = timedelta(0)
+    sort: bool = False
 
 
 # -- the main process's side -----------------------------------------------------------------
@@ -261,7 +263,7 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     dataset = setup.dataset
     with source.extract(dataset.query, cursor=dataset.cursor, key=dataset.key_fields,
                         mark=start.mark, lookback=start.lookback,
-                        chunk_rows=setup.chunk_rows) as extraction:
+                        chunk_rows=setup.chunk_rows, sort=start.sort) as extraction:
         if tuple(extraction.columns) != setup.layout.columns:
             raise SourceError(
                 f"dataset {dataset.name}: the query's result columns changed during the run "

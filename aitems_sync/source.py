@@ -128,7 +128,7 @@ class Source:
         mark: MarkLike | None,
         lookback: timedelta = timedelta(0),
         chunk_rows: int = 5000,
-        may_sort: bool = True,
+        sort: bool | None = None,
     ) -> Extraction:
         """Start streaming the rows after ``mark`` (or all rows), ordered by cursor then key.
 
@@ -138,32 +138,37 @@ class Source:
         :data:`FIRST_CHUNK_ROWS` rows, so that a consumer's first batch is cut (and its upload
         under way) while the rest is read.
 
-        A read of all rows from SQLite that its plan would walk through an index lacking
-        columns is sorted by SQLite instead (:func:`walks_an_index`), unless ``may_sort`` is
-        false: the sort comes before the first row (~0.7 s at 1M rows, 5-8 s at 10M), and
-        spills to SQLite's temporary directory (``SQLITE_TMPDIR``) about the rows' size.
+        From SQLite, a read of all rows that its plan would walk through an index lacking
+        columns is sorted by SQLite instead (:func:`walks_an_index`): ``sort`` None does that;
+        True does it for a read after a mark too (the caller knows it is most of the table);
+        False never sorts (the caller wants the first rows at once). The sort comes before the
+        first row (~0.7 s at 1M rows, 5-8 s at 10M) and spills about the rows' size to SQLite's
+        temporary directory (``SQLITE_TMPDIR``).
         """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
         names = self.columns(query)
         cursor_index = self._match("cursor", cursor, names)
         key_indices = [self._match("key", k, names) for k in key]
+        dialect = self.engine.dialect.name
+
+        def statement_after(after: MarkLike | None, sorted_: bool = False) -> sa.Select[Any]:
+            return extraction_statement(query, names, cursor_index, key_indices, after, lookback,
+                                        dialect, sort=sorted_)
+
         try:
-            statement = extraction_statement(
-                query, names, cursor_index, key_indices, mark, lookback, self.engine.dialect.name
-            )
+            statement = statement_after(mark)
         except SourceError as exc:
             raise SourceError(f"source {self.name!r}: {exc.message}") from exc
         conn = self._connect()
         try:
             _prepare_stream(conn)
-            if may_sort and mark is None and conn.dialect.name == "sqlite" and walks_an_index(
-                    _plan(conn, statement)):
-                statement = extraction_statement(query, names, cursor_index, key_indices, None,
-                                                 lookback, "sqlite", sort=True)
-                log.info("source %s: SQLite sorts the whole table, read in storage order "
-                         "(walking the cursor's index would read it at random)",
-                         self.name, extra={"event": "sorted_read", "source": self.name})
+            if ((mark is None if sort is None else sort) and dialect == "sqlite"
+                    and walks_an_index(_plan(conn, statement_after(None)))):
+                statement = statement_after(mark, sorted_=True)
+                log.info("source %s: SQLite sorts the table, read in storage order (walking "
+                         "the cursor's index would read it at random)", self.name,
+                         extra={"event": "sorted_read", "source": self.name})
             if conn.dialect.supports_server_side_cursors:
                 conn = conn.execution_options(stream_results=True, yield_per=chunk_rows)
             result = conn.execute(statement)
@@ -261,20 +266,19 @@ def extraction_statement(
 ) -> sa.Select[Any]:
     """The SELECT around the user's query: incremental predicate and ``ORDER BY cursor, key``.
 
-    With ``sort`` (SQLite, a read of all rows) the order and the full read's predicate are
-    written as ``+column``, which no index serves: SQLite then reads the table in its storage
-    order and sorts the rows (see :func:`walks_an_index`).
+    With ``sort`` (SQLite) the cursor and key are written as ``+column`` in the order and the
+    predicate, which no index serves: SQLite then reads the table in its storage order, keeps
+    the rows after the mark, and sorts them (see :func:`walks_an_index`).
     """
     src = sa.text(_wrap(query)).columns(*[sa.column(n) for n in names]).subquery("src")
-    cur = src.c[names[cursor_index]]
-    keys = [src.c[names[i]] for i in key_indices]
-    ordered_keys = keys if dialect not in _NULLS_LAST_DIALECTS else [k.nulls_first() for k in keys]
-    order: list[sa.ColumnElement[Any]] = [cur, *ordered_keys]
+    cur: sa.ColumnElement[Any] = src.c[names[cursor_index]]
+    keys: list[sa.ColumnElement[Any]] = [src.c[names[i]] for i in key_indices]
     if sort:
-        order = [_unindexed(column) for column in order]
-    statement = sa.select(src).order_by(*order)
+        cur, keys = _unindexed(cur), [_unindexed(k) for k in keys]
+    ordered_keys = keys if dialect not in _NULLS_LAST_DIALECTS else [k.nulls_first() for k in keys]
+    statement = sa.select(src).order_by(cur, *ordered_keys)
     if mark is None:
-        return statement.where(order[0].is_not(None))
+        return statement.where(cur.is_not(None))
     if lookback > timedelta(0):
         start = lookback_start(mark.cursor, lookback)
         return statement.where(cur >= _bind("mark_start", start, dialect))

@@ -18,25 +18,25 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from aitems_sync import engine
+from aitems_sync import engine, extract_worker
 from aitems_sync.client import AitemsClient
 from aitems_sync.commands import open_sources, open_state
 from aitems_sync.delta import ROW_HASH
 from aitems_sync.emulator import EmulatorServer, Faults, load_seed
-from aitems_sync.extract_worker import ExtractWorker
-from aitems_sync.prepare import Layout
+from aitems_sync.extract_worker import ExtractWorker, Start
+from aitems_sync.prepare import Layout, Prepared
 from aitems_sync.report import FAILED, INTERRUPTED, OK, DatasetReport, RunReport
 from aitems_sync.source import Source
 from aitems_sync.spec import SourceConfig
 from aitems_sync.spec_load import load_spec
-from aitems_sync.state import StateStore
+from aitems_sync.state import Mark, StateStore
 from tests.conftest import DEMO_SEED, register_dataset, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
@@ -309,6 +309,60 @@ def test_a_worker_that_cannot_reach_the_source_is_never_ready_and_says_why(
     assert "cannot connect" in warnings[0]
     assert "the rows are read in the main process" in warnings[0]
     assert _worker_processes() == []
+
+
+def _served_here(setup: extract_worker.Setup, start: Start) -> list[Prepared]:
+    """The worker's side of the protocol, served on a thread of this process over pipes: the
+    chunks it prepares from ``start``."""
+    to_worker, from_worker = os.pipe(), os.pipe()
+    with open(to_worker[0], "rb", buffering=0) as requests, \
+            open(to_worker[1], "wb", buffering=0) as asks, \
+            open(from_worker[0], "rb", buffering=0) as answers, \
+            open(from_worker[1], "wb", buffering=0) as replies:
+        server = threading.Thread(target=extract_worker._serve, args=(requests, replies))
+        server.start()
+        extract_worker._write(asks, setup)
+        assert extract_worker._read(answers) == extract_worker.READY
+        extract_worker._write(asks, start)
+        chunks = []
+        while (message := extract_worker._read(answers)) != extract_worker.END:
+            chunks.append(message)
+        server.join()
+    return chunks
+
+
+@pytest.mark.parametrize(("after", "sort"), [(None, True), (250, True), (250, False)])
+def test_a_worker_sorts_the_rest_of_a_first_load_and_reads_a_delta_through_the_index(
+        tmp_path: Path, after: int | None, sort: bool) -> None:
+    url = f"sqlite:///{tmp_path}/shop.db"
+    shop = Shop(url)
+    shop.add_customers(customer_rows(500))
+    spec = _spec(tmp_path / "sync.yaml", "http://127.0.0.1:9/api/v1", url,
+                 f"sqlite:///{tmp_path}/state.db", in_flight=1)
+    dataset = load_spec(spec).datasets["users"]
+    setup = extract_worker.Setup(
+        SourceConfig(name="shop", url=url), replace(dataset, json_schema=None),
+        Layout(("USER_ID", "AGE", "GENDER", "updated_at"), 3, (0,)), ROW_HASH, 100)
+    everything = [place for chunk in _served_here(setup, Start(None, sort=True))
+                  for place in chunk.places]
+    mark = None if after is None else Mark(everything[after - 1][0], (everything[after - 1][1],))
+    sent: list[str] = []
+
+    def record(_conn: object, _cursor: object, sql: str, *_rest: object) -> None:
+        sent.append(sql)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        chunks = _served_here(setup, Start(mark, sort=sort))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+    shop.close()
+
+    read = [place[1] for chunk in chunks for place in chunk.places]
+    assert read == [f"u{i:05d}" for i in range(after or 0, 500)]
+    extraction = [sql for sql in sent if sql.lstrip().startswith("SELECT src.")]
+    # customers(updated_at) is indexed: + on the columns keeps SQLite from walking it.
+    assert [("ORDER BY + src.updated_at" in sql) for sql in extraction] == [sort]
 
 
 @pytest.mark.parametrize("switch", [["--extract-worker"], []], ids=["flag", "env"])
