@@ -295,8 +295,9 @@ def walks_an_index(plan: Sequence[str]) -> bool:
     the whole table it is the slow way: each row costs a random read of the table (one
     ``pread`` each, 800k for the 1M-row benchmark table), where reading the table in storage
     order and sorting it took 2.4 s against 4.0 s at 1M rows, and 25 s against 61 s at 10M
-    (benchmarks/README.md). Only a full read asks (a delta reads a short range of the index);
-    a covering index and a rowid cursor (``SCAN t``) are left alone.
+    (benchmarks/README.md). It is asked of the full read's plan, and only for a read of most
+    of the table (a delta reads a short range of the index); a covering index and a rowid
+    cursor (``SCAN t``) are left alone.
     """
     return any(step.startswith(("SCAN ", "SEARCH ")) and " USING INDEX " in step
                for step in plan)
@@ -499,9 +500,10 @@ def _heed_signals(dbapi_conn: Any, _record: Any) -> None:
     """Let the main thread run a signal's handler within one long SQLite statement.
 
     CPython runs signal handlers on the main thread between bytecodes; a statement that works
-    long before its first row (a full read's sort: ~8 s at 10M rows) kept SIGTERM waiting that
-    long. The progress handler is a Python call, in which a pending handler runs; it never
-    interrupts the statement (the run stops between rows, as it always does).
+    long before its first row (a full read's sort: 5-8 s at 10M rows) kept SIGTERM waiting that
+    long. The progress handler is a Python call, in which a pending handler runs. It does not
+    stop the statement (a run stops between rows, as it always does), unless the handler raises
+    (Python's own for SIGINT, outside a run): SQLite then ends the statement as interrupted.
     """
     dbapi_conn.set_progress_handler(_go_on, SIGNAL_CHECK_STEPS)
 

@@ -655,9 +655,9 @@ def test_a_signal_is_heeded_while_a_sqlite_source_statement_runs(tmp_path: Path)
     try:
         with source.engine.connect() as conn:
             threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-            conn.exec_driver_sql(  # ~0.5-1 s before its one row
+            conn.exec_driver_sql(  # ~1 s before its one row
                 "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g "
-                "WHERE n < 3000000) SELECT max(n) FROM g").fetchall()
+                "WHERE n < 5000000) SELECT max(n) FROM g").fetchall()
             finished = time.monotonic()
     finally:
         signal.signal(signal.SIGUSR1, previous)
