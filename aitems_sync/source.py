@@ -166,7 +166,7 @@ class Source:
             if ((mark is None if sort is None else sort) and dialect == "sqlite"
                     and walks_an_index(_plan(conn, statement_after(None)))):
                 statement = statement_after(mark, sorted_=True)
-                log.info("source %s: SQLite sorts the table, read in storage order (walking "
+                log.debug("source %s: SQLite sorts the table, read in storage order (walking "
                          "the cursor's index would read it at random)", self.name,
                          extra={"event": "sorted_read", "source": self.name})
             if conn.dialect.supports_server_side_cursors:

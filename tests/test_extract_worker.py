@@ -191,7 +191,7 @@ def test_a_worker_validates_with_the_datasets_own_json_schema(setup: Setup) -> N
 @pytest.mark.parametrize("worker_after", [None, 300])
 def test_a_full_read_is_sorted_by_sqlite_only_where_no_worker_reads_on_from_a_mark(
         setup: Setup, worker_after: int | None, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="aitems_sync")
+    caplog.set_level(logging.DEBUG, logger="aitems_sync.source")
     report = setup.run("users", worker_after=worker_after).datasets[0]
 
     assert report.read == CUSTOMERS
