@@ -254,7 +254,8 @@ class DatasetSync:
             return
         from aitems_sync.extract_worker import Start
 
-        start = Start(mark, self.dataset.lookback, sort=mark is None)
+        first_load = mark is None  # what the worker reads of it is most of the table: sorted
+        start = Start(mark, self.dataset.lookback, sort=first_load)
         worker: ExtractWorker | None = None
         try:
             if after == 0:
@@ -266,7 +267,7 @@ class DatasetSync:
                     prepared = self.preparer.prepare(chunk)
                     yield prepared
                     read += len(prepared)
-                    start = Start(_mark_at(prepared.places[-1]), sort=mark is None)
+                    start = Start(_mark_at(prepared.places[-1]), sort=first_load)
                     if worker is None and read >= after:
                         worker = self._start_worker()
                     elif worker is not None and worker.ready():
