@@ -254,8 +254,10 @@ class DatasetSync:
             return
         from aitems_sync.extract_worker import Start
 
-        first_load = mark is None  # what the worker reads of it is most of the table: sorted
-        start = Start(mark, self.dataset.lookback, sort=first_load)
+        # What the worker reads of a first load is most of the table: sorted. After a mark
+        # (a delta, or a first load resumed), the source's counts decide.
+        sort = True if mark is None else None
+        start = Start(mark, self.dataset.lookback, sort=sort)
         worker: ExtractWorker | None = None
         try:
             if after == 0:
@@ -267,7 +269,7 @@ class DatasetSync:
                     prepared = self.preparer.prepare(chunk)
                     yield prepared
                     read += len(prepared)
-                    start = Start(_mark_at(prepared.places[-1]), sort=first_load)
+                    start = Start(_mark_at(prepared.places[-1]), sort=sort)
                     if worker is None and read >= after:
                         worker = self._start_worker()
                     elif worker is not None and worker.ready():

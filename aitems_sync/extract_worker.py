@@ -70,12 +70,13 @@ class Setup:
 
 @dataclass(frozen=True)
 class Start:
-    """Read the rows after ``mark`` (all of them when None), with ``lookback``; with ``sort``
-    (the run reads the whole table: what is left is most of it) as ``Source.extract`` does."""
+    """Read the rows after ``mark`` (all of them when None), with ``lookback``; ``sort`` as
+    ``Source.extract`` takes it (True: the run reads the whole table, what is left is most of
+    it; None: counts decide)."""
 
     mark: Mark | None
     lookback: timedelta = timedelta(0)
-    sort: bool = False
+    sort: bool | None = False
 
 
 # -- the main process's side -----------------------------------------------------------------

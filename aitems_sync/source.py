@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -76,10 +76,12 @@ class MarkLike(Protocol):
 class Source:
     """One source database: a lazily created SQLAlchemy engine and the queries run on it."""
 
-    def __init__(self, config: SourceConfig, *, engine: sa.Engine | None = None) -> None:
+    def __init__(self, config: SourceConfig, *, engine: sa.Engine | None = None,
+                 sort_after_rows: int | None = None) -> None:
         self.name = config.name
         self.config = config
         self._url = config.url
+        self._sort_after_rows = SORT_AFTER_ROWS if sort_after_rows is None else sort_after_rows
         try:
             self.timezone: tzinfo = ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -138,12 +140,14 @@ class Source:
         :data:`FIRST_CHUNK_ROWS` rows, so that a consumer's first batch is cut (and its upload
         under way) while the rest is read.
 
-        From SQLite, a read of all rows that its plan would walk through an index lacking
-        columns is sorted by SQLite instead (:func:`walks_an_index`): ``sort`` None does that;
-        True does it for a read after a mark too (the caller knows it is most of the table);
-        False never sorts (the caller wants the first rows at once). The sort comes before the
-        first row (~0.7 s at 1M rows, 5-8 s at 10M) and spills about the rows' size to SQLite's
-        temporary directory (``SQLITE_TMPDIR``).
+        From SQLite, a read of most of a table that its plan would walk through an index
+        lacking columns is sorted by SQLite instead (:func:`walks_an_index`). ``sort`` None
+        does that for a read of all rows, and for a read after a mark that counts show to be
+        most of the table (:func:`sorting_pays`: a first load resumed after a crash or a
+        deadline); True does it after a mark without counting (the caller knows it is most of
+        the table); False never sorts (the caller wants the first rows at once). The sort
+        comes before the first row (~0.7 s at 1M rows, 5-8 s at 10M) and spills about the
+        rows' size to SQLite's temporary directory (``SQLITE_TMPDIR``).
         """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -163,8 +167,7 @@ class Source:
         conn = self._connect()
         try:
             _prepare_stream(conn)
-            if ((mark is None if sort is None else sort) and dialect == "sqlite"
-                    and walks_an_index(_plan(conn, statement_after(None)))):
+            if dialect == "sqlite" and self._sorts(conn, statement_after, mark, sort):
                 statement = statement_after(mark, sorted_=True)
                 log.debug("source %s: SQLite sorts the table, read in storage order (walking "
                          "the cursor's index would read it at random)", self.name,
@@ -180,6 +183,20 @@ class Source:
             raise
         log.debug("source %s: extracting after mark=%s, lookback=%s", self.name, mark, lookback)
         return Extraction(names, cursor_index, key_indices, conn, result, self, chunk_rows)
+
+    def _sorts(self, conn: sa.Connection, statement_after: Callable[[MarkLike | None],
+               sa.Select[Any]], mark: MarkLike | None, sort: bool | None) -> bool:
+        """Whether SQLite should sort this read rather than walk an index (see ``extract``)."""
+        if sort is False or not walks_an_index(_plan(conn, statement_after(None))):
+            return False
+        if mark is None or sort:
+            return True
+        limit = self._sort_after_rows
+        after = _count(conn, statement_after(mark), limit=limit)
+        if after < limit:
+            return False  # a delta: a short range of the index
+        return sorting_pays(_count(conn, statement_after(mark)),
+                            _count(conn, statement_after(None)), limit)
 
     def close(self) -> None:
         """Dispose of the engine this source created (an engine passed in belongs to the caller)."""
@@ -301,6 +318,31 @@ def walks_an_index(plan: Sequence[str]) -> bool:
     """
     return any(step.startswith(("SCAN ", "SEARCH ")) and " USING INDEX " in step
                for step in plan)
+
+
+#: Rows after a mark from which a read may be worth sorting (Source.extract): below it the
+#: read is a delta, and the counts that would tell (~0.05 us an index entry) are not made.
+SORT_AFTER_ROWS = 500_000
+
+
+def sorting_pays(after: int, rows: int, at_least: int = SORT_AFTER_ROWS) -> bool:
+    """Whether SQLite should sort the whole table (``rows`` rows) to read the ``after`` rows
+    after a mark, rather than walk the cursor's index from the mark.
+
+    Walking costs a random read of the table per row read (4 us a row at 1M rows, 6 us at
+    10M); sorting costs ~2.4 us per row of the table, read or not (benchmarks/README.md): it
+    pays once half the table or more is left, and only for reads large enough to matter.
+    """
+    return after >= at_least and 2 * after >= rows
+
+
+def _count(conn: sa.Connection, statement: sa.Select[Any], *, limit: int | None = None) -> int:
+    """How many rows the extraction statement reads (at most ``limit``), without the rows'
+    columns: SQLite counts the entries of the cursor's index, not the table's rows."""
+    one: sa.ColumnElement[Any] = sa.literal_column("1")
+    rows = statement.with_only_columns(one, maintain_column_froms=True).order_by(None)
+    counted = sa.select(sa.func.count()).select_from(rows.limit(limit).subquery())
+    return int(conn.execute(counted).scalar_one())
 
 
 def _plan(conn: sa.Connection, statement: sa.Select[Any]) -> list[str]:

@@ -27,7 +27,13 @@ import pytest
 import sqlalchemy as sa
 
 from aitems_sync.errors import SourceError
-from aitems_sync.source import Source, extraction_statement, lookback_start, walks_an_index
+from aitems_sync.source import (
+    Source,
+    extraction_statement,
+    lookback_start,
+    sorting_pays,
+    walks_an_index,
+)
 from aitems_sync.spec import SourceConfig
 from aitems_sync.state import Mark
 
@@ -605,6 +611,53 @@ def test_a_sqlite_full_read_through_an_index_lacking_columns_sorts_the_table_ins
     assert plan_wanted in plan, plan
     assert ("TEMP B-TREE" in plan) == (plan_wanted == "USE TEMP B-TREE FOR ORDER BY"), plan
     source.close()
+
+
+@pytest.mark.parametrize(
+    ("read", "at_least", "sorted_", "counts"),
+    [
+        (350, 100, True, 3),  # a first load resumed early: most of the table is left
+        (200, 100, True, 3),  # half of it
+        (150, 100, False, 3),  # less than half: the index's range after the mark
+        (350, 1000, False, 1),  # too few rows to matter: the table is not even counted
+    ],
+)
+def test_a_sqlite_read_after_a_mark_is_sorted_when_most_of_the_table_is_left(
+    tmp_path: Path, read: int, at_least: int, sorted_: bool, counts: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    values = ", ".join(f"({i}, '{c}', {'NULL' if n is None else repr(n)})"
+                       for i, c, n in ITEMS_ROWS)
+    run_sql(url, "CREATE TABLE items (id integer, c text, name text)",
+            f"INSERT INTO items VALUES {values}", "CREATE INDEX items_c ON items (c, id)")
+    in_order = sorted(ITEMS_ROWS, key=lambda r: (r[1], r[0]))
+    last = in_order[len(in_order) - read - 1]
+    source = Source(SourceConfig(name="shop", url=url), sort_after_rows=at_least)
+    sent = statements_run(source)
+
+    rows = extract_rows(source, "SELECT id, c, name FROM items", cursor="c", key=["id"],
+                        mark=Mark(last[1], (last[0],)))
+
+    assert rows == in_order[-read:]
+    extraction = next(sql for sql in sent if sql.lstrip().startswith("SELECT src."))
+    assert ("ORDER BY + src.c, + src.id" in extraction) == sorted_
+    assert sum("count(*)" in sql for sql in sent) == counts
+    source.close()
+
+
+@pytest.mark.parametrize(
+    ("after", "rows", "pays"),
+    [
+        (9_000_000, 10_000_000, True),
+        (5_000_000, 10_000_000, True),
+        (4_999_999, 10_000_000, False),
+        (499_999, 500_000, False),  # most of a small table: walking it costs little
+        (500_000, 500_000, True),
+    ],
+)
+def test_sorting_pays_for_a_large_read_of_half_the_table_or_more(
+        after: int, rows: int, pays: bool) -> None:
+    assert sorting_pays(after, rows) == pays
 
 
 def test_a_sqlite_full_read_in_rowid_order_is_scanned_without_a_sort(tmp_path: Path) -> None:
