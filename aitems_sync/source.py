@@ -45,6 +45,8 @@ __all__ = ["CursorValue", "Extraction", "MarkLike", "Source", "lookback_start"]
 
 
 VALIDATE_HINT = "run `aitems-sync validate --connect` to check every query against its source"
+#: Where SQLite on Unix puts temporary files (a sort's spill) without SQLITE_TMPDIR.
+TEMP_DIRS = "TMPDIR, else /var/tmp, /usr/tmp, /tmp, or the current directory"
 CONNECT_TIMEOUT_SECONDS = 10
 # The connect argument that bounds connecting (seconds), per driver: nothing waits forever.
 _CONNECT_TIMEOUT_ARGS = {
@@ -222,6 +224,13 @@ class Source:
             return SourceError(
                 f"source {self.name!r}: lost the connection during a query: {detail}; "
                 "run again once the database is reachable"
+            )
+        if getattr(exc.orig, "sqlite_errorname", None) == "SQLITE_FULL":
+            return SourceError(
+                f"source {self.name!r}: the query failed: {detail}; a read sorts in SQLite's "
+                "temporary directory (a first load sorts the whole table there, about the "
+                "rows' size): free space there or set SQLITE_TMPDIR to a disk with room "
+                f"(SQLite's default: {TEMP_DIRS}), then run again"
             )
         return SourceError(f"source {self.name!r}: the query failed: {detail}; {VALIDATE_HINT}")
 

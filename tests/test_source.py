@@ -11,6 +11,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -36,6 +38,9 @@ from aitems_sync.source import (
 )
 from aitems_sync.spec import SourceConfig
 from aitems_sync.state import Mark
+from tests.conftest import IN_CI
+
+ROOT = Path(__file__).resolve().parent.parent
 
 USERS_QUERY = "SELECT id AS USER_ID, name, updated_at FROM users"
 
@@ -658,6 +663,52 @@ def test_a_sqlite_read_after_a_mark_is_sorted_when_most_of_the_table_is_left(
 def test_sorting_pays_for_a_large_read_of_half_the_table_or_more(
         after: int, rows: int, pays: bool) -> None:
     assert sorting_pays(after, rows) == pays
+
+
+_READ_ALL = """
+import sys
+from aitems_sync.errors import SourceError
+from aitems_sync.source import Source
+from aitems_sync.spec import SourceConfig
+
+source = Source(SourceConfig(name="shop", url=sys.argv[1]))
+try:
+    with source.extract("SELECT * FROM items", cursor="c", key=["id"], mark=None) as read:
+        print(sum(len(chunk) for chunk in read.chunks), "rows")
+except SourceError as error:
+    print(error)
+"""
+
+
+def test_a_sort_that_fills_sqlites_temporary_directory_says_where_to_make_room(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    run_sql(url, "CREATE TABLE items (id integer, c text, name text)",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+            "INSERT INTO items SELECT i, printf('2024-05-%02d', 1 + i % 28), "
+            "hex(randomblob(100)) FROM n",
+            "CREATE INDEX items_c ON items (c, id)")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    # SQLITE_TMPDIR on a 64 KiB file system, mounted in a user namespace of the child's own;
+    # the sort of 20,000 rows of ~200 bytes spills past SQLite's 2 MB cache into it.
+    mount = f"mount -t tmpfs -o size=64k tmpfs {tiny}"
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        message = f"this machine cannot mount a tmpfs in a user namespace: {probe.stderr}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: tests must not skip)")
+        pytest.skip(message)
+    script = f'{mount} && exec "$0" -c "$1" "$2"'
+    env = dict(os.environ, SQLITE_TMPDIR=str(tiny), PYTHONPATH=str(ROOT))
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                           script, sys.executable, _READ_ALL, url],
+                          capture_output=True, text=True, env=env, timeout=60, check=True)
+
+    assert "database or disk is full" in done.stdout, done
+    assert "set SQLITE_TMPDIR to a disk with room" in done.stdout, done
+    assert "validate" not in done.stdout, done  # the query is fine: the disk is not
 
 
 def test_a_sqlite_full_read_in_rowid_order_is_scanned_without_a_sort(tmp_path: Path) -> None:
