@@ -186,8 +186,13 @@ class Source:
         log.debug("source %s: extracting after mark=%s, lookback=%s", self.name, mark, lookback)
         return Extraction(names, cursor_index, key_indices, conn, result, self, chunk_rows)
 
-    def _sorts(self, conn: sa.Connection, statement_after: Callable[[MarkLike | None],
-               sa.Select[Any]], mark: MarkLike | None, sort: bool | None) -> bool:
+    def _sorts(
+        self,
+        conn: sa.Connection,
+        statement_after: Callable[[MarkLike | None], sa.Select[Any]],
+        mark: MarkLike | None,
+        sort: bool | None,
+    ) -> bool:
         """Whether SQLite should sort this read rather than walk an index (see ``extract``)."""
         if sort is False or not walks_an_index(_plan(conn, statement_after(None))):
             return False
