@@ -249,8 +249,8 @@ class DatasetSync:
         one read here (``mark``: where the extraction began, with the dataset's lookback)."""
         after = self.settings.worker_after
         if after is None or not self.source.shareable:
-            for chunk in extraction.chunks:
-                yield self.preparer.prepare(chunk)
+            # No raw chunk is kept while its prepared one is routed and the next one read.
+            yield from map(self.preparer.prepare, extraction.chunks)
             return
         from aitems_sync.extract_worker import Start
 

@@ -443,6 +443,7 @@ def _chunks(
     try:
         for part in _parts(result, size):
             yield part
+            del part  # the caller is done with it: not kept while the next one is read
             if not release.alive:  # closed while the caller held this chunk: stop quietly
                 return
     except sa.exc.StatementError as exc:
@@ -480,6 +481,7 @@ def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
         if not part:
             return
         yield part
+        del part  # see _chunks
         first = size
 
 

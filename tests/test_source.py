@@ -833,6 +833,36 @@ def test_memory_stays_flat_while_streaming_a_large_result(db_url: str) -> None:
     source.close()
 
 
+def test_a_sqlite_extraction_keeps_no_chunk_its_caller_is_done_with(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    run_sql(url, "CREATE TABLE big (id integer, c integer, pad text)",
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 30000) "
+            "INSERT INTO big SELECT n, n, printf('%.200c', 'x') FROM g")
+    source = make_source(url)
+    source.columns("SELECT id, c, pad FROM big")  # connect before measuring
+    tracemalloc.start()
+    try:
+        with source.extract("SELECT id, c, pad FROM big", cursor="c", key=["id"], mark=None,
+                            chunk_rows=5000) as extraction:
+            chunks = iter(extraction.chunks)
+            next(chunks)  # the first chunk is smaller: measure a full one
+            before = tracemalloc.get_traced_memory()[0]
+            one = next(chunks)
+            chunk_bytes = tracemalloc.get_traced_memory()[0] - before
+            del one
+            tracemalloc.reset_peak()
+            at_rest = tracemalloc.get_traced_memory()[0]
+            sizes = list(map(len, chunks))  # each chunk dropped once counted
+            peak = tracemalloc.get_traced_memory()[1] - at_rest
+    finally:
+        tracemalloc.stop()
+    assert sizes == [5000] * 4 + [4000]
+    # Each chunk replaces the last one, which is let go before the next is read: reading adds
+    # no second chunk to what the extraction held when it was last asked (it held two).
+    assert peak < 0.5 * chunk_bytes, (peak, chunk_bytes)
+    source.close()
+
+
 @pytest.mark.parametrize("how", ["close", "context", "garbage", "exhausted", "generator_closed"])
 def test_an_abandoned_extraction_releases_its_connection(db_url: str, how: str) -> None:
     make_events(db_url, [(i, i) for i in range(50)], "id integer, c integer")
