@@ -272,6 +272,7 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             )
         for chunk in extraction.chunks:
             _write(replies, preparer.prepare(chunk))
+            del chunk  # not kept while the next one is read (as DatasetSync._prepared)
     _write(replies, END)
 
 
