@@ -443,7 +443,7 @@ def _chunks(
     try:
         for part in _parts(result, size):
             yield part
-            del part  # the caller is done with it: not kept while the next one is read
+            del part  # not kept while the next one is read (the caller holds it if it needs it)
             if not release.alive:  # closed while the caller held this chunk: stop quietly
                 return
     except sa.exc.StatementError as exc:
