@@ -144,7 +144,7 @@ def validate(ctx: Context, connect: bool) -> None:
                    "finish and commit before the run exits anyway.")
 @click.option("--extract-worker", is_flag=True, envvar="AITEMS_SYNC_EXTRACT_WORKER",
               help="Past 20,000 rows, read, validate and encode a dataset's rows in a second "
-                   "process: backfills run 1.1-1.3x faster on two cores or more, and the worker "
+                   "process: backfills run up to 1.3x faster on two cores or more, and the worker "
                    "takes ~50 MB more memory while it reads.")
 @click.pass_obj
 def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
