@@ -47,6 +47,9 @@ __all__ = ["CursorValue", "Extraction", "MarkLike", "Source", "lookback_start"]
 VALIDATE_HINT = "run `aitems-sync validate --connect` to check every query against its source"
 #: Where SQLite on Unix puts temporary files (a sort's spill) without SQLITE_TMPDIR.
 TEMP_DIRS = "TMPDIR, else /var/tmp, /usr/tmp, /tmp, or the current directory"
+#: Rows after a mark from which a read may be worth sorting (Source.extract): below it the
+#: read is a delta, and the counts that would tell (~0.05 us an index entry) are not made.
+SORT_AFTER_ROWS = 500_000
 CONNECT_TIMEOUT_SECONDS = 10
 # The connect argument that bounds connecting (seconds), per driver: nothing waits forever.
 _CONNECT_TIMEOUT_ARGS = {
@@ -79,11 +82,11 @@ class Source:
     """One source database: a lazily created SQLAlchemy engine and the queries run on it."""
 
     def __init__(self, config: SourceConfig, *, engine: sa.Engine | None = None,
-                 sort_after_rows: int | None = None) -> None:
+                 sort_after_rows: int = SORT_AFTER_ROWS) -> None:
         self.name = config.name
         self.config = config
         self._url = config.url
-        self._sort_after_rows = SORT_AFTER_ROWS if sort_after_rows is None else sort_after_rows
+        self._sort_after_rows = sort_after_rows
         try:
             self.timezone: tzinfo = ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -332,11 +335,6 @@ def walks_an_index(plan: Sequence[str]) -> bool:
     """
     return any(step.startswith(("SCAN ", "SEARCH ")) and " USING INDEX " in step
                for step in plan)
-
-
-#: Rows after a mark from which a read may be worth sorting (Source.extract): below it the
-#: read is a delta, and the counts that would tell (~0.05 us an index entry) are not made.
-SORT_AFTER_ROWS = 500_000
 
 
 def sorting_pays(after: int, rows: int, at_least: int = SORT_AFTER_ROWS) -> bool:
