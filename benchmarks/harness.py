@@ -552,7 +552,7 @@ def show(figure: Figure) -> Figure:
 
 
 def machine() -> str:
-    """One line about the machine: cores, CPU model, Python."""
+    """One line about the machine: cores, CPU model, Python, and its speed now (speed_check)."""
     model = "unknown CPU"
     try:
         for text in Path("/proc/cpuinfo").read_text().splitlines():
@@ -562,4 +562,38 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {model}, "
-            f"Python {sys.version.split()[0]}")
+            f"Python {sys.version.split()[0]}; speed check {speed_check():.3f} s")
+
+
+#: Rows of speed_check's fixed workload.
+SPEED_CHECK_ROWS = 100_000
+
+
+def speed_check(repeat: int = 3) -> float:
+    """Seconds (best of ``repeat``) this process takes for a fixed workload like a sync's hot
+    path: SQLite inserts, sorts and steps through 100k rows, and each row is encoded with
+    orjson and hashed with XXH3 into a dict. Lower is faster.
+
+    This machine's speed changes by the hour (1.3-1.6x within a day, with no steal time in
+    /proc/stat and nothing else running); a benchmark's figures are comparable only with figures
+    taken at a similar speed check, which every benchmark prints with the machine line.
+    """
+    import orjson
+    import xxhash
+
+    wait_for_quiet()
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        db = sqlite3.connect(":memory:")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INTEGER, x REAL)")
+        db.executemany("INSERT INTO t VALUES (?, ?, ?, ?)",
+                       ((i, f"name-{i * 7919 % SPEED_CHECK_ROWS}", i * 31 % 1000, i / 7)
+                        for i in range(SPEED_CHECK_ROWS)))
+        hashes: dict[int, int] = {}
+        for row in db.execute("SELECT id, name, n, x FROM t ORDER BY name, id"):
+            hashes[xxhash.xxh3_64_intdigest(orjson.dumps(row))] = row[0]
+        db.close()
+        assert len(hashes) == SPEED_CHECK_ROWS
+        best = min(best, time.perf_counter() - started)
+    return best

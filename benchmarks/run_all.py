@@ -36,6 +36,7 @@ from harness import (
     emulator,
     machine,
     show,
+    speed_check,
     wait_for_quiet,
     warm_up,
 )
@@ -144,7 +145,8 @@ def main() -> None:
     parser.add_argument("--big-rows", type=int, default=10_000_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     started, revision = time.monotonic(), _revision()
-    print(f"{machine()}; {revision}; load average {os.getloadavg()[0]:.2f} at start")
+    at_start = machine()
+    print(f"{at_start}; {revision}; load average {os.getloadavg()[0]:.2f} at start")
     figures: list[Figure] = []
     with emulator() as emu:
         warm_up(emu)
@@ -158,11 +160,13 @@ def main() -> None:
     print("\n".join(floor))
     checked = validation()
     print(checked)
-    print(f"\nload average {os.getloadavg()[0]:.2f} at the end; "
-          f"{time.monotonic() - started:.0f} s in all\n")
+    speed_at_end = speed_check()
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end, speed check "
+          f"{speed_at_end:.3f} s; {time.monotonic() - started:.0f} s in all\n")
     print(table(figures))
     DATA.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "revision": revision, "time": time.ctime(),
+    results = {"machine": at_start, "speed_check_at_end": round(speed_at_end, 3),
+               "revision": revision, "time": time.ctime(),
                "figures": [f.to_dict() for f in figures], "startup_floor": floor,
                "validation": checked}
     (DATA / "results.json").write_text(json.dumps(results, indent=2) + "\n")
