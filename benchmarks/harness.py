@@ -562,38 +562,61 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {model}, "
-            f"Python {sys.version.split()[0]}; speed check {speed_check():.3f} s")
+            f"Python {sys.version.split()[0]}; {speed_check()}")
 
 
 #: Rows of speed_check's fixed workload.
 SPEED_CHECK_ROWS = 100_000
 
 
-def speed_check(repeat: int = 3) -> float:
-    """Seconds (best of ``repeat``) this process takes for a fixed workload like a sync's hot
-    path: SQLite inserts, sorts and steps through 100k rows, and each row is encoded with
-    orjson and hashed with XXH3 into a dict. Lower is faster.
+@dataclass(frozen=True)
+class Speed:
+    """The machine's speed now, as two fixed probes' seconds (best of 3; lower is faster)."""
 
-    This machine's speed changes by the hour (1.3-1.6x within a day, with no steal time in
+    work: float  # in this process: the hot path's parts (speed_check)
+    start: float  # a child `python -c "import sqlalchemy"`, bytecode cached: process start
+
+    def __str__(self) -> str:
+        return f"speed check {self.work:.3f} s work, {self.start:.3f} s start"
+
+    def to_dict(self) -> dict[str, float]:
+        return {"work_seconds": round(self.work, 3), "start_seconds": round(self.start, 3)}
+
+
+def speed_check(repeat: int = 3) -> Speed:
+    """Time two fixed probes of this machine's speed now (see Speed), after wait_for_quiet.
+
+    The machine's speed changes by the hour (1.3-1.6x within a day, with no steal time in
     /proc/stat and nothing else running); a benchmark's figures are comparable only with figures
-    taken at a similar speed check, which every benchmark prints with the machine line.
+    taken at a similar speed check, which every benchmark prints with the machine line. The work
+    probe (SQLite inserts, sorts and steps through 100k rows; each row encoded with orjson and
+    hashed with XXH3 into a dict) moves less than the runs do; the start probe follows what a
+    no-op or a delta pays (benchmarks/README.md, tenth round).
     """
+    wait_for_quiet()
+    return Speed(work=min(_work_probe() for _ in range(repeat)),
+                 start=min(_start_probe() for _ in range(repeat)))
+
+
+def _work_probe() -> float:
     import orjson
     import xxhash
 
-    wait_for_quiet()
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        db = sqlite3.connect(":memory:")
-        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INTEGER, x REAL)")
-        db.executemany("INSERT INTO t VALUES (?, ?, ?, ?)",
-                       ((i, f"name-{i * 7919 % SPEED_CHECK_ROWS}", i * 31 % 1000, i / 7)
-                        for i in range(SPEED_CHECK_ROWS)))
-        hashes: dict[int, int] = {}
-        for row in db.execute("SELECT id, name, n, x FROM t ORDER BY name, id"):
-            hashes[xxhash.xxh3_64_intdigest(orjson.dumps(row))] = row[0]
-        db.close()
-        assert len(hashes) == SPEED_CHECK_ROWS
-        best = min(best, time.perf_counter() - started)
-    return best
+    started = time.perf_counter()
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INTEGER, x REAL)")
+    db.executemany("INSERT INTO t VALUES (?, ?, ?, ?)",
+                   ((i, f"name-{i * 7919 % SPEED_CHECK_ROWS}", i * 31 % 1000, i / 7)
+                    for i in range(SPEED_CHECK_ROWS)))
+    hashes: dict[int, int] = {}
+    for row in db.execute("SELECT id, name, n, x FROM t ORDER BY name, id"):
+        hashes[xxhash.xxh3_64_intdigest(orjson.dumps(row))] = row[0]
+    db.close()
+    assert len(hashes) == SPEED_CHECK_ROWS
+    return time.perf_counter() - started
+
+
+def _start_probe() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sqlalchemy"], check=True, env=CHILD_ENV)
+    return time.perf_counter() - started

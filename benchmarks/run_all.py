@@ -161,11 +161,11 @@ def main() -> None:
     checked = validation()
     print(checked)
     speed_at_end = speed_check()
-    print(f"\nload average {os.getloadavg()[0]:.2f} at the end, speed check "
-          f"{speed_at_end:.3f} s; {time.monotonic() - started:.0f} s in all\n")
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end, {speed_at_end}; "
+          f"{time.monotonic() - started:.0f} s in all\n")
     print(table(figures))
     DATA.mkdir(parents=True, exist_ok=True)
-    results = {"machine": at_start, "speed_check_at_end": round(speed_at_end, 3),
+    results = {"machine": at_start, "speed_check_at_end": speed_at_end.to_dict(),
                "revision": revision, "time": time.ctime(),
                "figures": [f.to_dict() for f in figures], "startup_floor": floor,
                "validation": checked}
