@@ -587,11 +587,11 @@ def speed_check(repeat: int = 3) -> Speed:
     """Time two fixed probes of this machine's speed now (see Speed), after wait_for_quiet.
 
     The machine's speed changes by the hour (1.3-1.6x within a day, with no steal time in
-    /proc/stat and nothing else running); a benchmark's figures are comparable only with figures
-    taken at a similar speed check, which every benchmark prints with the machine line. The work
-    probe (SQLite inserts, sorts and steps through 100k rows; each row encoded with orjson and
-    hashed with XXH3 into a dict) moves less than the runs do; the start probe follows what a
-    no-op or a delta pays (benchmarks/README.md, tenth round).
+    /proc/stat and nothing else running); every benchmark prints the probes with the machine
+    line, as a record of the hour its figures come from, not as a factor to correct them by:
+    the work probe (SQLite inserts, sorts and steps through 100k rows; each row encoded with
+    orjson and hashed with XXH3 into a dict) read the same in a slow hour and a usual one; the
+    start probe times what a no-op or a delta mostly pays (benchmarks/README.md, tenth round).
     """
     wait_for_quiet()
     return Speed(work=min(_work_probe() for _ in range(repeat)),
