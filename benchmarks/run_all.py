@@ -1,6 +1,6 @@
 """The default benchmark set in one command, with a summary table against the issue's targets.
 
-    .venv/bin/python benchmarks/run_all.py            # ~5 min at today's speed
+    .venv/bin/python benchmarks/run_all.py            # ~6 min at today's speed
     .venv/bin/python benchmarks/run_all.py --big      # adds the 10M-row backfill and no-op
 
 Runs, sharing one emulator (and a second with 50 ms latency): backfill of 1M events and of 1M
