@@ -9,14 +9,14 @@ each run's figures, then the speed-up of each in_flight over in_flight 1, by wal
 start included) and by the run's own dataset time (its report's seconds: start-up and set-up
 excluded). Target: in_flight 4 >= 3.5x in_flight 1, judged by wall.
 
-1,000,000 rows by default, the backfills' size (in_flight 1 alone takes ~1 minute). What the
-ratio is meant to show is how well the round trips overlap; what a run pays once (~0.3 s of
-process start, ~0.1 s from the dataset's start to its first upload) is what the no-op and delta
-targets judge, and the fewer the rows, the more of the ratio it decides: in_flight 4 took 3.3-3.4
-s for 200,000 rows, ~0.4 s of it before the first upload, and the ratio by wall was 3.2-3.6x
-depending on the hour where 1M rows gave 3.89x and 3.92x (3.98x and 4.00x by dataset time) on
-the same build (benchmarks/README.md, eleventh round). With 50,000 rows in_flight 4 runs only
-~12 round trips: 2.6x by wall.
+1,000,000 rows by default, the backfills' size (in_flight 1 alone takes ~1 minute). The ratio
+is meant to show how well the round trips overlap. What a run pays once (~0.3 s of process
+start, ~0.1 s from the dataset's start to its first upload) is judged by the no-op and delta
+targets, and the fewer the rows, the more of the ratio it decides. At 200,000 rows in_flight 4
+took 3.3-3.5 s, ~0.4 s of it before the first upload, and the ratio by wall followed the hour
+(3.2-3.6x); at 1M rows the same build gave 3.89x and 3.92x by wall, 3.98x and 4.00x by dataset
+time (benchmarks/README.md, eleventh round). At 50,000 rows in_flight 4 runs only ~12 round
+trips: 2.6x by wall.
 """
 
 from __future__ import annotations
