@@ -14,7 +14,7 @@ is meant to show how well the round trips overlap. What a run pays once (~0.3 s 
 start, ~0.1 s from the dataset's start to its first upload) is judged by the no-op and delta
 targets, and the fewer the rows, the more of the ratio it decides. At 200,000 rows in_flight 4
 took 3.3-3.5 s, ~0.4 s of it before the first upload, and the ratio by wall followed the hour
-(3.2-3.6x); at 1M rows the same build gave 3.89x and 3.92x by wall, 3.98x and 4.00x by dataset
+(3.1-3.6x); at 1M rows the same build gave 3.89x and 3.92x by wall, 3.98x and 4.00x by dataset
 time (benchmarks/README.md, eleventh round). At 50,000 rows in_flight 4 runs only ~12 round
 trips: 2.6x by wall.
 """
