@@ -1,5 +1,5 @@
 """Entry point for ``python -m aitems_sync``."""
 
-from aitems_sync.cli import main
+from aitems_sync.cli.main import main
 
 main()

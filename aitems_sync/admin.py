@@ -11,13 +11,13 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from aitems_sync.errors import UsageError
-from aitems_sync.spec import DatasetSpec, Spec
-from aitems_sync.state_records import BatchRecord, LeaseHolder, QuarantineRecord, RunRecord
-from aitems_sync.values import Mark, encode_value
+from aitems_sync.spec.model import DatasetSpec, Spec
+from aitems_sync.state.records import BatchRecord, LeaseHolder, QuarantineRecord, RunRecord
+from aitems_sync.state.values import Mark, encode_value
 
 if TYPE_CHECKING:  # SQLAlchemy and requests load only for the commands that use them
-    from aitems_sync.client import AitemsClient
-    from aitems_sync.state import StateStore
+    from aitems_sync.aitems.client import AitemsClient
+    from aitems_sync.state.store import StateStore
 
 #: Cursor types ``state set`` can parse a value into.
 CURSOR_TYPES = ("auto", "str", "int", "decimal", "date", "datetime")

@@ -13,15 +13,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from aitems_sync import engine
-from aitems_sync.client import AitemsClient
+from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.errors import SpecError, SpecProblem
-from aitems_sync.report import RunReport
-from aitems_sync.retry import RetryReport, retry_quarantine
-from aitems_sync.shape import Shaper
-from aitems_sync.source import Source
-from aitems_sync.spec import Spec, load_spec
-from aitems_sync.state import StateStore
+from aitems_sync.rows.shape import Shaper
+from aitems_sync.source.extract import Source
+from aitems_sync.spec.model import Spec, load_spec
+from aitems_sync.state.store import StateStore
+from aitems_sync.sync import engine
+from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
+from aitems_sync.sync.report import RunReport
 
 
 @dataclass
@@ -132,7 +132,7 @@ def run(
         finally:
             client.close()
     if spec.metrics.pushgateway:
-        from aitems_sync.metrics import push_run_metrics
+        from aitems_sync.sync.metrics import push_run_metrics
 
         push_run_metrics(report, spec.metrics, now=time.time())
     return report

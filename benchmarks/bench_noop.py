@@ -67,10 +67,10 @@ def _wall(command: list[str], repeat: int) -> float:
 def startup_floor(repeat: int = 5) -> list[str]:
     """Median wall seconds of the process starts a no-op run cannot avoid, as printable lines."""
     python = sys.executable
-    imports = "import aitems_sync.cli, aitems_sync.commands"
+    imports = "import aitems_sync.cli.main, aitems_sync.commands"
     cases = [
         ("python -c pass", [python, "-c", "pass"]),
-        ("python -c 'import aitems_sync.cli'", [python, "-c", "import aitems_sync.cli"]),
+        ("python -c 'import aitems_sync.cli.main'", [python, "-c", "import aitems_sync.cli.main"]),
         (f"python -c '{imports}'", [python, "-c", imports]),
         ("aitems-sync --version", [str(CLI), "--version"]),
     ]

@@ -29,9 +29,9 @@ import orjson
 import sqlalchemy as sa
 from harness import ROOT, source_db, wait_for_quiet
 
-from aitems_sync.delta import ROW_HASHES, row_hash
-from aitems_sync.shape import Shaper
-from aitems_sync.spec import DatasetSpec, Field
+from aitems_sync.rows.shape import Shaper
+from aitems_sync.spec.model import DatasetSpec, Field
+from aitems_sync.sync.batches import ROW_HASHES, row_hash
 
 QUERY = "SELECT id, user_id, item_id, ts, event_type FROM events ORDER BY id"
 NAMES = ("USER_ID", "ITEM_ID", "TIMESTAMP", "EVENT_TYPE")

@@ -17,8 +17,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aitems_sync.shape import Shaper
-from aitems_sync.spec import DatasetSpec, Field
+from aitems_sync.rows.shape import Shaper
+from aitems_sync.spec.model import DatasetSpec, Field
 
 INTERACTION = DatasetSpec(
     name="events",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aitems_sync.state import LedgerEntry, Mark, StateStore
+from aitems_sync.state.store import LedgerEntry, Mark, StateStore
 
 
 def _hash(rng: random.Random) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aitems_sync.emulator import EmulatorServer, Faults, load_seed  # noqa: E402
+from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed  # noqa: E402
 from tests.chaos import Chaos, KillResult, kill_and_resume  # noqa: E402
 
 SEED_FILE = ROOT / "examples" / "emulator-seed.yaml"

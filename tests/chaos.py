@@ -25,9 +25,9 @@ from zoneinfo import ZoneInfo
 
 from click.testing import CliRunner
 
-from aitems_sync.cli import main_group
-from aitems_sync.emulator import EmulatorServer
-from aitems_sync.state import StateStore
+from aitems_sync.cli.main import main_group
+from aitems_sync.emulator.server import EmulatorServer
+from aitems_sync.state.store import StateStore
 from tests.shop import EVENTS_DATASET, T0, Shop, customer_rows
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aitems_sync.emulator import EmulatorServer, load_seed
-from aitems_sync.state import StateStore
+from aitems_sync.emulator.server import EmulatorServer, load_seed
+from aitems_sync.state.store import StateStore
 from tests import mariadbserver, pgserver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -18,8 +18,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from aitems_sync import cli
-from aitems_sync.spec import Spec, load_spec
+from aitems_sync.cli import main as cli
+from aitems_sync.spec.model import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "examples" / "k8s"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from aitems_sync.cli import main_group
-from aitems_sync.emulator import EmulatorServer
+from aitems_sync.cli.main import main_group
+from aitems_sync.emulator.server import EmulatorServer
 from tests.shop import Shop, customer_rows, write_spec
 
 AGE_MINIMUM = "    json_schema: {properties: {AGE: {minimum: 0}}}"

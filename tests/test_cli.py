@@ -12,8 +12,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from aitems_sync.cli import main_group
-from aitems_sync.emulator import EmulatorServer
+from aitems_sync.cli.main import main_group
+from aitems_sync.emulator.server import EmulatorServer
 from tests.test_spec import expectations
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,16 +15,16 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from aitems_sync import signing
-from aitems_sync.client import AitemsClient, UploadResult, backoff_wait
-from aitems_sync.emulator import EmulatorServer, Faults
-from aitems_sync.errormap import (
+from aitems_sync.aitems import signing
+from aitems_sync.aitems.client import AitemsClient, UploadResult, backoff_wait
+from aitems_sync.aitems.errormap import (
     clock_offset,
     error_for_response,
     format_duration,
     parse_gateway_body,
     parse_retry_after,
 )
+from aitems_sync.emulator.server import EmulatorServer, Faults
 from aitems_sync.errors import (
     ApiError,
     AuthError,
@@ -35,7 +35,7 @@ from aitems_sync.errors import (
     RetriableApiError,
     RetriesExhaustedError,
 )
-from aitems_sync.spec import AitemsConfig, BatchPolicy, RetryPolicy
+from aitems_sync.spec.model import AitemsConfig, BatchPolicy, RetryPolicy
 from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
 
 SERVICE = "svcdemo0001"
@@ -332,7 +332,7 @@ def test_429_with_retry_after_waits_that_long_then_succeeds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     emulator.set_faults(Faults(statuses=[429], retry_after=2))
-    with caplog.at_level(logging.INFO, logger="aitems_sync.client"):
+    with caplog.at_level(logging.INFO, logger="aitems_sync.aitems.client"):
         result = client.upload(SERVICE, USERS, "user", USER_ROWS)
     assert result == UploadResult(attempts=2, ambiguous=False)
     assert fake.waits == [2.0]

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from aitems_sync.delta import (
+from aitems_sync.state.store import LedgerEntry, Mark, QuarantineEntry
+from aitems_sync.sync.batches import (
     ROW_HASH,
     ROW_HASHES,
     BatchBuilder,
@@ -21,8 +22,7 @@ from aitems_sync.delta import (
     encode_row,
     row_encoder,
 )
-from aitems_sync.delta import row_hash as hash_with
-from aitems_sync.state import LedgerEntry, Mark, QuarantineEntry
+from aitems_sync.sync.batches import row_hash as hash_with
 
 SEOUL = ZoneInfo("Asia/Seoul")
 

@@ -16,10 +16,10 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aitems_sync.emulator import EmulatorServer, Faults, load_seed
-from aitems_sync.emulator_rows import all_fit, compile_checker, row_problems
+from aitems_sync.aitems.signing import signed_headers
+from aitems_sync.emulator.rows import all_fit, compile_checker, row_problems
+from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed
 from aitems_sync.errors import UsageError
-from aitems_sync.signing import signed_headers
 from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_SEED
 
 SERVICE = "svcdemo0001"

@@ -25,18 +25,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aitems_sync import engine, extract_worker
-from aitems_sync.client import AitemsClient
+from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.commands import open_sources, open_state
-from aitems_sync.delta import ROW_HASH
-from aitems_sync.emulator import EmulatorServer, Faults, load_seed
-from aitems_sync.extract_worker import ExtractWorker, Start
-from aitems_sync.prepare import Layout, Prepared
-from aitems_sync.report import FAILED, INTERRUPTED, OK, DatasetReport, RunReport
-from aitems_sync.source import Source
-from aitems_sync.spec import SourceConfig
-from aitems_sync.spec_load import load_spec
-from aitems_sync.state import Mark, StateStore
+from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed
+from aitems_sync.source.extract import Source
+from aitems_sync.spec.load import load_spec
+from aitems_sync.spec.model import SourceConfig
+from aitems_sync.state.store import Mark, StateStore
+from aitems_sync.sync import engine
+from aitems_sync.sync import worker as extract_worker
+from aitems_sync.sync.batches import ROW_HASH
+from aitems_sync.sync.prepare import Layout, Prepared
+from aitems_sync.sync.report import FAILED, INTERRUPTED, OK, DatasetReport, RunReport
+from aitems_sync.sync.worker import ExtractWorker, Start
 from tests.conftest import DEMO_SEED, register_dataset, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
@@ -126,7 +127,7 @@ def _worker_processes() -> list[int]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"aitems_sync.extract_worker" in cmdline:
+        if parent == os.getpid() and b"aitems_sync.sync.worker" in cmdline:
             found.append(int(entry))
     return found
 
@@ -191,7 +192,7 @@ def test_a_worker_validates_with_the_datasets_own_json_schema(setup: Setup) -> N
 @pytest.mark.parametrize("worker_after", [None, 300])
 def test_a_full_read_is_sorted_by_sqlite_only_where_no_worker_reads_on_from_a_mark(
         setup: Setup, worker_after: int | None, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="aitems_sync.source")
+    caplog.set_level(logging.DEBUG, logger="aitems_sync.source.extract")
     report = setup.run("users", worker_after=worker_after).datasets[0]
 
     assert report.read == CUSTOMERS

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from aitems_sync import signals
-from aitems_sync.emulator import EmulatorServer, Faults
-from aitems_sync.pipeline import LOST_ANSWER
-from aitems_sync.state import LedgerEntry, Mark, StateStore
+from aitems_sync.emulator.server import EmulatorServer, Faults
+from aitems_sync.state.store import LedgerEntry, Mark, StateStore
+from aitems_sync.sync import signals
+from aitems_sync.sync.window import LOST_ANSWER
 from tests.chaos import (
     Chaos,
     check_delivery,

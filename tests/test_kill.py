@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aitems_sync.emulator import EmulatorServer, Faults
+from aitems_sync.emulator.server import EmulatorServer, Faults
 from tests.chaos import Chaos, KillResult, kill_and_resume
 
 ROWS = 2000  # per dataset: 40 batches of 50 rows each

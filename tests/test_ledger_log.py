@@ -18,16 +18,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aitems_sync import engine
-from aitems_sync.client import AitemsClient
+from aitems_sync.aitems.client import AitemsClient
+from aitems_sync.aitems.delivery import Target
 from aitems_sync.commands import open_sources, open_state
-from aitems_sync.dataset_sync import DatasetSync, SyncSettings, _NearLedger
-from aitems_sync.delivery import Target
-from aitems_sync.delta import ROW_HASH, Batch, encode_row
-from aitems_sync.emulator import EmulatorServer, Faults
-from aitems_sync.report import DatasetReport, RunReport
-from aitems_sync.spec_load import load_spec
-from aitems_sync.state import RECENT_LIMIT, LedgerEntry, StateStore
+from aitems_sync.emulator.server import EmulatorServer, Faults
+from aitems_sync.spec.load import load_spec
+from aitems_sync.state.store import RECENT_LIMIT, LedgerEntry, StateStore
+from aitems_sync.sync import engine
+from aitems_sync.sync.batches import ROW_HASH, Batch, encode_row
+from aitems_sync.sync.dataset import DatasetSync, SyncSettings, _NearLedger
+from aitems_sync.sync.report import DatasetReport, RunReport
 from tests.conftest import source_and_state_urls
 from tests.shop import T0, TIMESTAMP, Shop, customer_rows, write_spec
 

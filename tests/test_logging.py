@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aitems_sync.emulator import EmulatorServer
+from aitems_sync.emulator.server import EmulatorServer
 from tests.shop import Shop, customer_rows, write_spec
 
 WRONG_SECRET = "not-the-secret-0123456789"

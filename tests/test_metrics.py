@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aitems_sync.cli import main_group
-from aitems_sync.emulator import EmulatorServer
-from aitems_sync.metrics import push_run_metrics
-from aitems_sync.report import FAILED, OK, AmbiguousBatch, DatasetReport, RunReport
-from aitems_sync.spec import MetricsConfig
+from aitems_sync.cli.main import main_group
+from aitems_sync.emulator.server import EmulatorServer
+from aitems_sync.spec.model import MetricsConfig
+from aitems_sync.sync.metrics import push_run_metrics
+from aitems_sync.sync.report import FAILED, OK, AmbiguousBatch, DatasetReport, RunReport
 from tests import pushgateway
 from tests.conftest import require_server
 from tests.shop import Shop, customer_rows, write_spec

@@ -306,9 +306,10 @@ def test_wheel_holds_the_package_data_and_the_console_script(built_wheel: Path) 
         names = set(archive.namelist())
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
-    assert {"aitems_sync/py.typed", "aitems_sync/spec.schema.json", "aitems_sync/cli.py"} <= names
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "aitems_sync").rglob("*.py")}
+    assert {"aitems_sync/py.typed", "aitems_sync/spec/spec.schema.json", *modules} <= names
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]
-    assert "[console_scripts]\naitems-sync = aitems_sync.cli:main" in scripts
+    assert "[console_scripts]\naitems-sync = aitems_sync.cli.main:main" in scripts
 
 
 def test_installed_wheel_validates_the_configmap_spec(
@@ -334,6 +335,10 @@ def test_installed_wheel_validates_the_configmap_spec(
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["valid"] is True
+    worker = subprocess.run([sys.executable, "-m", "aitems_sync.sync.worker", "--help"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    assert worker.stdout.startswith("usage: python -m aitems_sync.sync.worker")
 
 
 _OFFLINE = re.compile(r"NewConnectionError|Temporary failure in name resolution|"

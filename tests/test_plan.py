@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from aitems_sync.cli import main_group
-from aitems_sync.emulator import EmulatorServer
+from aitems_sync.cli.main import main_group
+from aitems_sync.emulator.server import EmulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sync.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aitems_sync.emulator import EmulatorServer
+from aitems_sync.emulator.server import EmulatorServer
 from tests.shop import Shop, customer_rows, write_spec
 
 

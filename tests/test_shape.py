@@ -15,8 +15,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from aitems_sync.errors import SpecError
-from aitems_sync.shape import RowError, Shaper, combined_schema, generated_schema
-from aitems_sync.spec import DatasetSpec, Field, FieldType
+from aitems_sync.rows.shape import RowError, Shaper, combined_schema, generated_schema
+from aitems_sync.spec.model import DatasetSpec, Field, FieldType
 
 SEOUL = ZoneInfo("Asia/Seoul")
 NEW_YORK = ZoneInfo("America/New_York")

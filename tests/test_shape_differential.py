@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from aitems_sync.shape import Shaper, combined_schema
-from aitems_sync.shape_schema import FAST_KEYWORDS, _fast_definition, fast_ineligible
-from aitems_sync.spec import REQUIRED_FIELDS, DatasetSpec, Field, FieldType
+from aitems_sync.rows.schema import FAST_KEYWORDS, _fast_definition, fast_ineligible
+from aitems_sync.rows.shape import Shaper, combined_schema
+from aitems_sync.spec.model import REQUIRED_FIELDS, DatasetSpec, Field, FieldType
 
 TYPES: list[FieldType] = ["string", "int", "long", "float", "double", "boolean", "null"]
 NAMES = ["USER_ID", "ITEM_ID", "TIMESTAMP", "AGE", "SCORE", "NOTE"]

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from aitems_sync import signing
+from aitems_sync.aitems import signing
 
 OPENSSL_RECIPE = (
     """printf '%s' "$METHOD $URI"$'\\n'"$TS"$'\\n'"$AK" """

@@ -29,15 +29,15 @@ import pytest
 import sqlalchemy as sa
 
 from aitems_sync.errors import SourceError
-from aitems_sync.source import (
+from aitems_sync.source.extract import (
     Source,
     extraction_statement,
     lookback_start,
     sorting_pays,
     walks_an_index,
 )
-from aitems_sync.spec import SourceConfig
-from aitems_sync.state import Mark
+from aitems_sync.spec.model import SourceConfig
+from aitems_sync.state.store import Mark
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -668,8 +668,8 @@ def test_sorting_pays_for_a_large_read_of_half_the_table_or_more(
 _READ_ALL = """
 import sys
 from aitems_sync.errors import SourceError
-from aitems_sync.source import Source
-from aitems_sync.spec import SourceConfig
+from aitems_sync.source.extract import Source
+from aitems_sync.spec.model import SourceConfig
 
 source = Source(SourceConfig(name="shop", url=sys.argv[1]))
 try:

@@ -14,7 +14,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from aitems_sync.errors import SpecError, SpecProblem
-from aitems_sync.spec import (
+from aitems_sync.spec.model import (
     DEFAULT_ENDPOINT,
     DURATION_PATTERN,
     INVALID_LIMIT_PATTERN,

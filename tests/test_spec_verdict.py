@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from aitems_sync.errors import SpecError
-from aitems_sync.spec import spec_schema
-from aitems_sync.spec_load import Document, read_document
-from aitems_sync.spec_verdict import UnsupportedSchema, compile_verdict, equal
+from aitems_sync.spec.load import Document, read_document
+from aitems_sync.spec.model import spec_schema
+from aitems_sync.spec.verdict import UnsupportedSchema, compile_verdict, equal
 
 SPECS = Path(__file__).parent / "specs"
 CORPUS_ENV = {"NCP_ACCESS_KEY": "AK-corpus", "NCP_SECRET_KEY": "SK-corpus-secret-value"}

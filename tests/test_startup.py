@@ -29,7 +29,7 @@ def imported(code: str, *args: str) -> tuple[str, subprocess.CompletedProcess[st
 
 
 def test_importing_what_run_imports_leaves_the_lazy_packages_out() -> None:
-    found, _ = imported(f"import aitems_sync.cli, aitems_sync.commands\n{REPORT}")
+    found, _ = imported(f"import aitems_sync.cli.main, aitems_sync.commands\n{REPORT}")
 
     assert found == "[]"
 
@@ -42,7 +42,7 @@ def test_a_run_with_nothing_to_send_imports_none_of_them(tmp_path: Path) -> None
     # The spec tests' minimal spec, with an endpoint nobody answers and a state store.
     unanswered = 'aitems: {endpoint: "http://127.0.0.1:9/api/v1", '
     spec.write_text(MINIMAL_SPEC.replace("aitems: {", unanswered) + "state: sqlite:///state.db\n")
-    code = (f"from aitems_sync.cli import main_group\ntry:\n"
+    code = (f"from aitems_sync.cli.main import main_group\ntry:\n"
             f"    main_group.main(prog_name='aitems-sync')\nfinally:\n    {REPORT}")
 
     found, done = imported(code, "--json", "--config", str(spec), "run")
@@ -56,7 +56,7 @@ def test_a_broken_spec_still_gets_jsonschemas_messages(tmp_path: Path) -> None:
     spec = tmp_path / "sync.yaml"
     spec.write_text("version: 1\naitems: {service_id: svc, access_key: ak, secret_key: sk}\n"
                     "sources: {}\ndatasets: {}\nstate: 7\n")
-    code = (f"from aitems_sync.cli import main_group\ntry:\n"
+    code = (f"from aitems_sync.cli.main import main_group\ntry:\n"
             f"    main_group.main(prog_name='aitems-sync')\nfinally:\n    {REPORT}")
 
     found, done = imported(code, "--config", str(spec), "validate")

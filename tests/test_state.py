@@ -22,9 +22,8 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aitems_sync.delta import ROW_HASH
 from aitems_sync.errors import LockHeldError, StateError
-from aitems_sync.state import (
+from aitems_sync.state.store import (
     CursorValue,
     LedgerEntry,
     Mark,
@@ -33,7 +32,8 @@ from aitems_sync.state import (
     decode_value,
     encode_value,
 )
-from aitems_sync.state_schema import LATEST_VERSION
+from aitems_sync.state.tables import LATEST_VERSION
+from aitems_sync.sync.batches import ROW_HASH
 
 REPO = Path(__file__).resolve().parent.parent
 KST = timezone(timedelta(hours=9))
@@ -634,7 +634,7 @@ _CONTENDER = """
 import sys, time
 from pathlib import Path
 from aitems_sync.errors import LockHeldError
-from aitems_sync.state import StateStore
+from aitems_sync.state.store import StateStore
 url, owner, sync = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 store = StateStore.open(url)
 store.lease_holder("users")

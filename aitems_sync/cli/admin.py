@@ -1,0 +1,203 @@
+"""CLI commands that inspect and repair state: `state`, `quarantine`, `history`, `schema`.
+
+Parse, call :mod:`aitems_sync.admin`, render. Registered on the main group by :mod:`cli`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from aitems_sync import admin
+
+if TYPE_CHECKING:
+    from aitems_sync.cli.main import Context
+    from aitems_sync.spec.model import Spec
+    from aitems_sync.state.store import StateStore
+
+
+@contextmanager
+def _opened(ctx: Context) -> Iterator[tuple[Spec, StateStore]]:
+    from aitems_sync.commands import open_state
+    from aitems_sync.spec.model import load_spec
+
+    spec = load_spec(ctx.config)
+    with open_state(spec) as store:
+        yield spec, store
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=str, ensure_ascii=False))
+
+
+@click.group()
+def state() -> None:
+    """Inspect and repair the marks of the datasets."""
+
+
+@state.command("show")
+@click.pass_obj
+def state_show(ctx: Context) -> None:
+    """Each dataset's mark (with its type), ledger size, quarantine, unfinished batches, lease."""
+    with _opened(ctx) as (spec, store):
+        states = admin.state_show(spec, store)
+    if ctx.json_output:
+        _echo_json([s.to_dict() for s in states])
+        return
+    for s in states:
+        mark = "none (the next run reads everything)" if s.mark is None else (
+            f"{s.mark.cursor!r} ({type(s.mark.cursor).__name__}), key {list(s.mark.key)!r}")
+        click.echo(f"{s.dataset}: mark {mark}")
+        click.echo(f"  ledger {s.ledger_size} keys, quarantine {s.quarantined} rows, "
+                   f"unfinished batches {[b.batch_id for b in s.unfinished] or 'none'}")
+        if s.lease is not None:
+            click.echo(f"  lease held by {s.lease.owner} on {s.lease.host} pid {s.lease.pid} "
+                       f"until {s.lease.expires_at.isoformat()}")
+
+
+@state.command("reset")
+@click.argument("dataset")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def state_reset(ctx: Context, dataset: str, yes: bool) -> None:
+    """Forget DATASET's mark, ledger and journal: the next run sends every row again."""
+    if not yes:
+        click.confirm(f"Forget the mark and ledger of {dataset}? The next run re-sends every "
+                      "row", abort=True)
+    with _opened(ctx) as (spec, store):
+        admin.state_reset(spec, store, dataset)
+    click.echo(f"reset {dataset}")
+
+
+@state.command("set")
+@click.argument("dataset")
+@click.option("--cursor", required=True,
+              help="The next run reads rows whose cursor is at or after this value.")
+@click.option("--type", "kind", type=click.Choice(admin.CURSOR_TYPES), default="auto",
+              show_default=True, help="The cursor's type (auto: that of the current mark).")
+@click.pass_obj
+def state_set(ctx: Context, dataset: str, cursor: str, kind: str) -> None:
+    """Move DATASET's mark to a cursor value (the ledger still skips delivered rows)."""
+    with _opened(ctx) as (spec, store):
+        mark = admin.state_set(spec, store, dataset, cursor, kind)
+    click.echo(f"{dataset}: mark set to {mark.cursor!r} ({type(mark.cursor).__name__})")
+
+
+@click.group()
+def quarantine() -> None:
+    """List, show, export, retry and drop the rows that failed validation."""
+
+
+@quarantine.command("list")
+@click.argument("dataset", required=False)
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@click.pass_obj
+def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
+    """Quarantined rows (of DATASET, or all), oldest first, with their first error."""
+    with _opened(ctx) as (_spec, store):
+        records = admin.quarantine_list(store, dataset, limit)
+    if ctx.json_output:
+        _echo_json([admin.quarantine_record_dict(r) for r in records])
+        return
+    for r in records:
+        first = r.errors[0] if r.errors else {"path": "", "message": ""}
+        click.echo(f"{r.id}\t{r.dataset}\t{json.dumps(admin.quarantine_record_dict(r)['key'])}"
+                   f"\t{r.origin}\t{first['path']}: {first['message']}")
+
+
+@quarantine.command("show")
+@click.argument("entry_id", type=int)
+@click.pass_obj
+def quarantine_show(ctx: Context, entry_id: int) -> None:
+    """One quarantined row with its raw values and every error."""
+    with _opened(ctx) as (_spec, store):
+        record = admin.quarantine_show(store, entry_id)
+    _echo_json(admin.quarantine_record_dict(record))
+
+
+@quarantine.command("export")
+@click.argument("dataset", required=False)
+@click.option("--output", "-o", type=click.File("w"), default="-",
+              help="Write JSON lines here (default stdout).")
+@click.pass_obj
+def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
+    """Every quarantined row (of DATASET, or all) as JSON lines."""
+    with _opened(ctx) as (_spec, store):
+        for record in admin.quarantine_list(store, dataset):
+            output.write(json.dumps(admin.quarantine_record_dict(record), default=str,
+                                    ensure_ascii=False) + "\n")
+
+
+@quarantine.command("retry")
+@click.argument("datasets", nargs=-1)
+@click.pass_obj
+def quarantine_retry(ctx: Context, datasets: tuple[str, ...]) -> None:
+    """Re-shape and re-validate quarantined rows (of DATASETS, or all) with the current spec
+    and send those that now pass; rows superseded by a later delivered version are dropped."""
+    from aitems_sync import commands
+    from aitems_sync.sync.quarantine import report_dict
+
+    reports = commands.quarantine_retry(ctx.config, datasets=datasets)
+    if ctx.json_output:
+        _echo_json([report_dict(r) for r in reports])
+        return
+    for r in reports:
+        click.echo(f"{r.dataset}: {r.checked} quarantined, sent {r.sent}, still invalid "
+                   f"{r.still_invalid}, refused again {r.refused}, dropped as already "
+                   f"delivered {r.already_delivered}, dropped as superseded {r.superseded}")
+
+
+@quarantine.command("drop")
+@click.argument("entry_ids", type=int, nargs=-1, required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None:
+    """Delete quarantined rows for good (they are not sent)."""
+    if not yes:
+        click.confirm(f"Delete {len(entry_ids)} quarantined rows for good?", abort=True)
+    with _opened(ctx) as (_spec, store):
+        dropped = admin.quarantine_drop(store, list(entry_ids))
+    click.echo(f"dropped {dropped} rows")
+
+
+@click.command()
+@click.option("--limit", type=int, default=20, show_default=True, help="At most this many runs.")
+@click.pass_obj
+def history(ctx: Context, limit: int) -> None:
+    """Past runs, newest first, with their status, counts and duration."""
+    with _opened(ctx) as (_spec, store):
+        runs = [admin.run_record_dict(r) for r in admin.history(store, limit)]
+    if ctx.json_output:
+        _echo_json(runs)
+        return
+    for run in runs:
+        click.echo(f"{run['run_id']}  {run['status']:<11} {run['seconds'] or 0:8.2f} s")
+        for d in run["datasets"]:
+            click.echo(f"    {d['dataset']}: {d['status']}, read {d['read']}, sent {d['sent']}, "
+                       f"unchanged {d['unchanged']}, invalid {d['invalid']}, "
+                       f"ambiguous batches {d['ambiguous']}")
+
+
+@click.group()
+def schema() -> None:
+    """Work with the AiTEMS schemas of the datasets."""
+
+
+@schema.command("pull")
+@click.argument("dataset")
+@click.pass_obj
+def schema_pull(ctx: Context, dataset: str) -> None:
+    """Print DATASET's schema from AiTEMS as the spec's `fields:` YAML."""
+    from aitems_sync.aitems.client import AitemsClient
+    from aitems_sync.spec.model import load_spec
+
+    spec = load_spec(ctx.config)
+    with AitemsClient.from_config(spec.aitems) as client:
+        click.echo(admin.schema_pull(spec, client, dataset), nl=False)
+
+
+COMMANDS = (state, quarantine, history, schema)

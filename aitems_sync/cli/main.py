@@ -1,0 +1,369 @@
+"""The command line: parse, call, render. The only place that exits or sets up logging."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import math
+import os
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aitems_sync import __version__
+from aitems_sync.cli import admin as cli_admin
+from aitems_sync.cli import render
+from aitems_sync.errors import AitemsSyncError
+from aitems_sync.sync import signals
+
+log = logging.getLogger(__name__)
+
+# Set by the console-script entry point: the process is ours, so process-wide settings (the
+# garbage collector) may be tuned. Not when a library or a test calls main_group.
+_own_process = False
+
+
+@dataclass
+class Context:
+    config: Path
+    json_output: bool
+    debug: bool
+    log_format: str = "text"
+
+    @property
+    def show_progress(self) -> bool:
+        """A progress display only for a person at a terminal reading text."""
+        return not self.json_output and self.log_format == "text" and sys.stderr.isatty()
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from aitems_sync.cli.logfmt import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _Group(click.Group):
+    """Maps our errors to ``FAILED: message`` and their exit codes, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AitemsSyncError as error:
+            debug = isinstance(ctx.obj, Context) and ctx.obj.debug
+            if debug:
+                log.exception("failed")
+            click.echo(f"FAILED: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="AITEMS_SYNC_CONFIG",
+    default="sync.yaml",
+    show_default=True,
+    help="The spec file (also from AITEMS_SYNC_CONFIG).",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Lowest level of log lines written to stderr.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as JSON lines.",
+)
+@click.option("--debug", is_flag=True, help="Show the traceback of a failure.")
+@click.version_option(__version__, prog_name="aitems-sync")
+@click.pass_context
+def main_group(
+    ctx: click.Context, config: Path, json_output: bool, log_level: str, log_format: str,
+    debug: bool,
+) -> None:
+    """Keep NAVER Cloud AiTEMS datasets fed from SQL databases, incrementally."""
+    _setup_logging("debug" if debug else log_level, log_format)
+    ctx.obj = Context(config=config, json_output=json_output, debug=debug,
+                      log_format=log_format)
+
+
+@main_group.command()
+@click.option("--connect", is_flag=True,
+              help="Also open every source and check the queries' columns, the credentials, "
+                   "the service and each dataset against AiTEMS.")
+@click.pass_obj
+def validate(ctx: Context, connect: bool) -> None:
+    """Check the spec (and with --connect, the sources and AiTEMS) without changing anything."""
+    from aitems_sync import commands
+
+    result = commands.validate(ctx.config, connect=connect)
+    if ctx.json_output:
+        click.echo(json.dumps({"valid": True, "checks": result.checks}))
+    else:
+        for check in result.checks:
+            click.echo(f"ok: {check}")
+
+
+@main_group.command()
+@click.argument("datasets", nargs=-1)
+@click.option("--full-refresh", is_flag=True,
+              help="Re-read every row, not only those past the mark; the ledger still skips "
+                   "what was delivered.")
+@click.option("--lease-ttl", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Seconds a dataset's lease lasts without renewal (default 60; renewed every "
+                   "third of it): a killed run's datasets are free again after this.")
+@click.option("--wait", type=click.FloatRange(min=0), is_flag=False, flag_value=math.inf,
+              default=None, metavar="[TIMEOUT]",
+              help="When another run holds a dataset's lease, wait for it (polling, and "
+                   "logging who holds it) instead of exiting 75 at once; with TIMEOUT seconds, "
+                   "exit 75 if it is still held then. Give it after the DATASETS or as "
+                   "--wait=TIMEOUT.")
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Sync up to N datasets at once, each in its own thread.")
+@click.option("--grace", type=click.FloatRange(min=0), default=signals.DEFAULT_GRACE,
+              show_default=True, metavar="SECONDS",
+              help="After SIGTERM or SIGINT, how long the uploads on the wire may take to "
+                   "finish and commit before the run exits anyway.")
+@click.option("--extract-worker", is_flag=True, envvar="AITEMS_SYNC_EXTRACT_WORKER",
+              help="Past 20,000 rows, read, validate and encode a dataset's rows in a second "
+                   "process: backfills run up to 1.3x faster on two cores or more, and the worker "
+                   "takes ~50 MB more memory while it reads.")
+@click.pass_obj
+def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
+        lease_ttl: float | None, wait: float | None, parallel: int, grace: float,
+        extract_worker: bool) -> None:
+    """Sync the new and changed rows of every dataset (or of the DATASETS named).
+
+    Exit codes: 0 done; 1 a dataset failed (what was acknowledged is committed); 2 usage or
+    spec error; 3 a dataset passed max_invalid; 75 another run holds a dataset's lease; 143 or
+    130 stopped by SIGTERM or SIGINT after committing what was acknowledged.
+    """
+    from aitems_sync import commands
+
+    _freeze_imports()
+    with signals.stop_on_signals(grace) as stop, ExitStack() as display:
+        progress = None
+        if ctx.show_progress:
+            from aitems_sync.cli.progress import terminal_progress
+
+            progress = display.enter_context(terminal_progress(sys.stderr))
+        report = commands.run(ctx.config, datasets=datasets, full_refresh=full_refresh,
+                              stop=stop.event, lease_ttl=lease_ttl, wait=wait,
+                              parallel=parallel, progress=progress,
+                              extract_worker=extract_worker)
+        if stop.exit_code is not None:
+            report.interrupted_exit_code = stop.exit_code
+    if ctx.json_output:
+        click.echo(json.dumps(report.to_dict(), default=str))
+    else:
+        click.echo(render.run_summary(report))
+    sys.exit(report.exit_code)
+
+
+@main_group.command()
+@click.argument("datasets", nargs=-1)
+@click.option("--full-refresh", is_flag=True,
+              help="Plan a full refresh: every row is read and compared with the ledger.")
+@click.option("--exit-code", is_flag=True,
+              help="Exit 1 when there is something to send (for CI), 0 when nothing.")
+@click.pass_obj
+def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code: bool) -> None:
+    """Dry run: per dataset the rows new, changed, unchanged and invalid, and the batches a run
+    would send now. Uploads nothing, writes nothing to the state store, takes no lease."""
+    from aitems_sync import commands
+
+    _freeze_imports()
+    report = commands.plan(ctx.config, datasets=datasets, full_refresh=full_refresh)
+    if ctx.json_output:
+        click.echo(json.dumps(report.to_dict(), default=str))
+    else:
+        click.echo(render.run_summary(report, planned=True))
+    pending = any(d.sent or d.batches for d in report.datasets)
+    sys.exit(report.exit_code or (1 if exit_code and pending else 0))
+
+
+@main_group.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8787, show_default=True, help="Port to listen on (0: any free).")
+@click.option(
+    "--seed",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML or JSON file of keys, schemas, datasets and services to create at start-up.",
+)
+@click.option(
+    "--access-key",
+    "access_keys",
+    multiple=True,
+    help="An accepted key pair as ACCESS_KEY:SECRET_KEY (repeatable).",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Persist the emulator's data to this SQLite file.",
+)
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every upload answer.")
+@click.option("--latency-jitter", type=float, default=0.0, help="Random extra latency, seconds.")
+@click.option("--fail-rate", type=float, default=0.0,
+              help="Share of uploads answered with an error.")
+@click.option(
+    "--fail-statuses",
+    default="429,500,503,504",
+    show_default=True,
+    help="Statuses drawn from for --fail-rate.",
+)
+@click.option("--retry-after", type=float, default=1.0, show_default=True,
+              help="Retry-After seconds sent with injected 429s.")
+@click.option("--max-body-bytes", type=int, default=None,
+              help="Answer 413 to upload bodies larger than this.")
+@click.option("--drop-rate", type=float, default=0.0,
+              help="Share of uploads stored and then answered by closing the connection.")
+@click.option("--no-record", is_flag=True,
+              help="Keep only counts of received rows, not the rows (for benchmarks).")
+def emulator(
+    host: str, port: int, seed: Path | None, access_keys: tuple[str, ...],
+    state_path: Path | None, latency: float, latency_jitter: float, fail_rate: float,
+    fail_statuses: str, retry_after: float, max_body_bytes: int | None, drop_rate: float,
+    no_record: bool,
+) -> None:
+    """Serve a local AiTEMS on loopback for development, demos and tests."""
+    from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed
+
+    keys: dict[str, str] = {}
+    for pair in access_keys:
+        access, sep, secret = pair.partition(":")
+        if not sep or not access or not secret:
+            raise click.BadParameter("expected ACCESS_KEY:SECRET_KEY", param_hint="--access-key")
+        keys[access] = secret
+    faults = Faults(
+        latency=latency,
+        latency_jitter=latency_jitter,
+        status_rate=fail_rate,
+        status_choices=tuple(int(s) for s in fail_statuses.split(",") if s.strip()),
+        retry_after=retry_after,
+        max_body_bytes=max_body_bytes,
+        drop_rate=drop_rate,
+    )
+    server = EmulatorServer(
+        host=host,
+        port=port,
+        seed=load_seed(seed) if seed else None,
+        keys=keys,
+        state_path=state_path,
+        faults=faults,
+        record=not no_record,
+    )
+    click.echo(f"AiTEMS emulator listening on {server.base_url}", err=True)
+    server.serve_forever()
+
+
+for _command in cli_admin.COMMANDS:
+    main_group.add_command(_command)
+
+
+#: Seconds a thread waiting for the GIL lets a busy one run before asking it to let go
+#: (Python's default is 0.005). See _freeze_imports.
+SWITCH_INTERVAL = 0.001
+
+
+def _freeze_imports() -> None:
+    """Tune the interpreter for a sync, in a process of ours (not a library caller's).
+
+    Exempt what the imports built from the cyclic garbage collector: a sync allocates
+    containers by the million (rows, batches), so the collector runs often, and each full
+    collection walked every object SQLAlchemy and the rest had built at import: ~7% of an
+    items backfill (0.8 s of gen-2 collections in 1.5 s of collecting) and 19 ms of a 10k-row
+    delta. Nothing imported is garbage, and objects freed later by reference counting are
+    freed as before.
+
+    Shorten the GIL's switch interval: the committer and upload threads give the GIL up at
+    every statement and socket call, and beside the busy reading thread each of them then
+    waited up to 5 ms to get it back. With an extraction worker, at 1 ms the items backfill ran
+    at 89-90k rows/s against 82-85k (0.5 and 2 ms: 86k); without one, no difference was
+    measured (benchmarks/README.md).
+    """
+    if _own_process:
+        gc.freeze()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        _one_malloc_arena()
+
+
+#: glibc's mallopt parameter for the most malloc arenas a process may create.
+_M_ARENA_MAX = -8
+
+
+def _one_malloc_arena() -> None:
+    """Let every thread allocate from one malloc arena (glibc; elsewhere nothing changes).
+
+    glibc gives a thread that allocates while another holds the arena's lock an arena of its
+    own, up to eight per core, and each keeps the memory freed into it: a run's committer,
+    lookup and upload threads held 3-4 MB more at peak in the items backfill (90.6/89.7 against
+    86.8/87.0 MB at 1M rows), and no speed was gained by them (77.7/72.9k against 76.9/72.4k
+    rows/s): the threads allocate little, and mostly under the GIL. Called before any thread
+    starts (an arena made already stays).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the command, then ends the process at once.
+
+    The interpreter's teardown (collecting every module's objects) cost ~50 ms of each run, a
+    sixth of a run with nothing to send, and there is nothing left for it to do: commands close
+    their connections and join their threads before they return, and logs and output are
+    flushed here. (A library caller uses ``main_group``, which raises SystemExit as usual.)
+    """
+    global _own_process
+    _own_process = True
+    try:
+        main_group.main(args=argv, prog_name="aitems-sync")
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    os._exit(_flush(_exit_status(code)))
+
+
+def _exit_status(code: object) -> int:
+    """The process status ``sys.exit(code)`` would give."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _flush(status: int) -> int:
+    """Flush logs and output (click.echo flushes already; a stray print would not be), as
+    Python's own exit does; a failed flush gives status 120, as there."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 120
+    return status

@@ -1,0 +1,38 @@
+"""Human-readable renderings of results for a terminal."""
+
+from __future__ import annotations
+
+from aitems_sync.sync.report import RunReport
+
+_COLUMNS = ("dataset", "status", "read", "new", "changed", "unchanged", "invalid", "sent",
+            "batches", "ambiguous", "seconds")
+
+
+def run_summary(report: RunReport, *, planned: bool = False) -> str:
+    """A table of per-dataset counts, then the errors and ambiguous batches, if any.
+
+    For a plan, ``sent`` and ``batches`` are what a run would send now.
+    """
+    columns: tuple[str, ...] = _COLUMNS
+    if planned:
+        columns = tuple({"sent": "to send", "batches": "batches to send"}.get(c, c)
+                        for c in _COLUMNS)
+    rows = [columns]
+    for d in report.datasets:
+        rows.append((d.dataset, d.status, str(d.read), str(d.new), str(d.changed),
+                     str(d.unchanged), str(d.invalid), str(d.sent), str(d.batches),
+                     str(len(d.ambiguous)), f"{d.seconds:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = ["plan (nothing sent or written)" if planned
+             else f"run {report.run_id}: {report.status}"]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    for d in report.datasets:
+        if d.error:
+            lines.append(f"{d.dataset}: {d.error}")
+        for batch in d.ambiguous:
+            lines.append(f"{d.dataset}: ambiguous batch of {batch.rows} rows, cursor "
+                         f"{batch.first_cursor} .. {batch.last_cursor}: {batch.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,334 @@
+"""The local AiTEMS emulator: an HTTP server on loopback for development, demos, tests, benchmarks.
+
+It serves the AiTEMS API under ``/api/v1`` (see ``emulator_model.py`` for the objects and
+``emulator_rows.py`` for the upload rules). Every ``/api/v1`` request must carry a valid signature
+v2 from a configured key pair, within 5 minutes of the server clock; otherwise 401 with the gateway
+body ``{"error": {"errorCode": "200", "message": "Authentication Failed", "details": ...}}``.
+Unknown paths answer 404 (errorCode "300").
+
+Calls: ``POST/GET /schemas``, ``GET /schemas/default?datasetType=``, ``GET /schemas/{name}``,
+``POST/GET /datasets``, ``GET /datasets/{id}``, ``POST/GET /services``, ``GET /services/{id}``,
+``POST /services/{id}/datasets`` (attach ``{datasetIds}``), and the upload
+``POST /services/{serviceId}/datasets/{datasetId}`` with ``{"type", "value": [rows]}``, answered
+``200 true``. Any problem rejects the whole upload with 400 and a ``problems`` list; an unknown
+service or dataset is 404.
+
+Faults (`Faults`, changeable at run time) apply to uploads only, in this order: latency (plus
+jitter); 413 if the body is over ``max_body_bytes``; a queued status from ``statuses`` or one drawn
+at ``status_rate`` from ``status_choices`` (429 and 503 carry ``Retry-After``; nothing is stored);
+then validation; then the rows are stored; then, for ``drop_after_store`` / ``drop_rate``, the
+connection is closed without any answer although the rows were stored.
+
+Inspection, unsigned, under ``/_emulator`` (never an AiTEMS path):
+
+- ``GET /_emulator/datasets``: ``{datasetId: {"uploads", "rowsReceived", "rows"}}`` (rows: count).
+- ``GET /_emulator/datasets/{id}``: ``{"datasetId", "uploads", "rowsReceived", "rows": [...],
+  "deliveries": [...]}``; rows is the current content, deliveries every accepted row as sent.
+- ``GET /_emulator/faults``; ``PUT /_emulator/faults`` with some `Faults` fields (the rest keep
+  their value) answers the faults now in force.
+- ``POST /_emulator/reset-data``: forget received rows and counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aitems_sync.emulator.handler import EmulatorHandler
+from aitems_sync.emulator.model import SEEDED_ID_RE, Model, Received
+from aitems_sync.emulator.rows import Problem, Rejection
+from aitems_sync.errors import UsageError
+
+__all__ = ["EmulatorServer", "Faults", "Received", "load_seed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Faults:
+    """Faults injected into uploads. Mutable: the server consumes ``statuses`` and
+    ``drop_after_store`` as it applies them."""
+
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    statuses: list[int] = field(default_factory=list)
+    status_rate: float = 0.0
+    status_choices: tuple[int, ...] = (429, 500, 503, 504)
+    retry_after: float | None = 1.0
+    max_body_bytes: int | None = None
+    drop_after_store: int = 0
+    drop_rate: float = 0.0
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The faults as the admin endpoint shows them."""
+        data = dataclasses.asdict(self)
+        data["status_choices"] = list(self.status_choices)
+        return data
+
+
+_FAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "latency": (int, float), "latency_jitter": (int, float), "statuses": (list,),
+    "status_rate": (int, float), "status_choices": (list,), "retry_after": (int, float, type(None)),
+    "max_body_bytes": (int, type(None)), "drop_after_store": (int,), "drop_rate": (int, float),
+    "seed": (int, type(None)),
+}
+
+
+def patch_faults(current: Faults, patch: Any) -> Faults:
+    """A copy of ``current`` with the fields of a JSON object replaced; 400 on a bad field."""
+    if not isinstance(patch, dict):
+        raise Rejection(400, "the faults must be a JSON object of Faults fields")
+    problems = []
+    for name, value in patch.items():
+        allowed = _FAULT_TYPES.get(name)
+        if allowed is None:
+            problems.append(Problem(None, name, f"unknown fault {name!r}"))
+        elif isinstance(value, bool) or not isinstance(value, allowed) or (
+            isinstance(value, list) and not all(type(v) is int for v in value)
+        ):
+            problems.append(Problem(None, name, f"fault {name} has the wrong type"))
+    if problems:
+        raise Rejection(400, f"bad faults: {problems[0].message}", problems)
+    changes = dict(patch)
+    if "status_choices" in changes:
+        changes["status_choices"] = tuple(changes["status_choices"])
+    return dataclasses.replace(current, **changes)
+
+
+class FaultState:
+    """The faults in force and the random source behind their rates (thread-safe)."""
+
+    def __init__(self, faults: Faults) -> None:
+        self._lock = threading.Lock()
+        self.faults = faults
+        self._rng = random.Random(faults.seed)
+
+    def replace(self, faults: Faults) -> None:
+        """Put other faults in force (the random source restarts from their seed)."""
+        with self._lock:
+            self.faults = faults
+            self._rng = random.Random(faults.seed)
+
+    def delay(self) -> float:
+        """Seconds to wait before answering this upload."""
+        with self._lock:
+            f = self.faults
+            return f.latency + (self._rng.uniform(0, f.latency_jitter) if f.latency_jitter else 0)
+
+    def too_large(self, size: int) -> bool:
+        """Whether a body of this many bytes gets 413."""
+        limit = self.faults.max_body_bytes
+        return limit is not None and size > limit
+
+    def injected_status(self) -> tuple[int, float | None] | None:
+        """The status (and Retry-After) to answer this upload with instead of storing it."""
+        with self._lock:
+            f = self.faults
+            if f.statuses:
+                status = f.statuses.pop(0)
+            elif f.status_rate and f.status_choices and self._rng.random() < f.status_rate:
+                status = self._rng.choice(f.status_choices)
+            else:
+                return None
+            return status, f.retry_after if status in (429, 503) else None
+
+    def drop_now(self) -> bool:
+        """Whether to close the connection without answering this (stored) upload."""
+        with self._lock:
+            f = self.faults
+            if f.drop_after_store > 0:
+                f.drop_after_store -= 1
+                return True
+            return bool(f.drop_rate) and self._rng.random() < f.drop_rate
+
+
+def load_seed(path: Path | str) -> dict[str, Any]:
+    """Read a seed file (YAML or JSON; see examples/emulator-seed.yaml) into a dict."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"cannot read the emulator seed {path}: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"the emulator seed {path} must be a mapping with keys, schemas, "
+                         "datasets and services")
+    return data
+
+
+def apply_seed(model: Model, seed: Mapping[str, Any]) -> dict[str, str]:
+    """Create the seed's schemas, datasets and services (those that exist are kept as they are).
+
+    Returns the seed's key pairs. Raises `UsageError` listing every problem of the seed.
+    """
+    problems: list[str] = []
+    keys = _seed_keys(seed.get("keys") or [], problems)
+    for section, kind, id_key in (("schemas", "schema", "name"), ("datasets", "dataset",
+                                  "datasetId"), ("services", "service", "serviceId")):
+        entries = seed.get(section) or []
+        if not isinstance(entries, list):
+            problems.append(f"{section} must be a list")
+            continue
+        for index, entry in enumerate(entries):
+            try:
+                _seed_one(model, kind, id_key, entry)
+            except Rejection as rejection:
+                reasons = [p.message for p in rejection.problems] or [rejection.details]
+                problems += [f"{section}[{index}]: {reason}" for reason in reasons]
+    if problems:
+        raise UsageError("the emulator seed is invalid:\n" + "\n".join(f"  {p}" for p in problems))
+    return keys
+
+
+def _seed_keys(entries: Any, problems: list[str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for index, entry in enumerate(entries if isinstance(entries, list) else [None]):
+        access = entry.get("access_key") if isinstance(entry, dict) else None
+        secret = entry.get("secret_key") if isinstance(entry, dict) else None
+        if isinstance(access, str) and isinstance(secret, str) and access and secret:
+            keys[access] = secret
+        else:
+            problems.append(f"keys[{index}] must be {{access_key, secret_key}} strings")
+    return keys
+
+
+def _seed_one(model: Model, kind: str, id_key: str, entry: Any) -> None:
+    if not isinstance(entry, dict):
+        raise Rejection(400, f"each {kind} must be a mapping")
+    body = {k: v for k, v in entry.items() if k not in (id_key, "datasets") or kind == "schema"}
+    fixed = entry.get(id_key)
+    if kind != "schema" and fixed is not None and not (
+        isinstance(fixed, str) and SEEDED_ID_RE.fullmatch(fixed)
+    ):
+        raise Rejection(400, f"{id_key} must be letters, digits, '_' or '-'")
+    if isinstance(fixed, str) and model.has(kind, fixed):
+        return  # kept from the --state file
+    if kind == "schema":
+        model.create_schema(body)
+    elif kind == "dataset":
+        model.create_dataset(body, dataset_id=fixed)
+    else:
+        service_id = model.create_service(body, service_id=fixed)["serviceId"]
+        if entry.get("datasets"):
+            model.attach_datasets(service_id, {"datasetIds": entry["datasets"]})
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # a kept-alive client must not keep the process alive
+
+    def __init__(self, address: tuple[str, int], app: EmulatorServer) -> None:
+        self.app = app
+        self.open_connections: set[socket.socket] = set()
+        super().__init__(address, EmulatorHandler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the host (slow where DNS is slow)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+class EmulatorServer:
+    """The emulator: binds its socket at construction (so ``port`` is known), serves on start."""
+
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, seed: Mapping[str, Any] | None = None,
+        keys: Mapping[str, str] | None = None, state_path: Path | None = None,
+        faults: Faults | None = None, record: bool = True, clock: Callable[[], float] = time.time,
+    ) -> None:
+        from aitems_sync.emulator.store import SqliteJournal
+
+        self.clock = clock
+        self._journal = SqliteJournal(Path(state_path)) if state_path is not None else None
+        self.model = Model(clock=clock, record=record, journal=self._journal)
+        self.faults = FaultState(faults or Faults())
+        try:
+            if self._journal is not None:
+                self.model.restore(self._journal.load())
+            self.keys = apply_seed(self.model, seed or {})
+            self.keys.update(keys or {})
+            self._httpd = self._bind(host, port)
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close()
+            raise
+        self.port: int = self._httpd.server_address[1]
+        # A wildcard bind is reachable on loopback; that is the address to hand to clients.
+        reach = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        self.base_url = f"http://{reach}:{self.port}/api/v1"
+        self.admin_url = f"http://{reach}:{self.port}/_emulator"
+        self._thread: threading.Thread | None = None
+
+    def _bind(self, host: str, port: int) -> _HTTPServer:
+        try:
+            return _HTTPServer((host, port), self)
+        except OSError as error:
+            raise UsageError(f"the emulator cannot listen on {host}:{port}: {error}; "
+                             "choose another --port or stop what uses it") from error
+
+    def start(self) -> None:
+        """Serve in a daemon thread; returns at once."""
+        # A short poll interval makes stop() quick (shutdown waits for the loop to notice).
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,),
+                                        name="aitems-emulator", daemon=True)
+        self._thread.start()
+        log.debug("emulator serving on %s", self.base_url)
+
+    def stop(self) -> None:
+        """Stop serving, close kept-alive connections and the socket, and the state file."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._close()
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until interrupted (Ctrl-C returns cleanly)."""
+        try:
+            self._httpd.serve_forever()
+        except KeyboardInterrupt:
+            log.info("emulator stopped")
+        finally:
+            self._close()
+
+    def set_faults(self, faults: Faults) -> None:
+        """Put other faults in force for the next uploads."""
+        self.faults.replace(faults)
+
+    def update_faults(self, patch: Any) -> Faults:
+        """Replace some fault fields (a JSON object from ``PUT /_emulator/faults``)."""
+        faults = patch_faults(self.faults.faults, patch)
+        self.set_faults(faults)
+        return faults
+
+    def received(self, dataset_id: str) -> Received:
+        """What a dataset received so far: counts, current rows and every delivery."""
+        try:
+            return self.model.received(dataset_id)
+        except Rejection as rejection:
+            raise UsageError(f"the emulator has no dataset {dataset_id}; "
+                             "use one from its seed or create it first") from rejection
+
+    def _close(self) -> None:
+        for connection in list(self._httpd.open_connections):
+            # Unblock handler threads waiting on a kept-alive connection.
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self._httpd.server_close()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None

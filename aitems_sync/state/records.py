@@ -1,0 +1,230 @@
+"""The values the state store takes and returns: ledger entries, quarantine, batches, runs, leases.
+
+Plain frozen dataclasses, and the pure conversions between them and table rows (the JSON
+columns go through :mod:`aitems_sync.state.values`, so raw values keep their exact types).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+from aitems_sync.errors import StateError
+from aitems_sync.state.values import (
+    Mark,
+    decode_mapping,
+    dumps,
+    encode_mapping,
+    loads,
+    mark_from_json,
+)
+
+
+class LedgerEntry(NamedTuple):
+    """A key's hash and the hash of its last acknowledged payload (both signed 64-bit).
+
+    ``position`` is the row's numeric cursor position (epoch seconds for datetimes), used to
+    prune interaction ledgers down to the lookback window. A named tuple rather than a frozen
+    dataclass: one is made per row on the reading thread, in a third of the time.
+    """
+
+    key_hash: int
+    payload_hash: int
+    position: float | None = None
+
+
+#: A LedgerEntry's fields as C getters, to ``map`` over a batch's entries without a Python step
+#: per entry.
+KEY_HASH = itemgetter(0)
+PAYLOAD_HASH = itemgetter(1)
+POSITION = itemgetter(2)
+
+
+@dataclass(frozen=True)
+class BatchCommit:
+    """One acknowledged batch's share of a commit: its journal row, ledger entries, new mark
+    (None: the mark stays) and the rows it quarantined."""
+
+    batch_id: int | None
+    ledger: Sequence[LedgerEntry] = ()
+    mark: Mark | None = None
+    quarantine: Sequence[QuarantineEntry] = ()
+
+
+@dataclass(frozen=True)
+class Sending:
+    """A batch about to leave, as the journal records it: its row count and first and last
+    rows' marks."""
+
+    rows: int
+    first: Mark | None
+    last: Mark | None
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """A rejected row: its key, its raw source values and every error found.
+
+    ``errors`` holds ``{"path": "$.AGE", "message": "..."}`` items; ``origin`` is ``"local"``
+    (our validation) or ``"server"`` (AiTEMS answered 400, its answer in the errors).
+    """
+
+    dataset: str
+    run_id: str
+    key: Mapping[str, Any]
+    raw: Mapping[str, Any]
+    errors: Sequence[Mapping[str, str]]
+    origin: str = "local"
+    ledger_hash: int | None = None  # the ledger's payload hash for the key when rejected
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """A quarantined row as stored, with its raw values decoded to their original types."""
+
+    id: int
+    dataset: str
+    run_id: str
+    key: dict[str, Any]
+    raw: dict[str, Any]
+    errors: list[dict[str, str]]
+    origin: str
+    created_at: datetime
+    ledger_hash: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch in the journal: ``sending`` until acknowledged, then ``committed``.
+
+    A batch still ``sending`` when a later run starts may have reached AiTEMS: that run marks it
+    ``ambiguous`` and reports it.
+    """
+
+    dataset: str
+    batch_id: int
+    run_id: str
+    status: str
+    rows: int
+    first: Mark | None
+    last: Mark | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of the sync: when, where, its outcome and its summary counts."""
+
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    host: str
+    pid: int
+    datasets: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds a dataset's lease and until when (UTC)."""
+
+    dataset: str
+    owner: str
+    host: str
+    pid: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+def quarantine_row(entry: QuarantineEntry, dataset_id: int, now: datetime) -> dict[str, Any]:
+    """The ``quarantine`` table row for an entry; StateError if a value cannot be stored."""
+    try:
+        key = encode_mapping(entry.key)
+        raw = encode_mapping(entry.raw)
+    except TypeError as exc:
+        raise StateError(
+            f"cannot quarantine a row of dataset {entry.dataset!r}: {exc}; cast that column "
+            "to a plain type (text, number, timestamp) in the dataset's query"
+        ) from exc
+    errors = [{str(k): str(v) for k, v in error.items()} for error in entry.errors]
+    return {
+        "dataset_id": dataset_id,
+        "run_id": entry.run_id,
+        "key": key,
+        "raw": raw,
+        "errors": dumps(errors),
+        "origin": entry.origin,
+        "created_at": now,
+        "ledger_hash": entry.ledger_hash,
+    }
+
+
+def quarantine_record(row: Any) -> QuarantineRecord:
+    """A ``quarantine`` row joined with its dataset's name, decoded."""
+    return QuarantineRecord(
+        id=row.id,
+        dataset=row.name,
+        run_id=row.run_id,
+        key=decode_mapping(row.key),
+        raw=decode_mapping(row.raw),
+        errors=loads(row.errors),
+        origin=row.origin,
+        created_at=row.created_at,
+        ledger_hash=row.ledger_hash,
+    )
+
+
+def batch_record(row: Any) -> BatchRecord:
+    """A ``batches`` row joined with its dataset's name, decoded."""
+    return BatchRecord(
+        dataset=row.name,
+        batch_id=row.batch_id,
+        run_id=row.run_id,
+        status=row.status,
+        rows=row.rows,
+        first=mark_from_json(row.first),
+        last=mark_from_json(row.last),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def run_record(row: Any) -> RunRecord:
+    """A ``runs`` row, decoded."""
+    return RunRecord(
+        run_id=row.run_id,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        status=row.status,
+        host=row.host,
+        pid=row.pid,
+        datasets=loads(row.datasets),
+        summary=loads(row.summary),
+    )
+
+
+def lease_holder(row: Any) -> LeaseHolder:
+    """A ``leases`` row joined with its dataset's name."""
+    return LeaseHolder(
+        dataset=row.name,
+        owner=row.owner,
+        host=row.host,
+        pid=row.pid,
+        acquired_at=row.acquired_at,
+        expires_at=row.expires_at,
+    )
+
+
+def lease_held_message(holder: LeaseHolder) -> str:
+    """The operator's message when another run holds a dataset's lease."""
+    return (
+        f"dataset {holder.dataset!r} is locked by another run: {holder.owner} on host "
+        f"{holder.host} (pid {holder.pid}) holds its lease until "
+        f"{holder.expires_at:%Y-%m-%d %H:%M:%S} UTC; let that run finish or its lease expire, "
+        "then run again"
+    )

@@ -1,0 +1,613 @@
+"""The state store: marks, ledger, batch journal, quarantine, runs and leases in one database.
+
+Any SQLAlchemy URL: a SQLite file by default, PostgreSQL or MySQL where a pod's disk does not
+last. Tables and migrations live in :mod:`aitems_sync.state.tables`, connection details in
+:mod:`aitems_sync.state.connect`, the record types in :mod:`aitems_sync.state.records` and the
+typed value codec in :mod:`aitems_sync.state.values`; this module re-exports what callers need.
+
+Every write is its own short transaction. :meth:`StateStore.commit_batch` is the one that
+matters: a batch's journal status, its ledger entries, the mark and its quarantined rows commit
+together or not at all. Database failures surface as :class:`~aitems_sync.errors.StateError`
+naming the store (never its password) and the operation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from itertools import chain
+from typing import Any
+
+import sqlalchemy as sa
+
+from aitems_sync.errors import LockHeldError, StateError
+from aitems_sync.state import connect as se
+from aitems_sync.state import records as rec
+from aitems_sync.state import tables as t
+from aitems_sync.state.records import (
+    BatchCommit,
+    BatchRecord,
+    LeaseHolder,
+    LedgerEntry,
+    QuarantineEntry,
+    QuarantineRecord,
+    RunRecord,
+    Sending,
+)
+from aitems_sync.state.values import (
+    CursorValue,
+    Mark,
+    decode_mark,
+    decode_value,
+    dumps,
+    encode_mark,
+    mark_to_json,
+)
+from aitems_sync.state.values import encode_value as encode_value
+from aitems_sync.sync.batches import ROW_HASH, ROW_HASHES
+
+__all__ = [
+    "BatchCommit",
+    "BatchRecord",
+    "CursorValue",
+    "LeaseHolder",
+    "LedgerEntry",
+    "Mark",
+    "QuarantineEntry",
+    "QuarantineRecord",
+    "RunRecord",
+    "Sending",
+    "StateStore",
+    "decode_value",
+    "encode_value",
+]
+
+log = logging.getLogger(__name__)
+
+#: Keys ``ledger_recent`` (the ledger's second level, :mod:`aitems_sync.state.tables`) gathers
+#: before a merge moves them into ``ledger``. The 10M-row items backfill ran as fast with 0.5M,
+#: 1M and 2M (141-144 s); merging a level of 1M keys into a 9M-key ledger took ~1 s, and each
+#: such merge at the end of a run of that size is paid by that run.
+RECENT_LIMIT = 2_000_000
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _batches(ids: Sequence[int]) -> str:
+    """``batch 7`` or ``batches 7, 8``, for messages."""
+    if len(ids) == 1:
+        return f"batch {ids[0]}"
+    return "batches " + ", ".join(str(i) for i in ids) if ids else "a batch"
+
+
+class _Statements:
+    """The statements a streaming dataset's committer runs in every transaction, built once:
+    building a SQLAlchemy statement (and its cache key) per call cost more Python time than
+    SQLite took to run it."""
+
+    def __init__(self, dialect: str) -> None:
+        self.put_mark = se.upsert(dialect, t.marks, ["dataset_id"],
+                                  ["cursor", "key", "updated_at"])
+        self.journal = sa.insert(t.batches)
+        self.set_status = (
+            sa.update(t.batches)
+            .where(t.batches.c.dataset_id == sa.bindparam("in_dataset"),
+                   t.batches.c.batch_id.in_(sa.bindparam("ids", expanding=True)))
+            .values(status=sa.bindparam("new_status"), updated_at=sa.bindparam("now"))
+        )
+        self.set_status_of_sending = self.set_status.where(t.batches.c.status == "sending")
+
+
+class StateStore:
+    """The state of every dataset in one database; safe to share between threads."""
+
+    def __init__(self, engine: sa.Engine, *, display: str, clock: Callable[[], datetime],
+                 recent_limit: int = RECENT_LIMIT):
+        """Use :meth:`open`, which also creates and migrates the tables."""
+        self._engine = engine
+        self._writer = engine.execution_options(**{se.WRITE_OPTION: True})
+        self._dialect = engine.dialect.name
+        self._clock = clock
+        self._ids: dict[str, int] = {}
+        self._row_hashes: dict[str, str] = {}
+        self._ledger_log = se.LedgerLog(engine.dialect)
+        self._recent_limit = recent_limit
+        # dataset id -> keys in its ledger_recent, at most (counted at the first merge).
+        self._recent_sizes: dict[int, int] = {}
+        self._statements = _Statements(self._dialect)
+        self.url_for_display = display
+
+    @classmethod
+    def open(cls, url: str, *, clock: Callable[[], datetime] = _utcnow,
+             recent_limit: int = RECENT_LIMIT) -> StateStore:
+        """Open (creating and migrating if needed) the store at a SQLAlchemy URL."""
+        engine, display = se.open_engine(url)
+        return cls(engine, display=display, clock=clock, recent_limit=recent_limit)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(
+                f"the state store {self.url_for_display} failed to {what}: {se.reason(exc)}"
+            ) from exc
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sa.Connection]:
+        """One write transaction; committed when the block ends, rolled back if it raises."""
+        with self._guard(what), self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[sa.Connection]:
+        with self._guard(what), self._engine.connect() as conn:
+            yield conn
+
+    def _dataset_id(self, name: str, *, create: bool = False) -> int | None:
+        """The dataset's small id; registered in its own transaction so a rollback keeps it."""
+        if name in self._ids:
+            return self._ids[name]
+        query = sa.select(t.datasets.c.id).where(t.datasets.c.name == name)
+        with self._read(f"look up dataset {name!r}") as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        if found is None and create:
+            with self._write(f"register dataset {name!r}") as conn:
+                conn.execute(se.insert_ignore(self._dialect, t.datasets, ["name"]),
+                             {"name": name, "row_hash": ROW_HASH})
+                found = conn.execute(query).scalar_one()
+        if found is not None:
+            self._ids[name] = found
+        return found
+
+    def row_hash_of(self, dataset: str) -> str:
+        """The row hash the dataset's ledger is written with (one of ``delta.ROW_HASHES``): the
+        one it was registered with, or for a dataset not registered yet the one it will be."""
+        if dataset in self._row_hashes:
+            return self._row_hashes[dataset]
+        query = sa.select(t.datasets.c.row_hash).where(t.datasets.c.name == dataset)
+        with self._read(f"look up dataset {dataset!r}") as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        if found is None:
+            return ROW_HASH
+        if found not in ROW_HASHES:
+            raise StateError(
+                f"dataset {dataset!r} in the state store {self.url_for_display} has its ledger "
+                f"hashed with {found!r}, which this aitems-sync does not know; upgrade aitems-sync"
+            )
+        self._row_hashes[dataset] = found
+        return str(found)
+
+    def _known_id(self, name: str) -> int:
+        found = self._dataset_id(name, create=True)
+        assert found is not None
+        return found
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def begin_run(self, run_id: str, *, datasets: Sequence[str], host: str, pid: int) -> None:
+        """Record the start of a run."""
+        row = {"run_id": run_id, "started_at": self._clock(), "status": "running", "host": host,
+               "pid": pid, "datasets": dumps(list(datasets)), "summary": "{}"}
+        with self._write(f"record the start of run {run_id}") as conn:
+            conn.execute(sa.insert(t.runs), row)
+
+    def end_run(self, run_id: str, *, status: str, summary: Mapping[str, Any]) -> None:
+        """Record the end of a run, its status and its summary (JSON-able; Decimal as text)."""
+        values = {"finished_at": self._clock(), "status": status, "summary": dumps(dict(summary))}
+        with self._write(f"record the end of run {run_id}") as conn:
+            done = conn.execute(sa.update(t.runs).where(t.runs.c.run_id == run_id).values(values))
+            if done.rowcount != 1:
+                raise StateError(f"run {run_id} is not in the state store's history")
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """The latest runs, newest first."""
+        query = sa.select(t.runs).order_by(t.runs.c.started_at.desc(), t.runs.c.run_id.desc())
+        with self._read("list runs") as conn:
+            return [rec.run_record(row) for row in conn.execute(query.limit(limit))]
+
+    # -- marks ------------------------------------------------------------------------------
+
+    def get_mark(self, dataset: str) -> Mark | None:
+        """The dataset's high-water mark, or None before its first commit (or after a reset)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return None
+        query = sa.select(t.marks.c.cursor, t.marks.c.key).where(t.marks.c.dataset_id == dataset_id)
+        with self._read(f"read the mark of dataset {dataset!r}") as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else decode_mark(row.cursor, row.key)
+
+    def set_mark(self, dataset: str, mark: Mark | None) -> None:
+        """Set (or with None, forget) the dataset's mark."""
+        dataset_id = self._known_id(dataset)
+        with self._write(f"set the mark of dataset {dataset!r}") as conn:
+            self._put_mark(conn, dataset_id, mark)
+
+    def _put_mark(self, conn: sa.Connection, dataset_id: int, mark: Mark | None) -> None:
+        if mark is None:
+            conn.execute(sa.delete(t.marks).where(t.marks.c.dataset_id == dataset_id))
+            return
+        cursor, key = encode_mark(mark)
+        conn.execute(self._statements.put_mark, {"dataset_id": dataset_id, "cursor": cursor,
+                                                 "key": key, "updated_at": self._clock()})
+
+    def reset(self, dataset: str) -> None:
+        """Forget the dataset's mark, ledger and journal (its quarantine stays)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return
+        with self._write(f"reset dataset {dataset!r}") as conn:
+            for table in (t.marks, t.ledger, t.ledger_recent, t.ledger_log, t.batches):
+                conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
+        self._recent_sizes.pop(dataset_id, None)
+
+    # -- ledger -----------------------------------------------------------------------------
+
+    def ledger_lookup(self, dataset: str, key_hashes: Sequence[int], *,
+                      logged: bool = True) -> dict[int, int]:
+        """key_hash -> payload_hash for the given keys that are in the ledger.
+
+        A key's newest entry in the ledger's log overrides the merged ledger. With ``logged``
+        False only the merged ledger is read: for a run that holds the dataset's lease and
+        keeps the logged entries in memory (:meth:`logged_entries`), since the log has no
+        index by key.
+        """
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None or not key_hashes:
+            return {}
+        with self._read(f"read the ledger of dataset {dataset!r}") as conn:
+            # The log before the levels it is merged into: a merge committed in between moves
+            # an entry from where it was read to where it will be.
+            log_ = se.log_lookup(conn, dataset_id, key_hashes) if logged else {}
+            found = se.ledger_lookup(conn, dataset_id, key_hashes)
+        found.update(log_)
+        return found
+
+    def logged_entries(self, dataset: str) -> dict[int, int]:
+        """key_hash -> payload_hash of the dataset's log, not merged yet (newest per key)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return {}
+        with self._read(f"read the ledger log of dataset {dataset!r}") as conn:
+            return se.logged_entries(conn, dataset_id)
+
+    def logged_count(self, dataset: str) -> int:
+        """How many entries of the dataset wait in the log to be merged into the ledger."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        query = sa.select(sa.func.count()).where(t.ledger_log.c.dataset_id == dataset_id)
+        with self._read(f"count the ledger log of dataset {dataset!r}") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def merge_ledger(self, dataset: str) -> int:
+        """Merge the dataset's log into its ledger (one transaction); how many entries moved.
+
+        The log goes into ``ledger_recent``, and that into ``ledger`` once it holds the
+        store's ``recent_limit`` keys. Call while holding the dataset's lease: a run holding it
+        may keep the log in memory.
+        """
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        with self._write(f"merge the ledger log of dataset {dataset!r}") as conn:
+            merged, recent = self._merge_log(conn, dataset_id, settle=False)
+        self._recent_sizes[dataset_id] = recent  # once committed
+        return merged
+
+    def _merge_log(self, conn: sa.Connection, dataset_id: int, *,
+                   settle: bool) -> tuple[int, int]:
+        """Merge the log into ``ledger_recent``, and that into ``ledger`` when it is full or
+        ``settle`` asks for it; how many log entries moved, and the keys now in
+        ``ledger_recent`` (at most)."""
+        merged = self._ledger_log.merge(conn, dataset_id)
+        recent = self._recent_sizes.pop(dataset_id, None)  # counted again if this rolls back
+        if recent is None:
+            count = sa.select(sa.func.count()).where(t.ledger_recent.c.dataset_id == dataset_id)
+            recent = int(conn.execute(count).scalar_one())
+        else:
+            recent += merged  # at most: some entries replaced a key's older one
+        if settle or recent >= self._recent_limit:
+            self._ledger_log.merge_recent(conn, dataset_id)
+            recent = 0
+        return merged, recent
+
+    def ledger_size(self, dataset: str) -> int:
+        """The number of keys in the dataset's ledger, its second level and log included."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        ledger, recent, log_ = t.ledger, t.ledger_recent, t.ledger_log
+
+        def elsewhere(table: sa.Table, key_hash: sa.ColumnElement[int]) -> Any:
+            return ~sa.exists().where(table.c.dataset_id == dataset_id,
+                                      table.c.key_hash == key_hash)
+
+        # Each level's keys not in a larger one: the probes are as many as the smaller
+        # levels' entries, not the ledger's.
+        queries = [
+            sa.select(sa.func.count()).where(ledger.c.dataset_id == dataset_id),
+            sa.select(sa.func.count()).where(recent.c.dataset_id == dataset_id,
+                                             elsewhere(ledger, recent.c.key_hash)),
+            sa.select(sa.func.count(sa.distinct(log_.c.key_hash))).where(
+                log_.c.dataset_id == dataset_id, elsewhere(recent, log_.c.key_hash),
+                elsewhere(ledger, log_.c.key_hash)),
+        ]
+        with self._read(f"count the ledger of dataset {dataset!r}") as conn:
+            return sum(int(conn.execute(query).scalar_one()) for query in queries)
+
+    def has_ledger(self, dataset: str) -> bool:
+        """Whether the dataset's ledger (either level) or its log holds any entry (index
+        probes, no count)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return False
+        with self._read(f"probe the ledger of dataset {dataset!r}") as conn:
+            for table in (t.ledger, t.ledger_recent, t.ledger_log):
+                query = sa.select(table.c.key_hash).where(table.c.dataset_id == dataset_id)
+                if conn.execute(query.limit(1)).first() is not None:
+                    return True
+        return False
+
+    def prune_ledger(self, dataset: str, before: float) -> int:
+        """Merge the dataset's log and second level into its ledger, then delete its entries
+        whose position is below ``before``; returns how many. Call while holding the dataset's
+        lease.
+
+        Pruning concerns interaction ledgers, which stay small (the lookback window): merging
+        them whole keeps a key's newest entry in one place, where deleting an old position from
+        one level could bring back an older entry of the key from the next."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return 0
+        stmt = sa.delete(t.ledger).where(t.ledger.c.dataset_id == dataset_id,
+                                       t.ledger.c.position < before)
+        with self._write(f"prune the ledger of dataset {dataset!r}") as conn:
+            self._merge_log(conn, dataset_id, settle=True)
+            pruned = int(conn.execute(stmt).rowcount)
+        self._recent_sizes[dataset_id] = 0
+        return pruned
+
+    # -- journal and the atomic commit -------------------------------------------------------
+
+    def journal_sending(
+        self, dataset: str, run_id: str, *, rows: int, first: Mark | None, last: Mark | None
+    ) -> int:
+        """Journal a batch as ``sending`` and commit, before its request leaves; its batch id."""
+        [batch_id] = self.commit_batches(dataset, run_id=run_id, commits=(),
+                                         sending=[Sending(rows, first, last)])
+        return batch_id
+
+    def commit_batch(
+        self,
+        dataset: str,
+        *,
+        run_id: str,
+        batch_id: int | None,
+        ledger: Sequence[LedgerEntry],
+        mark: Mark | None,
+        quarantine: Sequence[QuarantineEntry] = (),
+        resolved: Sequence[int] = (),
+    ) -> None:
+        """Commit one acknowledged batch in ONE transaction, all or nothing.
+
+        The journal row becomes ``committed`` (when ``batch_id`` is given), the ledger entries
+        are upserted, the mark moves (when not None), the quarantined rows are stored, and the
+        quarantine rows ``resolved`` (sent by ``quarantine retry``) are deleted.
+        """
+        self.commit_batches(dataset, run_id=run_id,
+                            commits=[BatchCommit(batch_id, ledger, mark, quarantine)],
+                            resolved=resolved)
+
+    def commit_batches(
+        self,
+        dataset: str,
+        *,
+        run_id: str,
+        commits: Sequence[BatchCommit],
+        sending: Sequence[Sending] = (),
+        resolved: Sequence[int] = (),
+    ) -> list[int]:
+        """Commit acknowledged batches and journal the next ones: ONE transaction, one fsync.
+
+        ``commits`` are applied in order, as :meth:`commit_batch` would one by one (the last
+        mark given wins, and so does a key's last ledger entry); each of ``sending`` gets a
+        journal row ``sending``. Returns the new batch ids, in the order of ``sending``.
+        Committing a group at once is what makes a backfill's commits cheap: the engine groups
+        the batches acknowledged while its previous commit was being written.
+        """
+        dataset_id = self._known_id(dataset)
+        now = self._clock()
+        batch_ids = [c.batch_id for c in commits if c.batch_id is not None]
+        entries = list(chain.from_iterable(c.ledger for c in commits))
+        marks = [c.mark for c in commits if c.mark is not None]
+        rejected = [rec.quarantine_row(e, self._known_id(e.dataset), now)
+                    for c in commits for e in c.quarantine]
+        journal = [{"dataset_id": dataset_id, "run_id": run_id, "status": "sending",
+                    "rows": s.rows, "first": mark_to_json(s.first), "last": mark_to_json(s.last),
+                    "created_at": now, "updated_at": now} for s in sending]
+        what = (f"commit {_batches(batch_ids)} of dataset {dataset!r} (run {run_id})"
+                if commits else f"journal a batch of dataset {dataset!r}")
+        with self._write(what) as conn:
+            if batch_ids and self._set_status(
+                conn, dataset_id, batch_ids, "committed", now
+            ) != len(batch_ids):
+                raise StateError(
+                    f"{_batches(batch_ids)} of dataset {dataset!r} is not in the journal (was "
+                    "the dataset reset while this run was sending?); nothing was committed, so "
+                    "its rows are read again on the next run"
+                )
+            if entries:
+                self._ledger_log.append(conn, dataset_id, entries)
+            if marks:
+                self._put_mark(conn, dataset_id, marks[-1])
+            if rejected:
+                conn.execute(sa.insert(t.quarantine), rejected)
+            for chunk in se.chunks(resolved):
+                conn.execute(sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk)))
+            return [self._insert_sending(conn, row) for row in journal]
+
+    def _insert_sending(self, conn: sa.Connection, row: dict[str, Any]) -> int:
+        inserted = conn.execute(self._statements.journal, row).inserted_primary_key
+        assert inserted is not None
+        return int(inserted[0])
+
+    def _set_status(self, conn: sa.Connection, dataset_id: int, ids: Sequence[int], status: str,
+                    now: datetime, *, only_sending: bool = False) -> int:
+        stmt = self._statements.set_status_of_sending if only_sending else (
+            self._statements.set_status)
+        changed = 0
+        for chunk in se.chunks(ids):
+            params = {"in_dataset": dataset_id, "ids": chunk, "new_status": status, "now": now}
+            changed += conn.execute(stmt, params).rowcount
+        return changed
+
+    def unfinished_batches(self, dataset: str) -> list[BatchRecord]:
+        """The dataset's batches still ``sending``: they may or may not have reached AiTEMS."""
+        return self.batches(dataset, status="sending", limit=None, oldest_first=True)
+
+    def mark_ambiguous(self, dataset: str, batch_ids: Sequence[int]) -> None:
+        """Turn ``sending`` batches into ``ambiguous`` (found unfinished by a later run)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None or not batch_ids:
+            return
+        with self._write(f"mark batches of dataset {dataset!r} ambiguous") as conn:
+            self._set_status(conn, dataset_id, batch_ids, "ambiguous", self._clock(),
+                             only_sending=True)
+
+    def batches(self, dataset: str | None = None, *, status: str | None = None,
+                limit: int | None = 100, oldest_first: bool = False) -> list[BatchRecord]:
+        """Journalled batches, newest first, optionally of one dataset and one status."""
+        order = t.batches.c.batch_id.asc() if oldest_first else t.batches.c.batch_id.desc()
+        query = sa.select(t.batches, t.datasets.c.name).join(t.datasets)
+        query = query.order_by(order).limit(limit)
+        if dataset is not None:
+            query = query.where(t.datasets.c.name == dataset)
+        if status is not None:
+            query = query.where(t.batches.c.status == status)
+        with self._read("list journalled batches") as conn:
+            return [rec.batch_record(row) for row in conn.execute(query)]
+
+    # -- quarantine -------------------------------------------------------------------------
+
+    def add_quarantine(self, entries: Sequence[QuarantineEntry]) -> None:
+        """Store rejected rows (outside any batch commit)."""
+        if not entries:
+            return
+        now = self._clock()
+        rows = [rec.quarantine_row(e, self._known_id(e.dataset), now) for e in entries]
+        with self._write(f"quarantine {len(rows)} rows") as conn:
+            conn.execute(sa.insert(t.quarantine), rows)
+
+    def quarantined(self, dataset: str | None = None, *, limit: int | None = None,
+                    ids: Sequence[int] | None = None) -> list[QuarantineRecord]:
+        """Quarantined rows, oldest first, with their raw values decoded (optionally by id)."""
+        query = sa.select(t.quarantine, t.datasets.c.name).join(t.datasets)
+        query = query.order_by(t.quarantine.c.id).limit(limit)
+        if dataset is not None:
+            query = query.where(t.datasets.c.name == dataset)
+        if ids is not None:
+            query = query.where(t.quarantine.c.id.in_(list(ids)))
+        with self._read("list quarantined rows") as conn:
+            return [rec.quarantine_record(row) for row in conn.execute(query)]
+
+    def quarantine_count(self, dataset: str | None = None) -> int:
+        """The number of quarantined rows (of one dataset, or all)."""
+        query = sa.select(sa.func.count()).select_from(t.quarantine.join(t.datasets))
+        if dataset is not None:
+            query = query.where(t.datasets.c.name == dataset)
+        with self._read("count quarantined rows") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def drop_quarantine(self, ids: Sequence[int]) -> int:
+        """Delete quarantined rows by id; returns how many were deleted."""
+        dropped = 0
+        with self._write(f"drop {len(ids)} quarantined rows") as conn:
+            for chunk in se.chunks(ids):
+                stmt = sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk))
+                dropped += conn.execute(stmt).rowcount
+        return dropped
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def acquire_lease(self, dataset: str, *, owner: str, host: str, pid: int, ttl: float) -> None:
+        """Take the dataset's lease for ``ttl`` seconds, or raise LockHeldError.
+
+        Taken when nobody holds it, when its holder let it expire, or when ``owner`` already
+        holds it. Race-free between processes: each step is a conditional write whose row count
+        says who won, never a read followed by a write.
+        """
+        dataset_id = self._known_id(dataset)
+        for _attempt in range(5):
+            now = self._clock()
+            row = {"dataset_id": dataset_id, "owner": owner, "host": host, "pid": pid,
+                   "acquired_at": now, "expires_at": now + timedelta(seconds=ttl)}
+            with self._write(f"take the lease on dataset {dataset!r}") as conn:
+                if self._take_lease(conn, row, now):
+                    log.debug("took the lease on dataset %r as %s", dataset, owner)
+                    return
+            holder = self.lease_holder(dataset)
+            # The holder may have released or let it lapse since: then try again.
+            if holder is not None and holder.expires_at >= now:
+                raise LockHeldError(rec.lease_held_message(holder))
+        raise StateError(f"the lease on dataset {dataset!r} keeps changing hands; run again")
+
+    def _take_lease(self, conn: sa.Connection, row: dict[str, Any], now: datetime) -> bool:
+        takeover = (
+            sa.update(t.leases)
+            .where(t.leases.c.dataset_id == row["dataset_id"])
+            .where(sa.or_(t.leases.c.expires_at < now, t.leases.c.owner == row["owner"]))
+            .values({k: v for k, v in row.items() if k != "dataset_id"})
+        )
+        if conn.execute(takeover).rowcount == 1:
+            return True
+        fresh = se.insert_ignore(self._dialect, t.leases, ["dataset_id"])
+        return bool(conn.execute(fresh, row).rowcount == 1)
+
+    def renew_lease(self, dataset: str, *, owner: str, ttl: float) -> bool:
+        """Extend our lease by ``ttl`` seconds from now; False if we no longer hold it."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return False
+        stmt = (
+            sa.update(t.leases)
+            .where(t.leases.c.dataset_id == dataset_id, t.leases.c.owner == owner)
+            .values(expires_at=self._clock() + timedelta(seconds=ttl))
+        )
+        with self._write(f"renew the lease on dataset {dataset!r}") as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def release_lease(self, dataset: str, *, owner: str) -> None:
+        """Give the lease back (does nothing if another owner holds it now)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return
+        stmt = sa.delete(t.leases).where(t.leases.c.dataset_id == dataset_id,
+                                         t.leases.c.owner == owner)
+        with self._write(f"release the lease on dataset {dataset!r}") as conn:
+            conn.execute(stmt)
+
+    def lease_holder(self, dataset: str) -> LeaseHolder | None:
+        """Who holds the dataset's lease (possibly expired), or None."""
+        query = sa.select(t.leases, t.datasets.c.name).join(t.datasets)
+        query = query.where(t.datasets.c.name == dataset)
+        with self._read(f"read the lease on dataset {dataset!r}") as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else rec.lease_holder(row)

@@ -1,0 +1,257 @@
+"""One sync run: lock, extract, shape, diff against the ledger, batch, upload, commit, report.
+
+The engine wires the adapters (source, state store, uploader) and the pure pieces (shape,
+delta, delivery). Its commit rule is the product's promise: a batch's ledger entries, its
+quarantine records and the mark after its last row are written in one transaction, only after
+AiTEMS acknowledged the batch and every earlier batch of the dataset has committed.
+
+Datasets run one after another, or ``parallel`` at a time in threads (each dataset still commits
+in order; the state store is shared and thread-safe). A 401/403 stops the whole run (the same
+keys fail every dataset); any other failure stops only its dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aitems_sync.aitems.delivery import Target, Uploader, UploadOutcome
+from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, UsageError
+from aitems_sync.source.extract import Source
+from aitems_sync.spec.model import DatasetSpec, Spec
+from aitems_sync.state.store import StateStore
+from aitems_sync.sync import signals
+from aitems_sync.sync.dataset import DatasetSync, SyncSettings
+from aitems_sync.sync.leases import Leases
+from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, DatasetReport, RunReport
+from aitems_sync.sync.window import MERGE_EVERY
+
+log = logging.getLogger(__name__)
+
+#: With an extraction worker (``run --extract-worker``), the rows a dataset reads on its own
+#: thread before the worker takes over: a delta this small never pays the worker's start
+#: (~0.2 s of CPU); a backfill pays it once.
+WORKER_AFTER = 20_000
+
+#: Told a dataset's report after every chunk of rows, from the thread syncing that dataset.
+Progress = Callable[[DatasetReport], None]
+
+
+def _no_progress(_report: DatasetReport) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: which datasets, and the knobs the CLI exposes."""
+
+    datasets: tuple[str, ...] = ()
+    full_refresh: bool = False
+    lease_ttl: float = 60.0  # seconds; a killed run's lease is taken over after this
+    wait: float | None = None  # seconds to wait for held leases (math.inf: no limit); None: 75
+    parallel: int = 1  # datasets synced at once
+    chunk_rows: int = 5000  # rows read and diffed against the ledger at a time
+    mark_every: int = 10_000  # rows after which a stretch with nothing to send commits its mark
+    merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
+    # Rows read in-process before an extraction worker process reads the rest (None: never;
+    # the CLI's --extract-worker sets WORKER_AFTER).
+    worker_after: int | None = None
+
+
+def select_datasets(spec: Spec, names: Sequence[str]) -> list[DatasetSpec]:
+    """The datasets to sync, in spec order; unknown names are a usage error."""
+    unknown = [n for n in names if n not in spec.datasets]
+    if unknown:
+        known = ", ".join(spec.datasets) or "(none)"
+        raise UsageError(f"unknown dataset {', '.join(unknown)}: the spec defines {known}")
+    return [d for name, d in spec.datasets.items() if not names or name in names]
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time of the start plus a random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def run(
+    spec: Spec,
+    *,
+    state: StateStore,
+    uploader: Uploader,
+    sources: Mapping[str, Source],
+    options: RunOptions = RunOptions(),
+    stop: threading.Event | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Sync the selected datasets once and report what happened; see ``RunReport.exit_code``.
+
+    ``progress`` is called with a dataset's report after every chunk of rows (for a display).
+
+    Raises LockHeldError (exit 75) when another run holds one of the datasets, before any work
+    (with ``options.wait``, only once the wait is over). If ``stop`` is set while waiting, every
+    dataset is reported as not run.
+    """
+    selected = select_datasets(spec, options.datasets)
+    run_id = run_id or new_run_id()
+    stop = stop or threading.Event()
+    report = RunReport(run_id=run_id)
+    leases = Leases(state, [d.name for d in selected], run_id, options.lease_ttl)
+    if not leases.acquire(wait=options.wait, stop=stop):
+        report.datasets = [DatasetReport(d.name, status=INTERRUPTED,
+                                         error="not run: stopped by a signal while waiting "
+                                               "for the lease") for d in selected]
+        return report
+    try:
+        state.begin_run(
+            run_id, datasets=[d.name for d in selected], host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
+             report, progress or _no_progress).sync(selected)
+    finally:
+        leases.release()
+        state.end_run(run_id, status=report.status, summary=report.to_dict())
+    return report
+
+
+class _Halt:
+    """Why datasets should stop: a signal, a lost lease, or a 401/403 on another dataset."""
+
+    def __init__(self, signal: threading.Event, lease_lost: threading.Event) -> None:
+        self.signal = signal
+        self.lease_lost = lease_lost
+        self.fatal: AitemsSyncError | None = None
+        self._fatal_set = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.signal.is_set() or self.lease_lost.is_set() or self._fatal_set.is_set()
+
+    def fail_run(self, error: AitemsSyncError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+        self._fatal_set.set()
+
+    def reason(self) -> tuple[str, str] | None:
+        """(status, message) for a dataset that was halted or never started."""
+        if self.fatal is not None:
+            return FAILED, f"stopped: {self.fatal}"
+        if self.lease_lost.is_set():
+            return FAILED, "stopped: this run lost a lease to another run"
+        if self.signal.is_set():
+            return INTERRUPTED, "stopped by a signal"
+        return None
+
+
+class _Run:
+    """The datasets of one run, one after another or ``parallel`` at a time."""
+
+    def __init__(
+        self, spec: Spec, state: StateStore, uploader: Uploader, sources: Mapping[str, Source],
+        options: RunOptions, halt: _Halt, leases: Leases, report: RunReport, progress: Progress,
+    ) -> None:
+        self.spec, self.state, self.uploader, self.sources = spec, state, uploader, sources
+        self.options, self.halt, self.leases, self.report = options, halt, leases, report
+        self.progress = progress
+
+    def sync(self, selected: Sequence[DatasetSpec]) -> None:
+        reports = [DatasetReport(d.name) for d in selected]
+        self.report.datasets = reports
+        parallel = max(1, min(self.options.parallel, len(selected)))
+        if parallel == 1:
+            for dataset, dataset_report in zip(selected, reports, strict=True):
+                self.one(dataset, dataset_report)
+            return
+        for name in {d.source for d in selected}:
+            _ = self.sources[name].engine  # created lazily: create it before threads share it
+        with ThreadPoolExecutor(parallel, thread_name_prefix="dataset") as pool:
+            for done in [pool.submit(self.one, d, r)
+                         for d, r in zip(selected, reports, strict=True)]:
+                signals.result(done)
+
+    def one(self, dataset: DatasetSpec, report: DatasetReport) -> None:
+        """Sync one dataset into ``report``; its failure is recorded, never raised."""
+        reason = self.halt.reason()
+        if reason is not None:
+            report.status, message = reason
+            report.error = f"not run: {message.removeprefix('stopped: ')}"
+            return
+        settings = _settings(self.spec, dataset, self.options, self.report.run_id)
+        try:
+            DatasetSync(dataset, settings, self.state, self.uploader,
+                        self.sources[dataset.source], self.halt, report,
+                        check_lease=lambda: self.leases.check(dataset.name),
+                        progress=self.progress).run()
+        except AuthError as error:
+            self.halt.fail_run(error)  # the same keys fail every dataset: stop the run
+            _record_failure(report, error, FAILED)
+        except InvalidRowsError as error:
+            _record_failure(report, error, INVALID)
+        except AitemsSyncError as error:
+            _record_failure(report, error, FAILED)
+        if report.status == INTERRUPTED:
+            reason = self.halt.reason()
+            if reason is not None and reason[0] == FAILED:
+                report.status, report.error = reason
+
+
+def _record_failure(report: DatasetReport, error: AitemsSyncError, status: str) -> None:
+    report.status = status
+    report.error = str(error)
+    log.error("dataset %s stopped: %s", report.dataset, error,
+              extra={"event": "dataset_failed", "dataset": report.dataset})
+
+
+def _settings(spec: Spec, dataset: DatasetSpec, options: RunOptions, run_id: str,
+              *, dry_run: bool = False) -> SyncSettings:
+    return SyncSettings(
+        run_id=run_id,
+        target=Target(spec.aitems.service_id, dataset.dataset_id, dataset.type),
+        batch=spec.aitems.batch,
+        full_refresh=options.full_refresh,
+        chunk_rows=options.chunk_rows,
+        mark_every=options.mark_every,
+        merge_every=options.merge_every,
+        worker_after=options.worker_after,
+        dry_run=dry_run,
+    )
+
+
+class _NoUploads:
+    """The uploader of a dry run, which never uploads."""
+
+    def upload_encoded(self, service_id: str, dataset_id: str, dataset_type: str,
+                       rows: Sequence[bytes]) -> UploadOutcome:
+        raise AssertionError("a dry run must not upload")  # a bug, not an operator error
+
+
+def plan(
+    spec: Spec,
+    *,
+    state: StateStore,
+    sources: Mapping[str, Source],
+    options: RunOptions = RunOptions(),
+) -> RunReport:
+    """What a run would do now, per dataset: the rows new, changed, unchanged and invalid, and
+    the batches and rows it would send. Reads the delta and the ledger; uploads nothing, writes
+    nothing to the state store and takes no lease.
+    """
+    report = RunReport(run_id="plan")
+    for dataset in select_datasets(spec, options.datasets):
+        dataset_report = DatasetReport(dataset.name)
+        report.datasets.append(dataset_report)
+        settings = _settings(spec, dataset, options, report.run_id, dry_run=True)
+        try:
+            DatasetSync(dataset, settings, state, _NoUploads(), sources[dataset.source],
+                        threading.Event(), dataset_report).run()
+        except InvalidRowsError as error:
+            _record_failure(dataset_report, error, INVALID)
+        except AitemsSyncError as error:
+            _record_failure(dataset_report, error, FAILED)
+    return report

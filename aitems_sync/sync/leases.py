@@ -1,0 +1,153 @@
+"""A run's leases on its datasets: taken (or waited for) at the start, renewed, given back.
+
+A lease is a row in the state store (owner, host, pid, expiry), taken with conditional writes so
+two processes never both win. While the run lives, a thread renews every lease at a third of its
+time to live; a run killed with -9 stops renewing, and its datasets are free again once the
+lease expires. If a renewal finds the lease taken over (this process stalled past the expiry),
+the run is told to stop and must not commit again: another run owns the dataset now.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aitems_sync.errors import AitemsSyncError, LockHeldError, StateError
+from aitems_sync.state.store import LeaseHolder, StateStore
+
+log = logging.getLogger(__name__)
+
+#: Polling while waiting for a lease (--wait): first pause, growth, longest pause (seconds).
+FIRST_POLL, POLL_GROWTH, LONGEST_POLL = 0.1, 1.5, 5.0
+
+
+class Leases:
+    """The leases of one run on its datasets."""
+
+    def __init__(
+        self, state: StateStore, datasets: Sequence[str], owner: str, ttl: float,
+    ) -> None:
+        self._state = state
+        self._datasets = list(datasets)
+        self._owner = owner
+        self._ttl = ttl
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._held: list[str] = []
+        self._lost: set[str] = set()
+        #: Set when any lease was lost; the engine stops every dataset on it.
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="lease-renewer", daemon=True)
+
+    def acquire(self, *, wait: float | None = None, stop: threading.Event | None = None) -> bool:
+        """Take every lease, or raise LockHeldError (exit 75) naming the holder.
+
+        With ``wait`` (seconds, ``math.inf`` for no limit), a held lease is polled with growing
+        pauses until it is free or the time is up. Returns False if ``stop`` was set while
+        waiting (a signal): then nothing is held.
+        """
+        deadline = None if wait is None else time.monotonic() + wait
+        pause, announced = FIRST_POLL, None
+        while (refused := self._take_all()) is not None:
+            name, error = refused
+            if deadline is None:
+                raise error
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockHeldError(f"{error} (gave up after waiting {wait:g} s)") from None
+            holder = self._state.lease_holder(name)
+            announced = _announce(holder, announced)
+            nap = min(pause * random.uniform(0.5, 1.0), left, _until_expiry(holder))
+            if stop is not None and stop.wait(nap):
+                return False
+            if stop is None:
+                time.sleep(nap)
+            pause = min(pause * POLL_GROWTH, LONGEST_POLL)
+        self._thread.start()
+        return True
+
+    def _take_all(self) -> tuple[str, LockHeldError] | None:
+        """Take every lease; if one is held, give back the others and return who refused."""
+        host, pid = socket.gethostname(), os.getpid()
+        for name in self._datasets:
+            try:
+                self._state.acquire_lease(name, owner=self._owner, host=host, pid=pid,
+                                          ttl=self._ttl)
+            except LockHeldError as error:
+                self._give_back()  # all or nothing: never sit on some while waiting for others
+                return name, error
+            with self._lock:
+                self._held.append(name)
+        return None
+
+    def check(self, dataset: str) -> None:
+        """Raise StateError if this run lost the dataset's lease (it must not commit then)."""
+        if dataset in self._lost:
+            raise StateError(
+                f"this run lost the lease on dataset {dataset!r} to another run (it could not "
+                "renew it in time); it stopped without committing more, and the run holding the "
+                "lease now delivers the rest"
+            )
+
+    def _renew(self) -> None:
+        while not self._done.wait(self._ttl / 3):
+            with self._lock:
+                held = list(self._held)
+            for name in held:
+                try:
+                    still_ours = self._state.renew_lease(name, owner=self._owner, ttl=self._ttl)
+                except AitemsSyncError as error:
+                    log.warning("could not renew the lease on %s: %s", name, error)
+                    continue
+                if not still_ours:
+                    log.error("lost the lease on %s to another run: stopping", name,
+                              extra={"event": "lease_lost", "dataset": name})
+                    self._lost.add(name)
+                    self.lost.set()
+
+    def release(self) -> None:
+        """Stop renewing and give every lease back (a failure is logged: they expire anyway)."""
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for name in held:
+            try:
+                self._state.release_lease(name, owner=self._owner)
+            except AitemsSyncError as error:
+                log.warning("could not release the lease on %s: %s", name, error)
+
+
+def _announce(holder: LeaseHolder | None, announced: tuple[str, str] | None
+              ) -> tuple[str, str] | None:
+    """Log at INFO who holds the lease we wait for, once per holder."""
+    if holder is None:
+        return announced
+    who = (holder.dataset, holder.owner)
+    if who != announced:
+        log.info("waiting for the lease on dataset %s: run %s on host %s (pid %d) holds it "
+                 "until %s UTC", holder.dataset, holder.owner, holder.host, holder.pid,
+                 f"{holder.expires_at:%Y-%m-%d %H:%M:%S}",
+                 extra={"event": "lease_wait", "dataset": holder.dataset})
+    return who
+
+
+def _until_expiry(holder: LeaseHolder | None) -> float:
+    """Seconds until the holder's lease expires (a little after), so a dead holder's lease is
+    taken over as soon as it lapses."""
+    if holder is None:
+        return 0.05
+    expires = holder.expires_at
+    if expires.tzinfo is None:  # stored as naive UTC by some databases
+        expires = expires.replace(tzinfo=UTC)
+    return max((expires - datetime.now(UTC)).total_seconds() + 0.05, 0.05)

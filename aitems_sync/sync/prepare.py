@@ -1,0 +1,142 @@
+"""Prepare extracted rows for the diff: shape, validate, encode and hash a chunk, in columns.
+
+This is the stateless half of the reading path: it needs the dataset, the query's column
+layout and the source's timezone, and nothing of the ledger, the mark or the window. So it runs
+wherever the rows are read: on the dataset's reading thread, or in an extraction worker process
+(:mod:`aitems_sync.sync.worker`), which hands the same :class:`Prepared` chunks over a pipe.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import Any
+
+import orjson
+
+from aitems_sync.rows.shape import Shaper
+from aitems_sync.spec.model import DatasetSpec
+from aitems_sync.sync.batches import cursor_position, row_encoder, row_hash
+
+#: A row's place in the extraction order: its cursor value, then its key columns' values.
+Place = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the cursor and key are among the query's result columns."""
+
+    columns: tuple[str, ...]
+    cursor_index: int
+    key_indices: tuple[int, ...]
+
+
+@dataclass
+class Prepared:
+    """One chunk of rows, prepared, column by column (index ``i`` is the chunk's ``i``-th row).
+
+    ``encoded[i]`` is None exactly when the row is invalid; ``invalid[i]`` then holds its raw
+    values (quarantine records keep them) and the hash its coerced key would have, where it has
+    one (items and users; None for interactions), and its hashes here are 0.
+    """
+
+    encoded: list[bytes | None]
+    key_hashes: list[int]
+    payloads: list[int]
+    keys: list[Any]  # the key value(s) of each valid row (None for interactions and invalid rows)
+    places: list[Place]
+    positions: list[float | None] | None  # interactions: each row's numeric cursor position
+    invalid: dict[int, tuple[tuple[Any, ...], int | None]]
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def lookup_hashes(self) -> list[int]:
+        """The key hashes to look up in the ledger: every valid row's, and every invalid row's
+        that has one."""
+        if not self.invalid:
+            return self.key_hashes
+        valid = [h for h, row in zip(self.key_hashes, self.encoded, strict=True) if row is not None]
+        return valid + [h for _, h in self.invalid.values() if h is not None]
+
+
+class Preparer:
+    """Compiled once per dataset and per query's result columns (see :class:`Shaper`), with the
+    row hash its ledger is written with (``StateStore.row_hash_of``)."""
+
+    def __init__(self, dataset: DatasetSpec, layout: Layout, timezone: tzinfo,
+                 row_hash: str) -> None:
+        self.dataset = dataset
+        self.layout = layout
+        self.timezone = timezone
+        self.row_hash = row_hash
+        self.shaper = Shaper(dataset, layout.columns, timezone)
+        self.is_interaction = dataset.type == "interaction"
+        names = self.shaper.field_names
+        self.key_positions = [names.index(k) for k in dataset.key_fields]
+        self.encode = row_encoder(names, None if self.is_interaction else self.key_positions,
+                                  row_hash)
+        self.place_of = _place_getter(layout.cursor_index, layout.key_indices)
+        self.key_of = _key_getter(None if self.is_interaction else self.key_positions)
+
+    def prepare(self, chunk: Sequence[Sequence[Any]]) -> Prepared:
+        """The chunk's rows shaped, validated, encoded and hashed."""
+        shape, encode, key_of = self.shaper.shape, self.encode, self.key_of
+        encoded: list[bytes | None] = []
+        key_hashes: list[int] = []
+        payloads: list[int] = []
+        keys: list[Any] = []
+        invalid: dict[int, tuple[tuple[Any, ...], int | None]] = {}
+        for raw in chunk:
+            values = shape(raw)
+            if values is None:
+                invalid[len(encoded)] = (tuple(raw), self._rejected_key_hash(raw))
+                encoded.append(None)
+                key_hashes.append(0)
+                payloads.append(0)
+                keys.append(None)
+                continue
+            row, key_hash, payload = encode(values)
+            encoded.append(row)
+            key_hashes.append(key_hash)
+            payloads.append(payload)
+            keys.append(key_of(values))
+        places = [self.place_of(raw) for raw in chunk]
+        positions = None
+        if self.is_interaction:
+            at, timezone = self.layout.cursor_index, self.timezone
+            positions = [cursor_position(raw[at], timezone) for raw in chunk]
+        return Prepared(encoded, key_hashes, payloads, keys, places, positions, invalid)
+
+    def _rejected_key_hash(self, raw: Sequence[Any]) -> int | None:
+        """The key hash an invalid row would have, so its quarantine record can note what the
+        ledger held for the key then (``quarantine retry`` compares). Interactions have none."""
+        if self.is_interaction:
+            return None
+        coerced = self.shaper.coerce(raw)
+        try:
+            return row_hash(orjson.dumps([coerced[i] for i in self.key_positions]),
+                            self.row_hash)
+        except TypeError:
+            return None
+
+
+def _place_getter(cursor_index: int, key_indices: Sequence[int]) -> Callable[[Any], Place]:
+    """A row's place as a tuple, by one C call where the key has a column at all."""
+    if not key_indices:
+        return lambda raw: (raw[cursor_index],)
+    get: Callable[[Any], Place] = operator.itemgetter(cursor_index, *key_indices)
+    return get
+
+
+def _key_getter(positions: Sequence[int] | None) -> Callable[[tuple[Any, ...]], Any]:
+    """A valid row's key value (one field), its key values in a list (several), or None (an
+    interaction: its key is the whole row, and nothing reports it)."""
+    if positions is None:
+        return lambda values: None
+    if len(positions) == 1:
+        get: Callable[[tuple[Any, ...]], Any] = operator.itemgetter(positions[0])
+        return get
+    return lambda values: [values[i] for i in positions]
