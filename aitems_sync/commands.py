@@ -1,157 +1,104 @@
-"""One plain function per command, taking the spec path: the library under the CLI.
+"""One plain function per command, each taking the loaded spec first: the library under the CLI,
+and the public Python API (``aitems_sync.run``, ``plan``, ``validate`` are these functions).
 
-Each function builds the adapters the command needs from the spec (sources, state store,
-AiTEMS client), calls the engine, closes everything, and returns data for the CLI to render.
+Each function opens what its command needs from the spec (sources, state store, AiTEMS client),
+does the work, closes everything, and returns data for the caller to render. None of them exits
+the process or configures logging; failures raise the documented errors (``aitems_sync.errors``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
+from typing import Any
+
+import yaml
 
 from aitems_sync.aitems.client import AitemsClient
-from aitems_sync.errors import SpecError, SpecProblem
-from aitems_sync.rows.shape import Shaper
+from aitems_sync.errors import UsageError
 from aitems_sync.source.extract import Source
-from aitems_sync.spec.model import Spec, load_spec
+from aitems_sync.spec.model import DatasetSpec, Spec
+from aitems_sync.state.marks import CURSOR_TYPES, Mark, parse_cursor
+from aitems_sync.state.records import DatasetState, QuarantineRecord, RunRecord
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import engine
+from aitems_sync.sync.checks import ValidationReport, check_aitems, check_queries
+from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
 from aitems_sync.sync.report import RunReport
 
+__all__ = ["CURSOR_TYPES"]  # the --type choices of ``state set``, re-exported for the CLI
 
-@dataclass
-class ValidationResult:
-    """What ``validate`` checked, line by line, for the operator."""
-
-    spec: Spec
-    checks: list[str] = field(default_factory=list)
+# -- the sync -------------------------------------------------------------------------------
 
 
-def validate(config: Path, *, connect: bool = False) -> ValidationResult:
-    """Check the spec; with ``connect`` also every source query's columns and AiTEMS itself.
+def validate(spec: Spec, *, connect: bool = False) -> ValidationReport:
+    """Check the loaded spec; with ``connect`` also every query's columns and AiTEMS itself.
 
     Raises SpecError listing every problem; connection failures raise their own errors.
     """
-    spec = load_spec(config)
-    result = ValidationResult(spec)
-    result.checks.append(f"spec {config}: {len(spec.datasets)} dataset(s), "
+    report = ValidationReport(spec)
+    report.checks.append(f"spec {spec.path}: {len(spec.datasets)} dataset(s), "
                          f"{len(spec.sources)} source(s)")
     if connect:
         with open_sources(spec) as sources:
-            _check_queries(spec, sources, result)
-        _check_aitems(spec, result)
-    return result
-
-
-def _check_queries(spec: Spec, sources: Mapping[str, Source], result: ValidationResult) -> None:
-    problems: list[SpecProblem] = []
-    for dataset in spec.datasets.values():
-        source = sources[dataset.source]
-        columns = source.columns(dataset.query)
-        try:
-            Shaper(dataset, columns, source.timezone)
-        except SpecError as error:
-            problems.extend(error.problems)
-            continue
-        lowered = [c.lower() for c in columns]
-        if dataset.cursor not in columns and lowered.count(dataset.cursor.lower()) != 1:
-            problems.append(SpecProblem(
-                str(spec.path), None, f"datasets.{dataset.name}.cursor",
-                f"{dataset.cursor!r} is not a result column of the query "
-                f"(it returns: {', '.join(columns)})",
-            ))
-            continue
-        result.checks.append(f"dataset {dataset.name}: query columns match the fields")
-    if problems:
-        raise SpecError(problems)
-
-
-def _check_aitems(spec: Spec, result: ValidationResult) -> None:
-    client = AitemsClient.from_config(spec.aitems)
-    try:
-        service = client.get_service(spec.aitems.service_id)
-        attached = {str(d.get("datasetId", d)) if isinstance(d, dict) else str(d)
-                    for d in service.get("datasets", [])}
-        result.checks.append(f"AiTEMS: credentials accepted, service {spec.aitems.service_id} "
-                             "found")
-        problems = []
-        for dataset in spec.datasets.values():
-            remote = client.get_dataset(dataset.dataset_id)
-            key = f"datasets.{dataset.name}.dataset_id"
-            if remote.get("type") != dataset.type:
-                problems.append(SpecProblem(
-                    str(spec.path), None, key,
-                    f"AiTEMS dataset {dataset.dataset_id} is of type {remote.get('type')!r}, "
-                    f"the spec says {dataset.type!r}"))
-            elif attached and dataset.dataset_id not in attached:
-                problems.append(SpecProblem(
-                    str(spec.path), None, key,
-                    f"AiTEMS dataset {dataset.dataset_id} is not attached to service "
-                    f"{spec.aitems.service_id}"))
-            else:
-                result.checks.append(f"dataset {dataset.name}: AiTEMS dataset "
-                                     f"{dataset.dataset_id} ({dataset.type}) is attached")
-        if problems:
-            raise SpecError(problems)
-    finally:
-        client.close()
+            check_queries(spec, sources, report)
+        check_aitems(spec, report)
+    return report
 
 
 def run(
-    config: Path,
-    *,
+    spec: Spec,
     datasets: Sequence[str] = (),
+    *,
     full_refresh: bool = False,
-    stop: threading.Event | None = None,
     lease_ttl: float | None = None,
     wait: float | None = None,
     parallel: int = 1,
-    progress: engine.Progress | None = None,
     extract_worker: bool = False,
+    stop: threading.Event | None = None,
+    progress: engine.Progress | None = None,
 ) -> RunReport:
-    """Load the spec and run the sync once; see ``engine.run`` and ``engine.RunOptions``."""
-    spec = load_spec(config)
-    options = engine.RunOptions(datasets=tuple(datasets), full_refresh=full_refresh,
-                                wait=wait, parallel=parallel,
-                                worker_after=engine.WORKER_AFTER if extract_worker else None)
+    """Sync the new and changed rows of the ``datasets`` named (all when none) once.
+
+    Returns the report whatever happened to each dataset (``exit_code`` says how it went);
+    raises UsageError for an unknown dataset and LockHeldError (exit 75) when another run holds
+    a dataset's lease. Setting ``stop`` stops reading, finishes what is on the wire, commits and
+    returns. See ``RunOptions`` for ``lease_ttl``, ``wait`` and ``parallel``.
+    """
+    selected = select_datasets(spec, datasets)  # a usage error before anything is opened
+    options = RunOptions(full_refresh=full_refresh, wait=wait, parallel=parallel,
+                         worker_after=WORKER_AFTER if extract_worker else None)
     if lease_ttl is not None:
         options = replace(options, lease_ttl=lease_ttl)
-    selected = engine.select_datasets(spec, options.datasets)  # a usage error before anything
     # Every upload thread of every dataset running at once keeps a connection.
     uploads = spec.aitems.batch.in_flight * max(1, min(parallel, len(selected)))
-    with open_state(spec) as state, open_sources(spec) as sources:
-        client = AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2))
-        try:
-            report = engine.run(spec, state=state, uploader=client, sources=sources,
-                                options=options, stop=stop, progress=progress)
-        finally:
-            client.close()
+    with open_state(spec) as state, open_sources(spec) as sources, \
+            AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2)) as client:
+        report = engine.run(spec, selected, state=state, uploader=client, sources=sources,
+                            options=options, stop=stop, progress=progress)
     if spec.metrics.pushgateway:
+        # Imported here for start-up time: prometheus_client is needed only by runs that push.
         from aitems_sync.sync.metrics import push_run_metrics
 
         push_run_metrics(report, spec.metrics, now=time.time())
     return report
 
 
-def plan(config: Path, *, datasets: Sequence[str] = (), full_refresh: bool = False
-         ) -> RunReport:
+def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False) -> RunReport:
     """What ``run`` would send now, without sending or writing anything; see ``engine.plan``."""
-    spec = load_spec(config)
-    options = engine.RunOptions(datasets=tuple(datasets), full_refresh=full_refresh)
-    engine.select_datasets(spec, options.datasets)
+    selected = select_datasets(spec, datasets)
     with open_state(spec) as state, open_sources(spec) as sources:
-        return engine.plan(spec, state=state, sources=sources, options=options)
+        return engine.plan(spec, selected, state=state, sources=sources,
+                           options=RunOptions(full_refresh=full_refresh))
 
 
-def quarantine_retry(config: Path, *, datasets: Sequence[str] = ()) -> list[RetryReport]:
+def quarantine_retry(spec: Spec, datasets: Sequence[str] = ()) -> list[RetryReport]:
     """Re-shape quarantined rows with the current spec and send those that now pass."""
-    spec = load_spec(config)
-    selected = engine.select_datasets(spec, datasets)
+    selected = select_datasets(spec, datasets)
     reports = []
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems) as client:
@@ -160,6 +107,112 @@ def quarantine_retry(config: Path, *, datasets: Sequence[str] = ()) -> list[Retr
                 spec, dataset, state=state, uploader=client,
                 timezone=sources[dataset.source].timezone, run_id=engine.new_run_id()))
     return reports
+
+
+# -- inspecting and repairing state ---------------------------------------------------------
+
+
+def state_show(spec: Spec) -> list[DatasetState]:
+    """The mark, ledger size, quarantine count, unfinished batches and lease of each dataset."""
+    with open_state(spec) as store:
+        return [
+            DatasetState(
+                dataset=name,
+                mark=store.get_mark(name),
+                ledger_size=store.ledger_size(name),
+                quarantined=store.quarantine_count(name),
+                unfinished=store.unfinished_batches(name),
+                lease=store.lease_holder(name),
+            )
+            for name in spec.datasets
+        ]
+
+
+def state_reset(spec: Spec, dataset: str) -> None:
+    """Forget a dataset's mark, ledger and journal: the next run sends every row again."""
+    dataset_named(spec, dataset)
+    with open_state(spec) as store:
+        store.reset(dataset)
+
+
+def state_set(spec: Spec, dataset: str, cursor: str, kind: str = "auto") -> Mark:
+    """Move a dataset's mark so the next run reads rows with a cursor at or after ``cursor``.
+
+    The key part of the mark is set below every key (NULLs, which sort first), so rows whose
+    cursor equals the value are read again too; the ledger skips those already delivered.
+    ``kind`` picks the cursor's type; ``auto`` keeps the type of the current mark.
+    """
+    chosen = dataset_named(spec, dataset)
+    with open_state(spec) as store:
+        current = store.get_mark(dataset)
+        value = parse_cursor(cursor, kind, current.cursor if current else None)
+        mark = Mark(cursor=value, key=tuple(None for _ in chosen.key_fields))
+        store.set_mark(dataset, mark)
+    return mark
+
+
+def quarantine_list(spec: Spec, dataset: str | None = None,
+                    limit: int | None = None) -> list[QuarantineRecord]:
+    """Quarantined rows (of ``dataset``, or all), oldest first."""
+    with open_state(spec) as store:
+        return store.quarantined(dataset, limit=limit)
+
+
+def quarantine_show(spec: Spec, entry_id: int) -> QuarantineRecord:
+    """One quarantined row; a usage error if there is none with that id."""
+    with open_state(spec) as store:
+        for record in store.quarantined(ids=[entry_id]):
+            return record
+    raise UsageError(f"no quarantined row has id {entry_id} (see aitems-sync quarantine list)")
+
+
+def quarantine_drop(spec: Spec, ids: Sequence[int]) -> int:
+    """Delete quarantined rows for good; returns how many were deleted."""
+    with open_state(spec) as store:
+        return store.drop_quarantine(list(ids))
+
+
+def history(spec: Spec, limit: int = 20) -> list[RunRecord]:
+    """Past runs, newest first."""
+    with open_state(spec) as store:
+        return store.runs(limit)
+
+
+def schema_pull(spec: Spec, dataset: str) -> str:
+    """The AiTEMS schema of a dataset as the spec's ``fields:`` YAML."""
+    chosen = dataset_named(spec, dataset)
+    with AitemsClient.from_config(spec.aitems) as client:
+        remote = client.get_dataset(chosen.dataset_id)
+        schema = client.get_schema(str(remote["schemaName"]))
+    fields = []
+    for field in schema.get("fields", []):
+        types = field.get("type", [])
+        entry: dict[str, Any] = {"name": field["name"],
+                                 "type": types[0] if len(types) == 1 else list(types)}
+        if field.get("categorical"):
+            entry["categorical"] = True
+        fields.append(entry)
+    header = (f"# schema {schema.get('name')} of AiTEMS dataset {chosen.dataset_id} "
+              f"({schema.get('datasetType')})\n")
+    return header + yaml.safe_dump({"fields": fields}, sort_keys=False,
+                                   default_flow_style=None)
+
+
+# -- shared by the commands -----------------------------------------------------------------
+
+
+def select_datasets(spec: Spec, names: Sequence[str]) -> list[DatasetSpec]:
+    """The datasets named (all when none), in spec order; unknown names are a usage error."""
+    unknown = [n for n in names if n not in spec.datasets]
+    if unknown:
+        known = ", ".join(spec.datasets) or "(none)"
+        raise UsageError(f"unknown dataset {', '.join(unknown)}: the spec defines {known}")
+    return [d for name, d in spec.datasets.items() if not names or name in names]
+
+
+def dataset_named(spec: Spec, name: str) -> DatasetSpec:
+    """The dataset called ``name``; a usage error naming the known ones otherwise."""
+    return select_datasets(spec, [name])[0]
 
 
 @contextmanager
@@ -182,4 +235,3 @@ def open_sources(spec: Spec) -> Iterator[dict[str, Source]]:
             stack.callback(source.close)
             sources[name] = source
         yield sources
-

@@ -19,7 +19,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from aitems_sync.cli import main as cli
-from aitems_sync.spec.model import Spec, load_spec
+from aitems_sync.spec.load import load_spec
+from aitems_sync.spec.model import Spec
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "examples" / "k8s"

@@ -12,17 +12,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from aitems_sync.rows.encode import ROW_HASH, ROW_HASHES, encode_row, row_encoder
+from aitems_sync.rows.encode import row_hash as hash_with
 from aitems_sync.state.store import LedgerEntry, Mark, QuarantineEntry
-from aitems_sync.sync.batches import (
-    ROW_HASH,
-    ROW_HASHES,
-    BatchBuilder,
-    NewRows,
-    cursor_position,
-    encode_row,
-    row_encoder,
-)
-from aitems_sync.sync.batches import row_hash as hash_with
+from aitems_sync.sync.batches import BatchBuilder, NewRows, cursor_position
 
 SEOUL = ZoneInfo("Asia/Seoul")
 

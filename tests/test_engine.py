@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer
+from aitems_sync.rows.encode import ROW_HASH, row_hash
 from aitems_sync.state.store import StateStore
-from aitems_sync.sync.batches import ROW_HASH, row_hash
 from tests.conftest import register_dataset, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 

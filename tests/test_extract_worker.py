@@ -28,13 +28,14 @@ import sqlalchemy as sa
 from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.commands import open_sources, open_state
 from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed
+from aitems_sync.rows.encode import ROW_HASH
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.load import load_spec
 from aitems_sync.spec.model import SourceConfig
 from aitems_sync.state.store import Mark, StateStore
 from aitems_sync.sync import engine
 from aitems_sync.sync import worker as extract_worker
-from aitems_sync.sync.batches import ROW_HASH
+from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.prepare import Layout, Prepared
 from aitems_sync.sync.report import FAILED, INTERRUPTED, OK, DatasetReport, RunReport
 from aitems_sync.sync.worker import ExtractWorker, Start
@@ -78,12 +79,12 @@ class Setup:
             progress: Callable[[DatasetReport], None] | None = None,
             **options: object) -> RunReport:
         spec = load_spec(self.spec)
-        run_options = engine.RunOptions(datasets=(dataset,), chunk_rows=100,
-                                        **options)  # type: ignore[arg-type]
+        run_options = RunOptions(chunk_rows=100, **options)  # type: ignore[arg-type]
         with open_state(spec) as state, open_sources(spec) as sources:
             client = AitemsClient.from_config(spec.aitems)
             try:
-                return engine.run(spec, state=state, uploader=client, sources=sources,
+                return engine.run(spec, [spec.datasets[dataset]], state=state, uploader=client,
+                                  sources=sources,
                                   options=run_options, stop=stop, progress=progress)
             finally:
                 client.close()
@@ -371,7 +372,7 @@ def test_a_worker_sorts_the_rest_of_a_first_load_and_reads_a_delta_through_the_i
 @pytest.mark.parametrize("switch", [["--extract-worker"], []], ids=["flag", "env"])
 def test_run_extract_worker_hands_a_large_extraction_to_a_worker(
         tmp_path: Path, emulator: EmulatorServer, switch: list[str]) -> None:
-    customers = engine.WORKER_AFTER + 15_000
+    customers = WORKER_AFTER + 15_000
     emulator.set_faults(Faults(latency=0.01))  # the worker starts before the rows run out
     shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
     shop.add_customers(customer_rows(customers))

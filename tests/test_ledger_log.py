@@ -22,11 +22,13 @@ from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.aitems.delivery import Target
 from aitems_sync.commands import open_sources, open_state
 from aitems_sync.emulator.server import EmulatorServer, Faults
+from aitems_sync.rows.encode import ROW_HASH, encode_row
 from aitems_sync.spec.load import load_spec
 from aitems_sync.state.store import RECENT_LIMIT, LedgerEntry, StateStore
 from aitems_sync.sync import engine
-from aitems_sync.sync.batches import ROW_HASH, Batch, encode_row
+from aitems_sync.sync.batches import Batch
 from aitems_sync.sync.dataset import DatasetSync, SyncSettings, _NearLedger
+from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.report import DatasetReport, RunReport
 from tests.conftest import source_and_state_urls
 from tests.shop import T0, TIMESTAMP, Shop, customer_rows, write_spec
@@ -66,21 +68,23 @@ class Visits:
 
     def run(self, recent_limit: int = RECENT_LIMIT, **options: object) -> RunReport:
         spec = load_spec(self.spec)
-        run_options = engine.RunOptions(datasets=("profiles",), **options)  # type: ignore[arg-type]
+        run_options = RunOptions(**options)  # type: ignore[arg-type]
         with (StateStore.open(spec.state_url, recent_limit=recent_limit) as state,
               open_sources(spec) as sources):
             client = AitemsClient.from_config(spec.aitems)
             try:
-                return engine.run(spec, state=state, uploader=client, sources=sources,
+                return engine.run(spec, [spec.datasets["profiles"]], state=state,
+                                  uploader=client, sources=sources,
                                   options=run_options)
             finally:
                 client.close()
 
     def plan(self, **options: object) -> RunReport:
         spec = load_spec(self.spec)
-        run_options = engine.RunOptions(datasets=("profiles",), **options)  # type: ignore[arg-type]
+        run_options = RunOptions(**options)  # type: ignore[arg-type]
         with open_state(spec) as state, open_sources(spec) as sources:
-            return engine.plan(spec, state=state, sources=sources, options=run_options)
+            return engine.plan(spec, [spec.datasets["profiles"]], state=state, sources=sources,
+                               options=run_options)
 
     def touch_last_rows(self, hours: int) -> None:
         """Move each user's last row to ``hours`` after the first run, unchanged otherwise."""
@@ -301,7 +305,8 @@ def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_c
                                 source_url=shop.url, state_url=f"sqlite:///{tmp_path / 's.db'}",
                                 max_rows=100))
     chosen = spec.datasets[dataset]
-    settings = SyncSettings(run_id="r1", batch=spec.aitems.batch, merge_every=merge_every,
+    settings = SyncSettings(run_id="r1", batch=spec.aitems.batch,
+                            options=RunOptions(merge_every=merge_every),
                             target=Target(spec.aitems.service_id, chosen.dataset_id, chosen.type))
     with open_state(spec) as state, open_sources(spec) as sources:
         client = AitemsClient.from_config(spec.aitems)

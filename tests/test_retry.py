@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer
-from aitems_sync.sync.batches import ROW_HASH
+from aitems_sync.rows.encode import ROW_HASH
 from tests.conftest import register_dataset
 from tests.shop import T0, Shop, customer_rows, write_spec
 

@@ -14,6 +14,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from aitems_sync.errors import SpecError, SpecProblem
+from aitems_sync.spec.load import load_spec
 from aitems_sync.spec.model import (
     DEFAULT_ENDPOINT,
     DURATION_PATTERN,
@@ -25,7 +26,6 @@ from aitems_sync.spec.model import (
     InvalidLimit,
     MetricsConfig,
     RetryPolicy,
-    load_spec,
     parse_duration,
     parse_invalid_limit,
     parse_size,

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from aitems_sync.errors import SpecError
-from aitems_sync.spec.load import Document, read_document
+from aitems_sync.spec.document import Document
+from aitems_sync.spec.load import read_document
 from aitems_sync.spec.model import spec_schema
 from aitems_sync.spec.verdict import UnsupportedSchema, compile_verdict, equal
 

@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aitems_sync.errors import LockHeldError, StateError
+from aitems_sync.rows.encode import ROW_HASH
 from aitems_sync.state.store import (
     CursorValue,
     LedgerEntry,
@@ -33,7 +34,6 @@ from aitems_sync.state.store import (
     encode_value,
 )
 from aitems_sync.state.tables import LATEST_VERSION
-from aitems_sync.sync.batches import ROW_HASH
 
 REPO = Path(__file__).resolve().parent.parent
 KST = timezone(timedelta(hours=9))

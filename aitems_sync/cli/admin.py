@@ -1,33 +1,18 @@
 """CLI commands that inspect and repair state: `state`, `quarantine`, `history`, `schema`.
 
-Parse, call :mod:`aitems_sync.admin`, render. Registered on the main group by :mod:`cli`.
+Parse, call :mod:`aitems_sync.commands`, render. Registered on the main group by
+:mod:`aitems_sync.cli.main`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from aitems_sync import admin
-
-if TYPE_CHECKING:
-    from aitems_sync.cli.main import Context
-    from aitems_sync.spec.model import Spec
-    from aitems_sync.state.store import StateStore
-
-
-@contextmanager
-def _opened(ctx: Context) -> Iterator[tuple[Spec, StateStore]]:
-    from aitems_sync.commands import open_state
-    from aitems_sync.spec.model import load_spec
-
-    spec = load_spec(ctx.config)
-    with open_state(spec) as store:
-        yield spec, store
+from aitems_sync import commands
+from aitems_sync.cli.context import Context
 
 
 def _echo_json(data: Any) -> None:
@@ -43,8 +28,7 @@ def state() -> None:
 @click.pass_obj
 def state_show(ctx: Context) -> None:
     """Each dataset's mark (with its type), ledger size, quarantine, unfinished batches, lease."""
-    with _opened(ctx) as (spec, store):
-        states = admin.state_show(spec, store)
+    states = commands.state_show(ctx.spec())
     if ctx.json_output:
         _echo_json([s.to_dict() for s in states])
         return
@@ -68,8 +52,7 @@ def state_reset(ctx: Context, dataset: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Forget the mark and ledger of {dataset}? The next run re-sends every "
                       "row", abort=True)
-    with _opened(ctx) as (spec, store):
-        admin.state_reset(spec, store, dataset)
+    commands.state_reset(ctx.spec(), dataset)
     click.echo(f"reset {dataset}")
 
 
@@ -77,13 +60,12 @@ def state_reset(ctx: Context, dataset: str, yes: bool) -> None:
 @click.argument("dataset")
 @click.option("--cursor", required=True,
               help="The next run reads rows whose cursor is at or after this value.")
-@click.option("--type", "kind", type=click.Choice(admin.CURSOR_TYPES), default="auto",
+@click.option("--type", "kind", type=click.Choice(commands.CURSOR_TYPES), default="auto",
               show_default=True, help="The cursor's type (auto: that of the current mark).")
 @click.pass_obj
 def state_set(ctx: Context, dataset: str, cursor: str, kind: str) -> None:
     """Move DATASET's mark to a cursor value (the ledger still skips delivered rows)."""
-    with _opened(ctx) as (spec, store):
-        mark = admin.state_set(spec, store, dataset, cursor, kind)
+    mark = commands.state_set(ctx.spec(), dataset, cursor, kind)
     click.echo(f"{dataset}: mark set to {mark.cursor!r} ({type(mark.cursor).__name__})")
 
 
@@ -98,14 +80,13 @@ def quarantine() -> None:
 @click.pass_obj
 def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
     """Quarantined rows (of DATASET, or all), oldest first, with their first error."""
-    with _opened(ctx) as (_spec, store):
-        records = admin.quarantine_list(store, dataset, limit)
+    records = commands.quarantine_list(ctx.spec(), dataset, limit)
     if ctx.json_output:
-        _echo_json([admin.quarantine_record_dict(r) for r in records])
+        _echo_json([r.to_dict() for r in records])
         return
     for r in records:
         first = r.errors[0] if r.errors else {"path": "", "message": ""}
-        click.echo(f"{r.id}\t{r.dataset}\t{json.dumps(admin.quarantine_record_dict(r)['key'])}"
+        click.echo(f"{r.id}\t{r.dataset}\t{json.dumps(r.to_dict()['key'])}"
                    f"\t{r.origin}\t{first['path']}: {first['message']}")
 
 
@@ -114,9 +95,7 @@ def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
 @click.pass_obj
 def quarantine_show(ctx: Context, entry_id: int) -> None:
     """One quarantined row with its raw values and every error."""
-    with _opened(ctx) as (_spec, store):
-        record = admin.quarantine_show(store, entry_id)
-    _echo_json(admin.quarantine_record_dict(record))
+    _echo_json(commands.quarantine_show(ctx.spec(), entry_id).to_dict())
 
 
 @quarantine.command("export")
@@ -126,10 +105,8 @@ def quarantine_show(ctx: Context, entry_id: int) -> None:
 @click.pass_obj
 def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
     """Every quarantined row (of DATASET, or all) as JSON lines."""
-    with _opened(ctx) as (_spec, store):
-        for record in admin.quarantine_list(store, dataset):
-            output.write(json.dumps(admin.quarantine_record_dict(record), default=str,
-                                    ensure_ascii=False) + "\n")
+    for record in commands.quarantine_list(ctx.spec(), dataset):
+        output.write(json.dumps(record.to_dict(), default=str, ensure_ascii=False) + "\n")
 
 
 @quarantine.command("retry")
@@ -138,12 +115,9 @@ def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
 def quarantine_retry(ctx: Context, datasets: tuple[str, ...]) -> None:
     """Re-shape and re-validate quarantined rows (of DATASETS, or all) with the current spec
     and send those that now pass; rows superseded by a later delivered version are dropped."""
-    from aitems_sync import commands
-    from aitems_sync.sync.quarantine import report_dict
-
-    reports = commands.quarantine_retry(ctx.config, datasets=datasets)
+    reports = commands.quarantine_retry(ctx.spec(), datasets)
     if ctx.json_output:
-        _echo_json([report_dict(r) for r in reports])
+        _echo_json([r.to_dict() for r in reports])
         return
     for r in reports:
         click.echo(f"{r.dataset}: {r.checked} quarantined, sent {r.sent}, still invalid "
@@ -159,8 +133,7 @@ def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None
     """Delete quarantined rows for good (they are not sent)."""
     if not yes:
         click.confirm(f"Delete {len(entry_ids)} quarantined rows for good?", abort=True)
-    with _opened(ctx) as (_spec, store):
-        dropped = admin.quarantine_drop(store, list(entry_ids))
+    dropped = commands.quarantine_drop(ctx.spec(), entry_ids)
     click.echo(f"dropped {dropped} rows")
 
 
@@ -169,8 +142,7 @@ def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None
 @click.pass_obj
 def history(ctx: Context, limit: int) -> None:
     """Past runs, newest first, with their status, counts and duration."""
-    with _opened(ctx) as (_spec, store):
-        runs = [admin.run_record_dict(r) for r in admin.history(store, limit)]
+    runs = [r.to_dict() for r in commands.history(ctx.spec(), limit)]
     if ctx.json_output:
         _echo_json(runs)
         return
@@ -192,12 +164,7 @@ def schema() -> None:
 @click.pass_obj
 def schema_pull(ctx: Context, dataset: str) -> None:
     """Print DATASET's schema from AiTEMS as the spec's `fields:` YAML."""
-    from aitems_sync.aitems.client import AitemsClient
-    from aitems_sync.spec.model import load_spec
-
-    spec = load_spec(ctx.config)
-    with AitemsClient.from_config(spec.aitems) as client:
-        click.echo(admin.schema_pull(spec, client, dataset), nl=False)
+    click.echo(commands.schema_pull(ctx.spec(), dataset), nl=False)
 
 
 COMMANDS = (state, quarantine, history, schema)

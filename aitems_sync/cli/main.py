@@ -10,16 +10,13 @@ import math
 import os
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
-from aitems_sync import __version__
-from aitems_sync.cli import admin as cli_admin
-from aitems_sync.cli import render
-from aitems_sync.errors import AitemsSyncError
+from aitems_sync import __version__, commands
+from aitems_sync.cli import admin, render
+from aitems_sync.cli.context import Context, ErrorMappingGroup
 from aitems_sync.sync import signals
 
 log = logging.getLogger(__name__)
@@ -27,19 +24,6 @@ log = logging.getLogger(__name__)
 # Set by the console-script entry point: the process is ours, so process-wide settings (the
 # garbage collector) may be tuned. Not when a library or a test calls main_group.
 _own_process = False
-
-
-@dataclass
-class Context:
-    config: Path
-    json_output: bool
-    debug: bool
-    log_format: str = "text"
-
-    @property
-    def show_progress(self) -> bool:
-        """A progress display only for a person at a terminal reading text."""
-        return not self.json_output and self.log_format == "text" and sys.stderr.isatty()
 
 
 def _setup_logging(level: str, fmt: str) -> None:
@@ -55,21 +39,7 @@ def _setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-class _Group(click.Group):
-    """Maps our errors to ``FAILED: message`` and their exit codes, in one place."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except AitemsSyncError as error:
-            debug = isinstance(ctx.obj, Context) and ctx.obj.debug
-            if debug:
-                log.exception("failed")
-            click.echo(f"FAILED: {error}", err=True)
-            ctx.exit(error.exit_code)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "-c",
@@ -114,11 +84,9 @@ def main_group(
 @click.pass_obj
 def validate(ctx: Context, connect: bool) -> None:
     """Check the spec (and with --connect, the sources and AiTEMS) without changing anything."""
-    from aitems_sync import commands
-
-    result = commands.validate(ctx.config, connect=connect)
+    result = commands.validate(ctx.spec(), connect=connect)
     if ctx.json_output:
-        click.echo(json.dumps({"valid": True, "checks": result.checks}))
+        click.echo(json.dumps(result.to_dict()))
     else:
         for check in result.checks:
             click.echo(f"ok: {check}")
@@ -159,8 +127,7 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
     spec error; 3 a dataset passed max_invalid; 75 another run holds a dataset's lease; 143 or
     130 stopped by SIGTERM or SIGINT after committing what was acknowledged.
     """
-    from aitems_sync import commands
-
+    spec = ctx.spec()
     _freeze_imports()
     with signals.stop_on_signals(grace) as stop, ExitStack() as display:
         progress = None
@@ -168,7 +135,7 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
             from aitems_sync.cli.progress import terminal_progress
 
             progress = display.enter_context(terminal_progress(sys.stderr))
-        report = commands.run(ctx.config, datasets=datasets, full_refresh=full_refresh,
+        report = commands.run(spec, datasets, full_refresh=full_refresh,
                               stop=stop.event, lease_ttl=lease_ttl, wait=wait,
                               parallel=parallel, progress=progress,
                               extract_worker=extract_worker)
@@ -191,10 +158,9 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
 def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code: bool) -> None:
     """Dry run: per dataset the rows new, changed, unchanged and invalid, and the batches a run
     would send now. Uploads nothing, writes nothing to the state store, takes no lease."""
-    from aitems_sync import commands
-
+    spec = ctx.spec()
     _freeze_imports()
-    report = commands.plan(ctx.config, datasets=datasets, full_refresh=full_refresh)
+    report = commands.plan(spec, datasets, full_refresh=full_refresh)
     if ctx.json_output:
         click.echo(json.dumps(report.to_dict(), default=str))
     else:
@@ -278,7 +244,7 @@ def emulator(
     server.serve_forever()
 
 
-for _command in cli_admin.COMMANDS:
+for _command in admin.COMMANDS:
     main_group.add_command(_command)
 
 

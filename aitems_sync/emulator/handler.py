@@ -12,21 +12,20 @@ import contextlib
 import logging
 import re
 import socket
+import socketserver
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote
 
 import orjson
 
 from aitems_sync.aitems.signing import verify
+from aitems_sync.emulator.faults import Faults, FaultState
 from aitems_sync.emulator.model import Model
 from aitems_sync.emulator.rows import Rejection, error_body, parse_upload
-
-if TYPE_CHECKING:
-    from aitems_sync.emulator.server import _HTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,42 @@ def _retry_after(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
+class App(Protocol):
+    """What the handler answers from: an emulator's model, keys, faults and clock."""
+
+    model: Model
+    keys: dict[str, str]
+    faults: FaultState
+
+    def clock(self) -> float: ...
+
+    def update_faults(self, patch: Any) -> Faults: ...
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    """The threading HTTP server of one emulator, with its app and open connections."""
+
+    daemon_threads = True  # a kept-alive client must not keep the process alive
+
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        self.open_connections: set[socket.socket] = set()
+        super().__init__(address, EmulatorHandler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the host (slow where DNS is slow)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+
 class EmulatorHandler(BaseHTTPRequestHandler):
     """Answers the requests of one connection."""
 
     protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
     # Without TCP_NODELAY, Nagle plus delayed ACKs stall each kept-alive request about 40 ms.
     disable_nagle_algorithm = True
-    server: _HTTPServer
+    server: EmulatorHTTPServer
 
     def setup(self) -> None:
         """Track the connection so `EmulatorServer.stop` can close it."""

@@ -1,7 +1,7 @@
 """The local AiTEMS emulator: an HTTP server on loopback for development, demos, tests, benchmarks.
 
-It serves the AiTEMS API under ``/api/v1`` (see ``emulator_model.py`` for the objects and
-``emulator_rows.py`` for the upload rules). Every ``/api/v1`` request must carry a valid signature
+It serves the AiTEMS API under ``/api/v1`` (see ``model.py`` for the objects and ``rows.py``
+for the upload rules). Every ``/api/v1`` request must carry a valid signature
 v2 from a configured key pair, within 5 minutes of the server clock; otherwise 401 with the gateway
 body ``{"error": {"errorCode": "200", "message": "Authentication Failed", "details": ...}}``.
 Unknown paths answer 404 (errorCode "300").
@@ -32,128 +32,26 @@ Inspection, unsigned, under ``/_emulator`` (never an AiTEMS path):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import random
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from aitems_sync.emulator.handler import EmulatorHandler
+from aitems_sync.emulator.faults import Faults, FaultState, patch_faults
+from aitems_sync.emulator.handler import EmulatorHTTPServer
 from aitems_sync.emulator.model import SEEDED_ID_RE, Model, Received
-from aitems_sync.emulator.rows import Problem, Rejection
+from aitems_sync.emulator.rows import Rejection
+from aitems_sync.emulator.store import SqliteJournal
 from aitems_sync.errors import UsageError
 
 __all__ = ["EmulatorServer", "Faults", "Received", "load_seed"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Faults:
-    """Faults injected into uploads. Mutable: the server consumes ``statuses`` and
-    ``drop_after_store`` as it applies them."""
-
-    latency: float = 0.0
-    latency_jitter: float = 0.0
-    statuses: list[int] = field(default_factory=list)
-    status_rate: float = 0.0
-    status_choices: tuple[int, ...] = (429, 500, 503, 504)
-    retry_after: float | None = 1.0
-    max_body_bytes: int | None = None
-    drop_after_store: int = 0
-    drop_rate: float = 0.0
-    seed: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The faults as the admin endpoint shows them."""
-        data = dataclasses.asdict(self)
-        data["status_choices"] = list(self.status_choices)
-        return data
-
-
-_FAULT_TYPES: dict[str, tuple[type, ...]] = {
-    "latency": (int, float), "latency_jitter": (int, float), "statuses": (list,),
-    "status_rate": (int, float), "status_choices": (list,), "retry_after": (int, float, type(None)),
-    "max_body_bytes": (int, type(None)), "drop_after_store": (int,), "drop_rate": (int, float),
-    "seed": (int, type(None)),
-}
-
-
-def patch_faults(current: Faults, patch: Any) -> Faults:
-    """A copy of ``current`` with the fields of a JSON object replaced; 400 on a bad field."""
-    if not isinstance(patch, dict):
-        raise Rejection(400, "the faults must be a JSON object of Faults fields")
-    problems = []
-    for name, value in patch.items():
-        allowed = _FAULT_TYPES.get(name)
-        if allowed is None:
-            problems.append(Problem(None, name, f"unknown fault {name!r}"))
-        elif isinstance(value, bool) or not isinstance(value, allowed) or (
-            isinstance(value, list) and not all(type(v) is int for v in value)
-        ):
-            problems.append(Problem(None, name, f"fault {name} has the wrong type"))
-    if problems:
-        raise Rejection(400, f"bad faults: {problems[0].message}", problems)
-    changes = dict(patch)
-    if "status_choices" in changes:
-        changes["status_choices"] = tuple(changes["status_choices"])
-    return dataclasses.replace(current, **changes)
-
-
-class FaultState:
-    """The faults in force and the random source behind their rates (thread-safe)."""
-
-    def __init__(self, faults: Faults) -> None:
-        self._lock = threading.Lock()
-        self.faults = faults
-        self._rng = random.Random(faults.seed)
-
-    def replace(self, faults: Faults) -> None:
-        """Put other faults in force (the random source restarts from their seed)."""
-        with self._lock:
-            self.faults = faults
-            self._rng = random.Random(faults.seed)
-
-    def delay(self) -> float:
-        """Seconds to wait before answering this upload."""
-        with self._lock:
-            f = self.faults
-            return f.latency + (self._rng.uniform(0, f.latency_jitter) if f.latency_jitter else 0)
-
-    def too_large(self, size: int) -> bool:
-        """Whether a body of this many bytes gets 413."""
-        limit = self.faults.max_body_bytes
-        return limit is not None and size > limit
-
-    def injected_status(self) -> tuple[int, float | None] | None:
-        """The status (and Retry-After) to answer this upload with instead of storing it."""
-        with self._lock:
-            f = self.faults
-            if f.statuses:
-                status = f.statuses.pop(0)
-            elif f.status_rate and f.status_choices and self._rng.random() < f.status_rate:
-                status = self._rng.choice(f.status_choices)
-            else:
-                return None
-            return status, f.retry_after if status in (429, 503) else None
-
-    def drop_now(self) -> bool:
-        """Whether to close the connection without answering this (stored) upload."""
-        with self._lock:
-            f = self.faults
-            if f.drop_after_store > 0:
-                f.drop_after_store -= 1
-                return True
-            return bool(f.drop_rate) and self._rng.random() < f.drop_rate
 
 
 def load_seed(path: Path | str) -> dict[str, Any]:
@@ -228,20 +126,6 @@ def _seed_one(model: Model, kind: str, id_key: str, entry: Any) -> None:
             model.attach_datasets(service_id, {"datasetIds": entry["datasets"]})
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True  # a kept-alive client must not keep the process alive
-
-    def __init__(self, address: tuple[str, int], app: EmulatorServer) -> None:
-        self.app = app
-        self.open_connections: set[socket.socket] = set()
-        super().__init__(address, EmulatorHandler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse DNS lookup of the host (slow where DNS is slow)."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
-
-
 class EmulatorServer:
     """The emulator: binds its socket at construction (so ``port`` is known), serves on start."""
 
@@ -250,8 +134,6 @@ class EmulatorServer:
         keys: Mapping[str, str] | None = None, state_path: Path | None = None,
         faults: Faults | None = None, record: bool = True, clock: Callable[[], float] = time.time,
     ) -> None:
-        from aitems_sync.emulator.store import SqliteJournal
-
         self.clock = clock
         self._journal = SqliteJournal(Path(state_path)) if state_path is not None else None
         self.model = Model(clock=clock, record=record, journal=self._journal)
@@ -273,9 +155,9 @@ class EmulatorServer:
         self.admin_url = f"http://{reach}:{self.port}/_emulator"
         self._thread: threading.Thread | None = None
 
-    def _bind(self, host: str, port: int) -> _HTTPServer:
+    def _bind(self, host: str, port: int) -> EmulatorHTTPServer:
         try:
-            return _HTTPServer((host, port), self)
+            return EmulatorHTTPServer((host, port), self)
         except OSError as error:
             raise UsageError(f"the emulator cannot listen on {host}:{port}: {error}; "
                              "choose another --port or stop what uses it") from error

@@ -54,7 +54,7 @@ import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from aitems_sync.spec.load import Document, KeyPath
+from aitems_sync.spec.document import Document, KeyPath
 from aitems_sync.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_KEYS,

@@ -262,14 +262,3 @@ def spec_schema() -> dict[str, Any]:
     """The spec's own JSON Schema (Draft 2020-12), as shipped in the package (a fresh copy)."""
     schema: dict[str, Any] = json.loads(_schema_text())
     return schema
-
-
-def load_spec(path: Path | str, env: Mapping[str, str] | None = None) -> Spec:
-    """Load, interpolate and validate the spec file at ``path`` (``env`` defaults to os.environ).
-
-    Raises SpecError holding every problem found, each with file, line and dotted key. See
-    ``aitems_sync.spec.load`` for the rules and the table of defaults.
-    """
-    from aitems_sync.spec.load import load_spec as load  # imported here: spec_load imports us
-
-    return load(path, env)

@@ -13,14 +13,8 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from aitems_sync.errors import StateError
-from aitems_sync.state.values import (
-    Mark,
-    decode_mapping,
-    dumps,
-    encode_mapping,
-    loads,
-    mark_from_json,
-)
+from aitems_sync.state.marks import Mark, mark_from_json
+from aitems_sync.state.values import decode_mapping, dumps, encode_mapping, encode_value, loads
 
 
 class LedgerEntry(NamedTuple):
@@ -95,6 +89,29 @@ class QuarantineRecord:
     created_at: datetime
     ledger_hash: int | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly data (values that are not JSON scalars shown as text)."""
+        return {
+            "id": self.id,
+            "dataset": self.dataset,
+            "run_id": self.run_id,
+            "origin": self.origin,
+            "created_at": self.created_at.isoformat(),
+            "key": _plain(self.key),
+            "raw": _plain(self.raw),
+            "errors": self.errors,
+        }
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or isinstance(value, str | int | float | bool):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
 
 @dataclass(frozen=True)
 class BatchRecord:
@@ -128,6 +145,27 @@ class RunRecord:
     datasets: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly data with the per-dataset counts of the run's summary."""
+        seconds = None
+        if self.finished_at is not None:
+            seconds = round((self.finished_at - self.started_at).total_seconds(), 3)
+        datasets = self.summary.get("datasets", []) if self.summary else []
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "started_at": self.started_at.isoformat(),
+            "seconds": seconds,
+            "host": self.host,
+            "pid": self.pid,
+            "datasets": [
+                {k: d.get(k) for k in ("dataset", "status", "read", "sent", "unchanged",
+                                       "invalid", "batches")}
+                | {"ambiguous": len(d.get("ambiguous", []))}
+                for d in datasets
+            ],
+        }
+
 
 @dataclass(frozen=True)
 class LeaseHolder:
@@ -139,6 +177,35 @@ class LeaseHolder:
     pid: int
     acquired_at: datetime
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class DatasetState:
+    """What the state store knows of one dataset (``state show``)."""
+
+    dataset: str
+    mark: Mark | None
+    ledger_size: int
+    quarantined: int
+    unfinished: list[BatchRecord]
+    lease: LeaseHolder | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly data; the mark's values keep their type tags."""
+        return {
+            "dataset": self.dataset,
+            "mark": None if self.mark is None else {
+                "cursor": encode_value(self.mark.cursor),
+                "key": [encode_value(k) for k in self.mark.key],
+            },
+            "ledger_size": self.ledger_size,
+            "quarantined": self.quarantined,
+            "unfinished_batches": [b.batch_id for b in self.unfinished],
+            "lease": None if self.lease is None else {
+                "owner": self.lease.owner, "host": self.lease.host, "pid": self.lease.pid,
+                "expires_at": self.lease.expires_at.isoformat(),
+            },
+        }
 
 
 def quarantine_row(entry: QuarantineEntry, dataset_id: int, now: datetime) -> dict[str, Any]:

@@ -23,9 +23,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from aitems_sync.errors import LockHeldError, StateError
+from aitems_sync.rows.encode import ROW_HASH, ROW_HASHES
 from aitems_sync.state import connect as se
 from aitems_sync.state import records as rec
 from aitems_sync.state import tables as t
+from aitems_sync.state.marks import CursorValue, Mark, decode_mark, encode_mark, mark_to_json
 from aitems_sync.state.records import (
     BatchCommit,
     BatchRecord,
@@ -36,17 +38,8 @@ from aitems_sync.state.records import (
     RunRecord,
     Sending,
 )
-from aitems_sync.state.values import (
-    CursorValue,
-    Mark,
-    decode_mark,
-    decode_value,
-    dumps,
-    encode_mark,
-    mark_to_json,
-)
+from aitems_sync.state.values import decode_value, dumps
 from aitems_sync.state.values import encode_value as encode_value
-from aitems_sync.sync.batches import ROW_HASH, ROW_HASHES
 
 __all__ = [
     "BatchCommit",
@@ -71,6 +64,11 @@ log = logging.getLogger(__name__)
 #: 1M and 2M (141-144 s); merging a level of 1M keys into a 9M-key ledger took ~1 s, and each
 #: such merge at the end of a run of that size is paid by that run.
 RECENT_LIMIT = 2_000_000
+
+#: Ledger entries logged before the committer merges the log into the ledger: the reader
+#: holds them in memory meanwhile (~130 bytes each), and each merge rewrites the ledger pages they
+#: touch.
+MERGE_EVERY = 50_000
 
 
 def _utcnow() -> datetime:

@@ -32,22 +32,11 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
-
-CursorValue = datetime | date | int | float | Decimal | str
-
-
-@dataclass(frozen=True)
-class Mark:
-    """The high-water mark of a dataset: the cursor value and key of the last acknowledged row."""
-
-    cursor: CursorValue
-    key: tuple[Any, ...]
 
 
 def encode_value(value: Any) -> list[Any]:
@@ -144,18 +133,6 @@ def loads(text: str) -> Any:
     return orjson.loads(text)
 
 
-def encode_mark(mark: Mark) -> tuple[str, str]:
-    """The JSON texts stored for a mark: its encoded cursor and its encoded key values."""
-    return dumps(encode_value(mark.cursor)), dumps([encode_value(v) for v in mark.key])
-
-
-def decode_mark(cursor_text: str, key_text: str) -> Mark:
-    """The mark stored by :func:`encode_mark`."""
-    cursor = decode_value(loads(cursor_text))
-    key = tuple(decode_value(item) for item in loads(key_text))
-    return Mark(cursor=cursor, key=key)
-
-
 def encode_mapping(values: Any) -> str:
     """JSON text of a name -> value mapping, each value encoded (raises TypeError)."""
     return dumps({str(name): encode_value(value) for name, value in values.items()})
@@ -164,18 +141,3 @@ def encode_mapping(values: Any) -> str:
 def decode_mapping(text: str) -> dict[str, Any]:
     """The mapping stored by :func:`encode_mapping`."""
     return {name: decode_value(item) for name, item in loads(text).items()}
-
-
-def mark_to_json(mark: Mark | None) -> str | None:
-    """One JSON text for a whole mark (the batch journal's first and last rows)."""
-    if mark is None:
-        return None
-    return dumps([encode_value(mark.cursor), [encode_value(v) for v in mark.key]])
-
-
-def mark_from_json(text: str | None) -> Mark | None:
-    """The mark stored by :func:`mark_to_json`."""
-    if text is None:
-        return None
-    cursor, key = loads(text)
-    return Mark(cursor=decode_value(cursor), key=tuple(decode_value(item) for item in key))

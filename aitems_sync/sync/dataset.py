@@ -33,9 +33,10 @@ from aitems_sync.spec.model import BatchPolicy, DatasetSpec
 from aitems_sync.state.records import KEY_HASH, PAYLOAD_HASH
 from aitems_sync.state.store import LedgerEntry, Mark, QuarantineEntry, StateStore
 from aitems_sync.sync.batches import Batch, BatchBuilder, NewRows, cursor_position
+from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer
 from aitems_sync.sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
-from aitems_sync.sync.window import MERGE_EVERY, DryWindow, Window, show
+from aitems_sync.sync.window import DryWindow, Window, show
 
 if TYPE_CHECKING:  # imported when a run starts a worker: ~6 ms a run saved otherwise
     from aitems_sync.sync.worker import ExtractWorker
@@ -58,17 +59,13 @@ class StopFlag(Protocol):
 
 @dataclass(frozen=True)
 class SyncSettings:
+    """One dataset's part of a run: its run, where its rows go, how they are cut, the options."""
+
     run_id: str
     target: Target
     batch: BatchPolicy
-    full_refresh: bool = False
-    chunk_rows: int = 5000
-    mark_every: int = 10_000
+    options: RunOptions = RunOptions()
     dry_run: bool = False  # plan: read, shape and diff, but upload and write nothing
-    merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
-    # Rows read on the reading thread before an extraction worker process is started to read
-    # the rest (0: from the first row; None: never). See aitems_sync/sync/worker.py.
-    worker_after: int | None = None
 
 
 def _no_check() -> None:
@@ -175,7 +172,7 @@ class DatasetSync:
         try:
             self._report_leftovers()
             self.old_mark = self.state.get_mark(self.dataset.name)
-            mark = None if self.settings.full_refresh else self.old_mark
+            mark = None if self.settings.options.full_refresh else self.old_mark
             # Interaction rows outside the lookback window are excluded by the mark alone: such
             # a dataset keeps no ledger, and consults one only if a failed run left entries.
             self.keeps_ledger = not self.is_interaction or self.dataset.lookback > timedelta(0)
@@ -184,11 +181,12 @@ class DatasetSync:
             self.log_to_load = self.logged > 0
             with self._window() as self.window, self.source.extract(
                 self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
-                mark=mark, lookback=self.dataset.lookback, chunk_rows=self.settings.chunk_rows,
+                mark=mark, lookback=self.dataset.lookback,
+                chunk_rows=self.settings.options.chunk_rows,
                 # With a worker, the first rows are read here at once, unsorted; the worker
                 # sorts the rest (Start.sort): sorting the whole table here first cost ~10 % of
                 # the 1M items backfill.
-                sort=None if self.settings.worker_after is None else False,
+                sort=None if self.settings.options.worker_after is None else False,
             ) as extraction:
                 self._stream(extraction, mark)
             self._after_stream()
@@ -202,7 +200,7 @@ class DatasetSync:
         threshold or more, they are merged here and now, as that many would not fit in
         memory. Nothing else writes the dataset's ledger while we hold its lease."""
         logged = self.state.logged_count(self.dataset.name)
-        if logged >= self.settings.merge_every and not self.settings.dry_run:
+        if logged >= self.settings.options.merge_every and not self.settings.dry_run:
             self.state.merge_ledger(self.dataset.name)
             return 0
         return logged
@@ -247,7 +245,7 @@ class DatasetSync:
         """The extraction's chunks, prepared: on this thread, and once ``worker_after`` rows
         are read and a worker process is ready, by the worker, from the row after the last
         one read here (``mark``: where the extraction began, with the dataset's lookback)."""
-        after = self.settings.worker_after
+        after = self.settings.options.worker_after
         if after is None or not self.source.shareable:
             # No raw chunk is kept while its prepared one is routed and the next one read.
             yield from map(self.preparer.prepare, extraction.chunks)
@@ -290,7 +288,7 @@ class DatasetSync:
         from aitems_sync.sync.worker import ExtractWorker
 
         return ExtractWorker(self.source.config, self.dataset, self.preparer.layout,
-                             self.preparer.row_hash, self.settings.chunk_rows)
+                             self.preparer.row_hash, self.settings.options.chunk_rows)
 
     def _window(self) -> Window | DryWindow:
         if self.settings.dry_run:
@@ -299,8 +297,9 @@ class DatasetSync:
             self.dataset, self.settings.run_id, self.settings.target,
             self.settings.batch.in_flight, self.state, self.uploader, self.report,
             check_lease=self.check_lease, keep_ledger=self.keeps_ledger,
-            logged=self.logged, on_covered=self._covered, merge_every=self.settings.merge_every,
-            merge_first=self.logged >= self.settings.merge_every // 2,
+            logged=self.logged, on_covered=self._covered,
+            merge_every=self.settings.options.merge_every,
+            merge_first=self.logged >= self.settings.options.merge_every // 2,
         )
 
     def _after_stream(self) -> None:
@@ -363,8 +362,8 @@ class DatasetSync:
         if self._all_new(chunk, ledger):
             return self._route_new(chunk)
         stop, builder, report, near_get = self.stop, self.builder, self.report, self.near.get
-        mark_every, positions = self.settings.mark_every, chunk.positions
-        rereads = self.settings.full_refresh and self.is_interaction
+        mark_every, positions = self.settings.options.mark_every, chunk.positions
+        rereads = self.settings.options.full_refresh and self.is_interaction
         rows = zip(chunk.encoded, chunk.key_hashes, chunk.payloads, chunk.keys, chunk.places,
                    strict=True)
         for index, (encoded, key_hash, payload, key, place) in enumerate(rows):
@@ -404,7 +403,7 @@ class DatasetSync:
         """Whether every row of the chunk is valid and sendable as new: its key is once in the
         chunk and nowhere else (the batch being built, the near ledger, the merged ledger).
         A full refresh of interactions compares rows with the mark, row by row."""
-        if chunk.invalid or ledger or (self.settings.full_refresh and self.is_interaction):
+        if chunk.invalid or ledger or (self.settings.options.full_refresh and self.is_interaction):
             return False
         keys = set(chunk.key_hashes)
         return (len(keys) == len(chunk.key_hashes) and not self.builder.holds_any(keys)
@@ -414,7 +413,7 @@ class DatasetSync:
         """Add a chunk of new rows to batches a batch's worth at a time (``_route`` does the
         same row by row: the same batches, cut at the same rows). The stop request is looked at
         before each batch's worth."""
-        builder, report, mark_every = self.builder, self.report, self.settings.mark_every
+        builder, report, mark_every = self.builder, self.report, self.settings.options.mark_every
         encoded = cast(list[bytes], chunk.encoded)  # no row is invalid: none is None
         rows = NewRows.of(encoded, chunk.key_hashes, chunk.payloads, chunk.positions, chunk.keys,
                           chunk.places)

@@ -20,25 +20,19 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from aitems_sync.aitems.delivery import Target, Uploader, UploadOutcome
-from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, UsageError
+from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import signals
 from aitems_sync.sync.dataset import DatasetSync, SyncSettings
 from aitems_sync.sync.leases import Leases
+from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, DatasetReport, RunReport
-from aitems_sync.sync.window import MERGE_EVERY
 
 log = logging.getLogger(__name__)
-
-#: With an extraction worker (``run --extract-worker``), the rows a dataset reads on its own
-#: thread before the worker takes over: a delta this small never pays the worker's start
-#: (~0.2 s of CPU); a backfill pays it once.
-WORKER_AFTER = 20_000
 
 #: Told a dataset's report after every chunk of rows, from the thread syncing that dataset.
 Progress = Callable[[DatasetReport], None]
@@ -48,32 +42,6 @@ def _no_progress(_report: DatasetReport) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run: which datasets, and the knobs the CLI exposes."""
-
-    datasets: tuple[str, ...] = ()
-    full_refresh: bool = False
-    lease_ttl: float = 60.0  # seconds; a killed run's lease is taken over after this
-    wait: float | None = None  # seconds to wait for held leases (math.inf: no limit); None: 75
-    parallel: int = 1  # datasets synced at once
-    chunk_rows: int = 5000  # rows read and diffed against the ledger at a time
-    mark_every: int = 10_000  # rows after which a stretch with nothing to send commits its mark
-    merge_every: int = MERGE_EVERY  # ledger entries logged before the log is merged
-    # Rows read in-process before an extraction worker process reads the rest (None: never;
-    # the CLI's --extract-worker sets WORKER_AFTER).
-    worker_after: int | None = None
-
-
-def select_datasets(spec: Spec, names: Sequence[str]) -> list[DatasetSpec]:
-    """The datasets to sync, in spec order; unknown names are a usage error."""
-    unknown = [n for n in names if n not in spec.datasets]
-    if unknown:
-        known = ", ".join(spec.datasets) or "(none)"
-        raise UsageError(f"unknown dataset {', '.join(unknown)}: the spec defines {known}")
-    return [d for name, d in spec.datasets.items() if not names or name in names]
-
-
 def new_run_id() -> str:
     """Sortable and unique: UTC time of the start plus a random suffix."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -81,6 +49,7 @@ def new_run_id() -> str:
 
 def run(
     spec: Spec,
+    datasets: Sequence[DatasetSpec],
     *,
     state: StateStore,
     uploader: Uploader,
@@ -98,7 +67,7 @@ def run(
     (with ``options.wait``, only once the wait is over). If ``stop`` is set while waiting, every
     dataset is reported as not run.
     """
-    selected = select_datasets(spec, options.datasets)
+    selected = list(datasets)
     run_id = run_id or new_run_id()
     stop = stop or threading.Event()
     report = RunReport(run_id=run_id)
@@ -210,17 +179,9 @@ def _record_failure(report: DatasetReport, error: AitemsSyncError, status: str) 
 
 def _settings(spec: Spec, dataset: DatasetSpec, options: RunOptions, run_id: str,
               *, dry_run: bool = False) -> SyncSettings:
-    return SyncSettings(
-        run_id=run_id,
-        target=Target(spec.aitems.service_id, dataset.dataset_id, dataset.type),
-        batch=spec.aitems.batch,
-        full_refresh=options.full_refresh,
-        chunk_rows=options.chunk_rows,
-        mark_every=options.mark_every,
-        merge_every=options.merge_every,
-        worker_after=options.worker_after,
-        dry_run=dry_run,
-    )
+    target = Target(spec.aitems.service_id, dataset.dataset_id, dataset.type)
+    return SyncSettings(run_id=run_id, target=target, batch=spec.aitems.batch, options=options,
+                        dry_run=dry_run)
 
 
 class _NoUploads:
@@ -233,6 +194,7 @@ class _NoUploads:
 
 def plan(
     spec: Spec,
+    datasets: Sequence[DatasetSpec],
     *,
     state: StateStore,
     sources: Mapping[str, Source],
@@ -243,7 +205,7 @@ def plan(
     nothing to the state store and takes no lease.
     """
     report = RunReport(run_id="plan")
-    for dataset in select_datasets(spec, options.datasets):
+    for dataset in datasets:
         dataset_report = DatasetReport(dataset.name)
         report.datasets.append(dataset_report)
         settings = _settings(spec, dataset, options, report.run_id, dry_run=True)

@@ -16,9 +16,10 @@ from typing import Any
 
 import orjson
 
+from aitems_sync.rows.encode import row_encoder, row_hash
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec
-from aitems_sync.sync.batches import cursor_position, row_encoder, row_hash
+from aitems_sync.sync.batches import cursor_position
 
 #: A row's place in the extraction order: its cursor value, then its key columns' values.
 Place = tuple[Any, ...]

@@ -17,10 +17,10 @@ from datetime import tzinfo
 from typing import Any
 
 from aitems_sync.aitems.delivery import Target, Uploader, deliver
+from aitems_sync.rows.encode import encode_row
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import LedgerEntry, QuarantineRecord, StateStore
-from aitems_sync.sync.batches import encode_row
 from aitems_sync.sync.leases import Leases
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ class RetryReport:
     sent: int = 0
     refused: int = 0  # AiTEMS refused them again: they stay quarantined
     batches: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-friendly data."""
+        return dict(self.__dict__)
 
 
 @dataclass
@@ -149,8 +153,3 @@ def _send(chunk: Sequence[_Candidate], dataset: DatasetSpec, target: Target, sta
         log.warning("quarantined row %s of %s refused again: %s", chunk[index].record.id,
                     dataset.name, answer, extra={"event": "retry_refused",
                                                  "dataset": dataset.name})
-
-
-def report_dict(report: RetryReport) -> dict[str, Any]:
-    """The report as JSON-friendly data."""
-    return dict(report.__dict__)

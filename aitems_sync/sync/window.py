@@ -45,17 +45,20 @@ from aitems_sync.aitems.delivery import Delivery, Target, Uploader, deliver
 from aitems_sync.errors import AitemsSyncError
 from aitems_sync.spec.model import DatasetSpec
 from aitems_sync.state.records import KEY_HASH
-from aitems_sync.state.store import BatchCommit, Mark, QuarantineEntry, Sending, StateStore
+from aitems_sync.state.store import (
+    MERGE_EVERY,
+    BatchCommit,
+    Mark,
+    QuarantineEntry,
+    Sending,
+    StateStore,
+)
 from aitems_sync.sync import signals
 from aitems_sync.sync.batches import Batch
 from aitems_sync.sync.report import AmbiguousBatch, DatasetReport
 
 log = logging.getLogger(__name__)
 
-#: Ledger entries logged before the committer merges the log into the ledger: the reader holds
-#: them in memory meanwhile (~130 bytes each), and each merge rewrites the ledger pages they
-#: touch (benchmarks/README.md).
-MERGE_EVERY = 50_000
 
 LOST_ANSWER = "an answer was lost and the upload was retried"
 FAILED_MAYBE_LANDED = ("the upload failed after an attempt that may have landed; the next run "

@@ -43,7 +43,7 @@ from typing import IO, Any
 
 from aitems_sync.errors import AitemsSyncError, SourceError
 from aitems_sync.spec.model import DatasetSpec, SourceConfig
-from aitems_sync.state.values import Mark
+from aitems_sync.state.marks import Mark
 from aitems_sync.sync.prepare import Layout, Prepared
 
 log = logging.getLogger(__name__)
