@@ -11,14 +11,15 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     │   └── LockHeldError           exit 75  another run holds a dataset's lease
     ├── ApiError                    exit 1   AiTEMS answered with an error or not at all
     │   ├── RetriableApiError                connection errors, 429, 500, 503, 504
-    │   │   └── RetriesExhaustedError        ... and the retries ran out
+    │   ├── RetriesExhaustedError            a retriable failure until the retries ran out
     │   ├── FatalApiError                    400, 401, 403, 404: retrying will not help
     │   │   ├── BadRequestError              400: the rows or the request are wrong
     │   │   ├── AuthError                    401 or 403
     │   │   └── NotFoundError                404
     │   └── PayloadTooLargeError             413: split the batch and try again
-    ├── InvalidRowsError            exit 3   a dataset passed max_invalid or on_invalid: fail
-    └── Interrupted                 exit 143 / 130  stopped by SIGTERM / SIGINT
+    └── InvalidRowsError            exit 3   a dataset passed max_invalid or on_invalid: fail
+
+A run stopped by SIGTERM or SIGINT is not an error: its report carries exit code 143 or 130.
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ class RetriableApiError(ApiError):
         self.retry_after = retry_after
 
 
-class RetriesExhaustedError(RetriableApiError):
-    """A retriable failure that kept happening until the attempts or the time ran out.
+class RetriesExhaustedError(ApiError):
+    """A retriable failure that kept happening until the attempts or the time ran out: retrying
+    at once will not help (the last failure is its ``__cause__``).
 
     ``ambiguous`` is True when one of the failed attempts may have been stored by AiTEMS.
     """
@@ -162,11 +164,3 @@ class InvalidRowsError(AitemsSyncError):
     """A dataset had more invalid rows than ``max_invalid`` allows, or ``on_invalid: fail``."""
 
     exit_code = EXIT_INVALID_ROWS
-
-
-class Interrupted(AitemsSyncError):
-    """The run stopped on SIGTERM or SIGINT after committing what was acknowledged."""
-
-    def __init__(self, message: str, *, exit_code: int = EXIT_SIGTERM) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code

@@ -426,7 +426,6 @@ class AitemsClient:
         )
         exhausted = RetriesExhaustedError(
             message,
-            retry_after=err.retry_after,
             method=err.method,
             path=err.path,
             status=err.status,

@@ -17,6 +17,7 @@ import click
 from aitems_sync import __version__, commands
 from aitems_sync.cli import admin, render
 from aitems_sync.cli.context import Context, ErrorMappingGroup
+from aitems_sync.cli.logfmt import JsonFormatter
 from aitems_sync.sync import signals
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ _own_process = False
 def _setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        from aitems_sync.cli.logfmt import JsonFormatter
-
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -132,6 +131,7 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
     with signals.stop_on_signals(grace) as stop, ExitStack() as display:
         progress = None
         if ctx.show_progress:
+            # Imported here for start-up time: tqdm only for a person at a terminal.
             from aitems_sync.cli.progress import terminal_progress
 
             progress = display.enter_context(terminal_progress(sys.stderr))
@@ -214,6 +214,7 @@ def emulator(
     no_record: bool,
 ) -> None:
     """Serve a local AiTEMS on loopback for development, demos and tests."""
+    # Imported here for start-up time: no other command needs the emulator.
     from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed
 
     keys: dict[str, str] = {}

@@ -24,9 +24,7 @@ import sqlalchemy as sa
 
 from aitems_sync.errors import LockHeldError, StateError
 from aitems_sync.rows.encode import ROW_HASH, ROW_HASHES
-from aitems_sync.state import connect as se
-from aitems_sync.state import records as rec
-from aitems_sync.state import tables as t
+from aitems_sync.state import connect, records, tables
 from aitems_sync.state.marks import CursorValue, Mark, decode_mark, encode_mark, mark_to_json
 from aitems_sync.state.records import (
     BatchCommit,
@@ -88,16 +86,16 @@ class _Statements:
     SQLite took to run it."""
 
     def __init__(self, dialect: str) -> None:
-        self.put_mark = se.upsert(dialect, t.marks, ["dataset_id"],
+        self.put_mark = connect.upsert(dialect, tables.marks, ["dataset_id"],
                                   ["cursor", "key", "updated_at"])
-        self.journal = sa.insert(t.batches)
+        self.journal = sa.insert(tables.batches)
         self.set_status = (
-            sa.update(t.batches)
-            .where(t.batches.c.dataset_id == sa.bindparam("in_dataset"),
-                   t.batches.c.batch_id.in_(sa.bindparam("ids", expanding=True)))
+            sa.update(tables.batches)
+            .where(tables.batches.c.dataset_id == sa.bindparam("in_dataset"),
+                   tables.batches.c.batch_id.in_(sa.bindparam("ids", expanding=True)))
             .values(status=sa.bindparam("new_status"), updated_at=sa.bindparam("now"))
         )
-        self.set_status_of_sending = self.set_status.where(t.batches.c.status == "sending")
+        self.set_status_of_sending = self.set_status.where(tables.batches.c.status == "sending")
 
 
 class StateStore:
@@ -107,12 +105,12 @@ class StateStore:
                  recent_limit: int = RECENT_LIMIT):
         """Use :meth:`open`, which also creates and migrates the tables."""
         self._engine = engine
-        self._writer = engine.execution_options(**{se.WRITE_OPTION: True})
+        self._writer = engine.execution_options(**{connect.WRITE_OPTION: True})
         self._dialect = engine.dialect.name
         self._clock = clock
         self._ids: dict[str, int] = {}
         self._row_hashes: dict[str, str] = {}
-        self._ledger_log = se.LedgerLog(engine.dialect)
+        self._ledger_log = connect.LedgerLog(engine.dialect)
         self._recent_limit = recent_limit
         # dataset id -> keys in its ledger_recent, at most (counted at the first merge).
         self._recent_sizes: dict[int, int] = {}
@@ -123,7 +121,7 @@ class StateStore:
     def open(cls, url: str, *, clock: Callable[[], datetime] = _utcnow,
              recent_limit: int = RECENT_LIMIT) -> StateStore:
         """Open (creating and migrating if needed) the store at a SQLAlchemy URL."""
-        engine, display = se.open_engine(url)
+        engine, display = connect.open_engine(url)
         return cls(engine, display=display, clock=clock, recent_limit=recent_limit)
 
     def close(self) -> None:
@@ -144,7 +142,7 @@ class StateStore:
             yield
         except sa.exc.SQLAlchemyError as exc:
             raise StateError(
-                f"the state store {self.url_for_display} failed to {what}: {se.reason(exc)}"
+                f"the state store {self.url_for_display} failed to {what}: {connect.reason(exc)}"
             ) from exc
 
     @contextmanager
@@ -162,12 +160,12 @@ class StateStore:
         """The dataset's small id; registered in its own transaction so a rollback keeps it."""
         if name in self._ids:
             return self._ids[name]
-        query = sa.select(t.datasets.c.id).where(t.datasets.c.name == name)
+        query = sa.select(tables.datasets.c.id).where(tables.datasets.c.name == name)
         with self._read(f"look up dataset {name!r}") as conn:
             found = conn.execute(query).scalar_one_or_none()
         if found is None and create:
             with self._write(f"register dataset {name!r}") as conn:
-                conn.execute(se.insert_ignore(self._dialect, t.datasets, ["name"]),
+                conn.execute(connect.insert_ignore(self._dialect, tables.datasets, ["name"]),
                              {"name": name, "row_hash": ROW_HASH})
                 found = conn.execute(query).scalar_one()
         if found is not None:
@@ -179,7 +177,7 @@ class StateStore:
         one it was registered with, or for a dataset not registered yet the one it will be."""
         if dataset in self._row_hashes:
             return self._row_hashes[dataset]
-        query = sa.select(t.datasets.c.row_hash).where(t.datasets.c.name == dataset)
+        query = sa.select(tables.datasets.c.row_hash).where(tables.datasets.c.name == dataset)
         with self._read(f"look up dataset {dataset!r}") as conn:
             found = conn.execute(query).scalar_one_or_none()
         if found is None:
@@ -204,21 +202,23 @@ class StateStore:
         row = {"run_id": run_id, "started_at": self._clock(), "status": "running", "host": host,
                "pid": pid, "datasets": dumps(list(datasets)), "summary": "{}"}
         with self._write(f"record the start of run {run_id}") as conn:
-            conn.execute(sa.insert(t.runs), row)
+            conn.execute(sa.insert(tables.runs), row)
 
     def end_run(self, run_id: str, *, status: str, summary: Mapping[str, Any]) -> None:
         """Record the end of a run, its status and its summary (JSON-able; Decimal as text)."""
         values = {"finished_at": self._clock(), "status": status, "summary": dumps(dict(summary))}
         with self._write(f"record the end of run {run_id}") as conn:
-            done = conn.execute(sa.update(t.runs).where(t.runs.c.run_id == run_id).values(values))
+            runs = tables.runs
+            done = conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(values))
             if done.rowcount != 1:
                 raise StateError(f"run {run_id} is not in the state store's history")
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
         """The latest runs, newest first."""
-        query = sa.select(t.runs).order_by(t.runs.c.started_at.desc(), t.runs.c.run_id.desc())
+        runs = tables.runs
+        query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc())
         with self._read("list runs") as conn:
-            return [rec.run_record(row) for row in conn.execute(query.limit(limit))]
+            return [records.run_record(row) for row in conn.execute(query.limit(limit))]
 
     # -- marks ------------------------------------------------------------------------------
 
@@ -227,7 +227,8 @@ class StateStore:
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return None
-        query = sa.select(t.marks.c.cursor, t.marks.c.key).where(t.marks.c.dataset_id == dataset_id)
+        marks = tables.marks
+        query = sa.select(marks.c.cursor, marks.c.key).where(marks.c.dataset_id == dataset_id)
         with self._read(f"read the mark of dataset {dataset!r}") as conn:
             row = conn.execute(query).one_or_none()
         return None if row is None else decode_mark(row.cursor, row.key)
@@ -240,7 +241,7 @@ class StateStore:
 
     def _put_mark(self, conn: sa.Connection, dataset_id: int, mark: Mark | None) -> None:
         if mark is None:
-            conn.execute(sa.delete(t.marks).where(t.marks.c.dataset_id == dataset_id))
+            conn.execute(sa.delete(tables.marks).where(tables.marks.c.dataset_id == dataset_id))
             return
         cursor, key = encode_mark(mark)
         conn.execute(self._statements.put_mark, {"dataset_id": dataset_id, "cursor": cursor,
@@ -252,7 +253,8 @@ class StateStore:
         if dataset_id is None:
             return
         with self._write(f"reset dataset {dataset!r}") as conn:
-            for table in (t.marks, t.ledger, t.ledger_recent, t.ledger_log, t.batches):
+            for table in (tables.marks, tables.ledger, tables.ledger_recent, tables.ledger_log,
+                          tables.batches):
                 conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
         self._recent_sizes.pop(dataset_id, None)
 
@@ -273,8 +275,8 @@ class StateStore:
         with self._read(f"read the ledger of dataset {dataset!r}") as conn:
             # The log before the levels it is merged into: a merge committed in between moves
             # an entry from where it was read to where it will be.
-            log_ = se.log_lookup(conn, dataset_id, key_hashes) if logged else {}
-            found = se.ledger_lookup(conn, dataset_id, key_hashes)
+            log_ = connect.log_lookup(conn, dataset_id, key_hashes) if logged else {}
+            found = connect.ledger_lookup(conn, dataset_id, key_hashes)
         found.update(log_)
         return found
 
@@ -284,14 +286,14 @@ class StateStore:
         if dataset_id is None:
             return {}
         with self._read(f"read the ledger log of dataset {dataset!r}") as conn:
-            return se.logged_entries(conn, dataset_id)
+            return connect.logged_entries(conn, dataset_id)
 
     def logged_count(self, dataset: str) -> int:
         """How many entries of the dataset wait in the log to be merged into the ledger."""
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return 0
-        query = sa.select(sa.func.count()).where(t.ledger_log.c.dataset_id == dataset_id)
+        query = sa.select(sa.func.count()).where(tables.ledger_log.c.dataset_id == dataset_id)
         with self._read(f"count the ledger log of dataset {dataset!r}") as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -318,7 +320,8 @@ class StateStore:
         merged = self._ledger_log.merge(conn, dataset_id)
         recent = self._recent_sizes.pop(dataset_id, None)  # counted again if this rolls back
         if recent is None:
-            count = sa.select(sa.func.count()).where(t.ledger_recent.c.dataset_id == dataset_id)
+            level = tables.ledger_recent
+            count = sa.select(sa.func.count()).where(level.c.dataset_id == dataset_id)
             recent = int(conn.execute(count).scalar_one())
         else:
             recent += merged  # at most: some entries replaced a key's older one
@@ -332,7 +335,7 @@ class StateStore:
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return 0
-        ledger, recent, log_ = t.ledger, t.ledger_recent, t.ledger_log
+        ledger, recent, log_ = tables.ledger, tables.ledger_recent, tables.ledger_log
 
         def elsewhere(table: sa.Table, key_hash: sa.ColumnElement[int]) -> Any:
             return ~sa.exists().where(table.c.dataset_id == dataset_id,
@@ -358,7 +361,7 @@ class StateStore:
         if dataset_id is None:
             return False
         with self._read(f"probe the ledger of dataset {dataset!r}") as conn:
-            for table in (t.ledger, t.ledger_recent, t.ledger_log):
+            for table in (tables.ledger, tables.ledger_recent, tables.ledger_log):
                 query = sa.select(table.c.key_hash).where(table.c.dataset_id == dataset_id)
                 if conn.execute(query.limit(1)).first() is not None:
                     return True
@@ -375,8 +378,8 @@ class StateStore:
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return 0
-        stmt = sa.delete(t.ledger).where(t.ledger.c.dataset_id == dataset_id,
-                                       t.ledger.c.position < before)
+        stmt = sa.delete(tables.ledger).where(tables.ledger.c.dataset_id == dataset_id,
+                                       tables.ledger.c.position < before)
         with self._write(f"prune the ledger of dataset {dataset!r}") as conn:
             self._merge_log(conn, dataset_id, settle=True)
             pruned = int(conn.execute(stmt).rowcount)
@@ -436,7 +439,7 @@ class StateStore:
         batch_ids = [c.batch_id for c in commits if c.batch_id is not None]
         entries = list(chain.from_iterable(c.ledger for c in commits))
         marks = [c.mark for c in commits if c.mark is not None]
-        rejected = [rec.quarantine_row(e, self._known_id(e.dataset), now)
+        rejected = [records.quarantine_row(e, self._known_id(e.dataset), now)
                     for c in commits for e in c.quarantine]
         journal = [{"dataset_id": dataset_id, "run_id": run_id, "status": "sending",
                     "rows": s.rows, "first": mark_to_json(s.first), "last": mark_to_json(s.last),
@@ -457,9 +460,9 @@ class StateStore:
             if marks:
                 self._put_mark(conn, dataset_id, marks[-1])
             if rejected:
-                conn.execute(sa.insert(t.quarantine), rejected)
-            for chunk in se.chunks(resolved):
-                conn.execute(sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk)))
+                conn.execute(sa.insert(tables.quarantine), rejected)
+            for chunk in connect.chunks(resolved):
+                conn.execute(sa.delete(tables.quarantine).where(tables.quarantine.c.id.in_(chunk)))
             return [self._insert_sending(conn, row) for row in journal]
 
     def _insert_sending(self, conn: sa.Connection, row: dict[str, Any]) -> int:
@@ -472,7 +475,7 @@ class StateStore:
         stmt = self._statements.set_status_of_sending if only_sending else (
             self._statements.set_status)
         changed = 0
-        for chunk in se.chunks(ids):
+        for chunk in connect.chunks(ids):
             params = {"in_dataset": dataset_id, "ids": chunk, "new_status": status, "now": now}
             changed += conn.execute(stmt, params).rowcount
         return changed
@@ -493,15 +496,16 @@ class StateStore:
     def batches(self, dataset: str | None = None, *, status: str | None = None,
                 limit: int | None = 100, oldest_first: bool = False) -> list[BatchRecord]:
         """Journalled batches, newest first, optionally of one dataset and one status."""
-        order = t.batches.c.batch_id.asc() if oldest_first else t.batches.c.batch_id.desc()
-        query = sa.select(t.batches, t.datasets.c.name).join(t.datasets)
+        batch_id = tables.batches.c.batch_id
+        order = batch_id.asc() if oldest_first else batch_id.desc()
+        query = sa.select(tables.batches, tables.datasets.c.name).join(tables.datasets)
         query = query.order_by(order).limit(limit)
         if dataset is not None:
-            query = query.where(t.datasets.c.name == dataset)
+            query = query.where(tables.datasets.c.name == dataset)
         if status is not None:
-            query = query.where(t.batches.c.status == status)
+            query = query.where(tables.batches.c.status == status)
         with self._read("list journalled batches") as conn:
-            return [rec.batch_record(row) for row in conn.execute(query)]
+            return [records.batch_record(row) for row in conn.execute(query)]
 
     # -- quarantine -------------------------------------------------------------------------
 
@@ -510,27 +514,27 @@ class StateStore:
         if not entries:
             return
         now = self._clock()
-        rows = [rec.quarantine_row(e, self._known_id(e.dataset), now) for e in entries]
+        rows = [records.quarantine_row(e, self._known_id(e.dataset), now) for e in entries]
         with self._write(f"quarantine {len(rows)} rows") as conn:
-            conn.execute(sa.insert(t.quarantine), rows)
+            conn.execute(sa.insert(tables.quarantine), rows)
 
     def quarantined(self, dataset: str | None = None, *, limit: int | None = None,
                     ids: Sequence[int] | None = None) -> list[QuarantineRecord]:
         """Quarantined rows, oldest first, with their raw values decoded (optionally by id)."""
-        query = sa.select(t.quarantine, t.datasets.c.name).join(t.datasets)
-        query = query.order_by(t.quarantine.c.id).limit(limit)
+        query = sa.select(tables.quarantine, tables.datasets.c.name).join(tables.datasets)
+        query = query.order_by(tables.quarantine.c.id).limit(limit)
         if dataset is not None:
-            query = query.where(t.datasets.c.name == dataset)
+            query = query.where(tables.datasets.c.name == dataset)
         if ids is not None:
-            query = query.where(t.quarantine.c.id.in_(list(ids)))
+            query = query.where(tables.quarantine.c.id.in_(list(ids)))
         with self._read("list quarantined rows") as conn:
-            return [rec.quarantine_record(row) for row in conn.execute(query)]
+            return [records.quarantine_record(row) for row in conn.execute(query)]
 
     def quarantine_count(self, dataset: str | None = None) -> int:
         """The number of quarantined rows (of one dataset, or all)."""
-        query = sa.select(sa.func.count()).select_from(t.quarantine.join(t.datasets))
+        query = sa.select(sa.func.count()).select_from(tables.quarantine.join(tables.datasets))
         if dataset is not None:
-            query = query.where(t.datasets.c.name == dataset)
+            query = query.where(tables.datasets.c.name == dataset)
         with self._read("count quarantined rows") as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -538,8 +542,8 @@ class StateStore:
         """Delete quarantined rows by id; returns how many were deleted."""
         dropped = 0
         with self._write(f"drop {len(ids)} quarantined rows") as conn:
-            for chunk in se.chunks(ids):
-                stmt = sa.delete(t.quarantine).where(t.quarantine.c.id.in_(chunk))
+            for chunk in connect.chunks(ids):
+                stmt = sa.delete(tables.quarantine).where(tables.quarantine.c.id.in_(chunk))
                 dropped += conn.execute(stmt).rowcount
         return dropped
 
@@ -564,19 +568,19 @@ class StateStore:
             holder = self.lease_holder(dataset)
             # The holder may have released or let it lapse since: then try again.
             if holder is not None and holder.expires_at >= now:
-                raise LockHeldError(rec.lease_held_message(holder))
+                raise LockHeldError(records.lease_held_message(holder))
         raise StateError(f"the lease on dataset {dataset!r} keeps changing hands; run again")
 
     def _take_lease(self, conn: sa.Connection, row: dict[str, Any], now: datetime) -> bool:
         takeover = (
-            sa.update(t.leases)
-            .where(t.leases.c.dataset_id == row["dataset_id"])
-            .where(sa.or_(t.leases.c.expires_at < now, t.leases.c.owner == row["owner"]))
+            sa.update(tables.leases)
+            .where(tables.leases.c.dataset_id == row["dataset_id"])
+            .where(sa.or_(tables.leases.c.expires_at < now, tables.leases.c.owner == row["owner"]))
             .values({k: v for k, v in row.items() if k != "dataset_id"})
         )
         if conn.execute(takeover).rowcount == 1:
             return True
-        fresh = se.insert_ignore(self._dialect, t.leases, ["dataset_id"])
+        fresh = connect.insert_ignore(self._dialect, tables.leases, ["dataset_id"])
         return bool(conn.execute(fresh, row).rowcount == 1)
 
     def renew_lease(self, dataset: str, *, owner: str, ttl: float) -> bool:
@@ -585,8 +589,8 @@ class StateStore:
         if dataset_id is None:
             return False
         stmt = (
-            sa.update(t.leases)
-            .where(t.leases.c.dataset_id == dataset_id, t.leases.c.owner == owner)
+            sa.update(tables.leases)
+            .where(tables.leases.c.dataset_id == dataset_id, tables.leases.c.owner == owner)
             .values(expires_at=self._clock() + timedelta(seconds=ttl))
         )
         with self._write(f"renew the lease on dataset {dataset!r}") as conn:
@@ -597,15 +601,15 @@ class StateStore:
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return
-        stmt = sa.delete(t.leases).where(t.leases.c.dataset_id == dataset_id,
-                                         t.leases.c.owner == owner)
+        stmt = sa.delete(tables.leases).where(tables.leases.c.dataset_id == dataset_id,
+                                         tables.leases.c.owner == owner)
         with self._write(f"release the lease on dataset {dataset!r}") as conn:
             conn.execute(stmt)
 
     def lease_holder(self, dataset: str) -> LeaseHolder | None:
         """Who holds the dataset's lease (possibly expired), or None."""
-        query = sa.select(t.leases, t.datasets.c.name).join(t.datasets)
-        query = query.where(t.datasets.c.name == dataset)
+        query = sa.select(tables.leases, tables.datasets.c.name).join(tables.datasets)
+        query = query.where(tables.datasets.c.name == dataset)
         with self._read(f"read the lease on dataset {dataset!r}") as conn:
             row = conn.execute(query).one_or_none()
-        return None if row is None else rec.lease_holder(row)
+        return None if row is None else records.lease_holder(row)

@@ -38,7 +38,7 @@ from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer
 from aitems_sync.sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
 from aitems_sync.sync.window import DryWindow, Window, show
 
-if TYPE_CHECKING:  # imported when a run starts a worker: ~6 ms a run saved otherwise
+if TYPE_CHECKING:  # imported here only when a run starts a worker, for start-up time
     from aitems_sync.sync.worker import ExtractWorker
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class DatasetSync:
             # No raw chunk is kept while its prepared one is routed and the next one read.
             yield from map(self.preparer.prepare, extraction.chunks)
             return
-        from aitems_sync.sync.worker import Start
+        from aitems_sync.sync.worker import Start  # here: start-up time (see TYPE_CHECKING)
 
         # What the worker reads of a first load is most of the table: sorted. After a mark
         # (a delta, or a first load resumed), the source's counts decide.
@@ -285,7 +285,7 @@ class DatasetSync:
                 worker.close()
 
     def _start_worker(self) -> ExtractWorker:
-        from aitems_sync.sync.worker import ExtractWorker
+        from aitems_sync.sync.worker import ExtractWorker  # here: start-up time, as above
 
         return ExtractWorker(self.source.config, self.dataset, self.preparer.layout,
                              self.preparer.row_hash, self.settings.options.chunk_rows)

@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from aitems_sync.errors import AitemsSyncError, SourceError
+from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, SourceConfig
 from aitems_sync.state.marks import Mark
-from aitems_sync.sync.prepare import Layout, Prepared
+from aitems_sync.sync.prepare import Layout, Prepared, Preparer
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +260,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    from aitems_sync.source.extract import Source
-    from aitems_sync.sync.prepare import Preparer
-
     setup = _read(requests)
     assert isinstance(setup, Setup)
     source = Source(setup.source)
