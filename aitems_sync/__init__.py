@@ -13,7 +13,7 @@ Nothing here exits the process or configures logging; failures raise the errors 
 subclasses of ``AitemsSyncError`` with an ``exit_code`` and an operator message.
 
 The names are loaded on first use: the extraction worker (``python -m aitems_sync.sync.worker``)
-imports this package first, and the whole API would cost that process ~5 MB it never uses.
+imports this package first, and the whole API would cost that process memory it never uses.
 """
 
 from __future__ import annotations

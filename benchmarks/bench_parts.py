@@ -5,7 +5,7 @@
 Each line times one step over the same 1M events (generated like bench_backfill's), best of
 three, so the end-to-end figures can be read against what the parts allow: reading through
 SQLAlchemy Core (the engine's way) and through the bare sqlite3 cursor; the engine's Shaper;
-orjson of a dict per row; the row hashes (``delta.row_hash``: BLAKE2b, which the datasets of
+orjson of a dict per row; the row hashes (``rows.encode.row_hash``: BLAKE2b, which the datasets of
 stores older than state schema version 4 keep, and XXH3, every newer one's); one frozen
 dataclass (like Mark or LedgerEntry) per row; and ledger upserts of random keys into a growing
 SQLite ledger (1,000 and 10,000 entries per commit, as commit_batch writes them, synchronous
@@ -29,9 +29,9 @@ import orjson
 import sqlalchemy as sa
 from harness import ROOT, source_db, wait_for_quiet
 
+from aitems_sync.rows.encode import ROW_HASHES, row_hash
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec, Field
-from aitems_sync.sync.batches import ROW_HASHES, row_hash
 
 QUERY = "SELECT id, user_id, item_id, ts, event_type FROM events ORDER BY id"
 NAMES = ("USER_ID", "ITEM_ID", "TIMESTAMP", "EVENT_TYPE")

@@ -31,7 +31,7 @@ _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 # (stage, test on "function (file" of one frame); the first match from the innermost frame wins.
 _MAIN_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("start-up: imports", ("_find_and_load (",)),
-    ("shape + validate (generated shape())", ("shape (<string>", "(aitems_sync/shape_coerce.py")),
+    ("shape + validate (generated shape())", ("shape (<string>", "(aitems_sync/rows/coerce.py")),
     ("hash (blake2b, row_hash)", ("row_hash (",)),
     ("ledger lookup", ("ledger_lookup (",)),
     ("state: commit_batch (ledger upsert, mark, journal)", ("commit_batch (",)),

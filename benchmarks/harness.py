@@ -4,7 +4,7 @@ Every figure comes from real processes: the emulator runs in its own process on 
 (``aitems-sync emulator --no-record``), and ``aitems-sync run`` is a child of this harness whose
 wall time (process start included) and CPU time (its extraction workers' included) come from
 ``os.wait4``. Memory is sampled from /proc every 20 ms: the run process's peak RSS, its
-extraction workers' (child processes, aitems_sync/extract_worker.py), and the peak of their
+extraction workers' (child processes, aitems_sync/sync/worker.py), and the peak of their
 sum, which the memory targets judge. The emulator's CPU time over the same interval is read
 from /proc, to tell a saturated emulator from a slow sync (on 2 cores the two compete).
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tests.test_spec import MINIMAL_SPEC
 
-#: Imported only on the paths that need them (see the docstrings of spec_load, shape, client).
+#: Imported only on the paths that need them (see the docstrings of spec.load, rows.shape and
+#: aitems.client).
 LAZY = ("jsonschema", "requests", "urllib3", "fastjsonschema")
 REPORT = f"import sys; print('imported:', sorted(m for m in {LAZY!r} if m in sys.modules))"
 

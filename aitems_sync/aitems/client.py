@@ -20,7 +20,7 @@ batch that later succeeds (or is sent again by a later run) may be delivered twi
 
 requests is imported when the client makes its first request, not when it is built: every run
 builds a client, a run with nothing to send makes no request, and importing requests (urllib3,
-charset_normalizer, idna, http.cookiejar, ...) costs ~50 ms of start-up.
+charset_normalizer, idna, http.cookiejar, ...) is a noticeable part of start-up.
 """
 
 from __future__ import annotations

@@ -114,8 +114,8 @@ def validate(ctx: Context, connect: bool) -> None:
                    "finish and commit before the run exits anyway.")
 @click.option("--extract-worker", is_flag=True, envvar="AITEMS_SYNC_EXTRACT_WORKER",
               help="Past 20,000 rows, read, validate and encode a dataset's rows in a second "
-                   "process: backfills run up to 1.3x faster on two cores or more, and the worker "
-                   "takes ~50 MB more memory while it reads.")
+                   "process, so reading overlaps uploading on two cores or more; the worker "
+                   "uses more memory while it reads (see benchmarks/README.md for the figures).")
 @click.pass_obj
 def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
         lease_ttl: float | None, wait: float | None, parallel: int, grace: float,
@@ -259,16 +259,16 @@ def _freeze_imports() -> None:
 
     Exempt what the imports built from the cyclic garbage collector: a sync allocates
     containers by the million (rows, batches), so the collector runs often, and each full
-    collection walked every object SQLAlchemy and the rest had built at import: ~7% of an
-    items backfill (0.8 s of gen-2 collections in 1.5 s of collecting) and 19 ms of a 10k-row
-    delta. Nothing imported is garbage, and objects freed later by reference counting are
-    freed as before.
+    collection walked every object SQLAlchemy and the rest had built at import, a noticeable
+    share of a backfill's and even a small delta's time (measured: docs/perf-history.md).
+    Nothing imported is garbage, and objects freed later by reference counting are freed as
+    before.
 
     Shorten the GIL's switch interval: the committer and upload threads give the GIL up at
     every statement and socket call, and beside the busy reading thread each of them then
-    waited up to 5 ms to get it back. With an extraction worker, at 1 ms the items backfill ran
-    at 89-90k rows/s against 82-85k (0.5 and 2 ms: 86k); without one, no difference was
-    measured (benchmarks/README.md).
+    waited up to a whole switch interval to get it back. With an extraction worker the shorter
+    interval made backfills faster (SWITCH_INTERVAL did best of the values tried); without one
+    it made no measurable difference (benchmarks/README.md).
     """
     if _own_process:
         gc.freeze()
@@ -285,10 +285,9 @@ def _one_malloc_arena() -> None:
 
     glibc gives a thread that allocates while another holds the arena's lock an arena of its
     own, up to eight per core, and each keeps the memory freed into it: a run's committer,
-    lookup and upload threads held 3-4 MB more at peak in the items backfill (90.6/89.7 against
-    86.8/87.0 MB at 1M rows), and no speed was gained by them (77.7/72.9k against 76.9/72.4k
-    rows/s): the threads allocate little, and mostly under the GIL. Called before any thread
-    starts (an arena made already stays).
+    lookup and upload threads raised a backfill's peak memory with their arenas, and no speed
+    was gained by them (measured: docs/perf-history.md): the threads allocate little, and
+    mostly under the GIL. Called before any thread starts (an arena made already stays).
     """
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
@@ -299,10 +298,10 @@ def _one_malloc_arena() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the command, then ends the process at once.
 
-    The interpreter's teardown (collecting every module's objects) cost ~50 ms of each run, a
-    sixth of a run with nothing to send, and there is nothing left for it to do: commands close
-    their connections and join their threads before they return, and logs and output are
-    flushed here. (A library caller uses ``main_group``, which raises SystemExit as usual.)
+    The interpreter's teardown (collecting every module's objects) is a sizeable part of a
+    short run, such as one with nothing to send (measured: docs/perf-history.md), and there is
+    nothing left for it to do: commands close their connections and join their threads before
+    they return, and logs and output are flushed here. (A library caller uses ``main_group``, which raises SystemExit as usual.)
     """
     global _own_process
     _own_process = True

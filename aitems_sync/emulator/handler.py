@@ -2,7 +2,7 @@
 
 One `EmulatorHandler` per connection (HTTP/1.1 keep-alive, TCP_NODELAY). It reads the whole body,
 finds the route, verifies signature v2 for ``/api/v1`` paths, and calls the model; a `Rejection`
-becomes its error answer. The server state it works on is the `EmulatorServer` in ``emulator.py``
+becomes its error answer. The server state it works on is the `EmulatorServer` in ``server.py``
 (``self.server.app``); see that module's docstring for the API, faults and admin endpoints.
 """
 

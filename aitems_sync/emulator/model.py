@@ -1,8 +1,8 @@
 """The emulator's in-memory AiTEMS: schemas, datasets, services, and what each dataset received.
 
-No sockets here: ``emulator_http.py`` turns HTTP requests into calls on `Model` and a `Rejection`
-into an error answer. Row checking lives in ``emulator_rows.py``. Where the AiTEMS docs are
-silent the model follows the project's choices (listed in aitems-api.md): schema names are unique,
+No sockets here: ``handler.py`` turns HTTP requests into calls on `Model` and a `Rejection`
+into an error answer. Row checking lives in ``rows.py``. Where the AiTEMS docs are silent the
+model follows the project's choices (listed in docs/emulator.md): schema names are unique,
 upload rows of user and item datasets are upserted by ``USER_ID`` / ``ITEM_ID`` (first-insertion
 order is kept), interaction rows are appended, and one bad row rejects the whole upload.
 

@@ -252,7 +252,7 @@ def row_problems(checker: RowChecker, rows: list[Any], key: str | None) -> list[
 def all_fit(checker: RowChecker, rows: list[Any], key: str | None) -> bool:
     """Whether every row fits, column by column in C loops (``map``, ``set``, ``min``): the
     verdict of :func:`row_problems`, which then only runs to name the problems of an upload
-    that has some. A 1,000-row upload took ~1.2 ms row by row, and the emulator shares the
+    that has some. Checking row by row was markedly slower, and the emulator shares the
     benchmarks' two cores with the runs it measures."""
     if not rows:
         return True

@@ -43,9 +43,10 @@ def row_hash(data: bytes, scheme: str) -> int:
     """A signed 64-bit hash of encoded bytes (the ledger's key and payload hashes), by the
     dataset's row hash ``scheme`` (one of :data:`ROW_HASHES`).
 
-    XXH3 costs ~0.03 us on a 150-byte row against ~0.5 us for BLAKE2b (whose call and digest
-    object dominate), and every row is hashed twice. Neither is a cryptographic commitment at 64
-    bits: collisions are a 2**-64 event per comparison, which we accept and document.
+    XXH3 is far cheaper on a typical row than BLAKE2b (whose call and digest object dominate),
+    and every row is hashed twice (measured: docs/perf-history.md). Neither is a cryptographic
+    commitment at 64 bits: collisions are a 2**-64 event per comparison, which we accept and
+    document.
     """
     return _HASHERS[scheme](data)
 
@@ -59,8 +60,9 @@ def encode_row(field_names: Sequence[str], values: Sequence[Any],
     payload's.
     """
     # orjson hands back each result in a 4 KB allocation whatever its length. A row is kept
-    # until its batch commits, so it is copied into a bytes of its own size: 1 us per row in
-    # all, against 4.4 us (page faults) and 4 KB of memory per row in the window.
+    # until its batch commits, so it is copied into a bytes of its own size: the copy costs
+    # less than the page faults of the large allocations, and the window holds only each row's
+    # own size.
     encoded = bytes(memoryview(orjson.dumps(dict(zip(field_names, values, strict=True)))))
     payload = row_hash(encoded, scheme)
     if key_positions is None:
@@ -76,8 +78,8 @@ def row_encoder(field_names: Sequence[str], key_positions: Sequence[int] | None,
     """:func:`encode_row` for one dataset's fields, compiled once: the same bytes and hashes.
 
     The row's object is a dict display with the field names as constants, and the hashes are
-    computed inline: ~1.4 us a row less than ``encode_row`` (3.4 against 4.8-5.0 us for an
-    8-field item row, with the per-row records), on the reading thread that bounds a backfill.
+    computed inline: cheaper per row than ``encode_row`` (measured: docs/perf-history.md), on
+    the reading thread that bounds a backfill.
     The generated source holds only the names' ``repr``, positions and the hash's expression.
     """
     items = ", ".join(f"{name!r}: values[{i}]" for i, name in enumerate(field_names))

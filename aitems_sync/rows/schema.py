@@ -7,8 +7,8 @@ where every keyword is one we have shown to behave exactly as jsonschema's Draft
 (``FAST_KEYWORDS``), jsonschema itself otherwise. See docs/coercion.md.
 
 jsonschema and fastjsonschema are imported only for a dataset that has a ``json_schema``: the
-generated schema is judged by ``shape.py``'s typed checks, and importing jsonschema costs
-~50 ms of every run's start-up.
+generated schema is judged by ``shape.py``'s typed checks, and importing jsonschema is a
+noticeable part of a run's start-up.
 """
 
 from __future__ import annotations

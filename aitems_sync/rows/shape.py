@@ -2,15 +2,15 @@
 
 The hot path is ``Shaper.shape``: one function generated per dataset and result columns (like
 fastjsonschema generates its validators), with exact-type checks inline and the coercion table
-(``shape_coerce.py``) called only for values that are not already of their field's type. Its
-verdict is proven by tests to equal jsonschema's on the combined schema (``shape_schema.py``) plus
+(``coerce.py``) called only for values that are not already of their field's type. Its
+verdict is proven by tests to equal jsonschema's on the combined schema (``schema.py``) plus
 one rule of ours, JSON representability: a value must be one orjson writes as the same JSON value,
 so NaN and infinities (orjson writes null), integers outside [-2**63, 2**64-1], strings holding
 lone surrogates and non-JSON Python types (Decimal, ...) are invalid. ``explain`` is the slow path
 that says why a row was rejected.
 
 jsonschema is imported when ``explain`` is first called (rejected rows are rare), not when a
-Shaper is built: the import costs ~50 ms of every run's start-up.
+Shaper is built: the import is a noticeable part of every run's start-up.
 """
 
 from __future__ import annotations

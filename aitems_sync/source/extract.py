@@ -48,7 +48,7 @@ VALIDATE_HINT = "run `aitems-sync validate --connect` to check every query again
 #: Where SQLite on Unix puts temporary files (a sort's spill) without SQLITE_TMPDIR.
 TEMP_DIRS = "TMPDIR, else /var/tmp, /usr/tmp, /tmp, or the current directory"
 #: Rows after a mark from which a read may be worth sorting (Source.extract): below it the
-#: read is a delta, and the counts that would tell (~0.05 us an index entry) are not made.
+#: read is a delta, and the counts that would tell (a pass over an index) are not made.
 SORT_AFTER_ROWS = 500_000
 CONNECT_TIMEOUT_SECONDS = 10
 # The connect argument that bounds connecting (seconds), per driver: nothing waits forever.
@@ -151,8 +151,8 @@ class Source:
         most of the table (:func:`sorting_pays`: a first load resumed after a crash or a
         deadline); True does it after a mark without counting (the caller knows it is most of
         the table); False never sorts (the caller wants the first rows at once). The sort
-        comes before the first row (~0.7 s at 1M rows, 5-8 s at 10M) and spills about the
-        rows' size to SQLite's temporary directory (``SQLITE_TMPDIR``).
+        comes before the first row (a long wait on a large table) and spills about the rows'
+        size to SQLite's temporary directory (``SQLITE_TMPDIR``).
         """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -326,10 +326,10 @@ def walks_an_index(plan: Sequence[str]) -> bool:
     a nullable cursor's index.
 
     That is how SQLite serves ``ORDER BY cursor, key`` from an index on them, and for a read of
-    the whole table it is the slow way: each row costs a random read of the table (one
-    ``pread`` each, 800k for the 1M-row benchmark table), where reading the table in storage
-    order and sorting it took 2.4 s against 4.0 s at 1M rows, and 25 s against 61 s at 10M
-    (benchmarks/README.md). It is asked of the full read's plan, and only for a read of most
+    the whole table it is the slow way: each row costs a random read of the table (a ``pread``
+    each), where reading the table in storage order and sorting it measured clearly faster, the
+    more so the larger the table (benchmarks/README.md). It is asked of the full read's plan,
+    and only for a read of most
     of the table (a delta reads a short range of the index); a covering index and a rowid
     cursor (``SCAN t``) are left alone.
     """
@@ -341,9 +341,10 @@ def sorting_pays(after: int, rows: int, at_least: int = SORT_AFTER_ROWS) -> bool
     """Whether SQLite should sort the whole table (``rows`` rows) to read the ``after`` rows
     after a mark, rather than walk the cursor's index from the mark.
 
-    Walking costs a random read of the table per row read (4 us a row at 1M rows, 6 us at
-    10M); sorting costs ~2.4 us per row of the table, read or not (benchmarks/README.md): it
-    pays once half the table or more is left, and only for reads large enough to matter.
+    Walking costs a random read of the table per row read, dearer as the table grows; sorting
+    costs less per row, but for every row of the table, read or not (measured:
+    benchmarks/README.md): it pays once half the table or more is left, and only for reads
+    large enough to matter.
     """
     return after >= at_least and 2 * after >= rows
 
@@ -460,8 +461,9 @@ def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
     Where the driver has no server-side cursor (SQLite), its own cursor already reads lazily,
     step by step: the rows come straight from its ``fetchmany`` as plain tuples. SQLAlchemy's
     rows would add nothing here (the wrapped query's columns have no result processors) but
-    their cost: 1.1M rows/s from the sqlite3 cursor against 0.59M through ``partitions``
-    (benchmarks/bench_parts.py), up to a third of the reading thread in a backfill.
+    their cost: the sqlite3 cursor yields rows much faster than ``partitions`` does
+    (benchmarks/bench_parts.py), and that cost was a large share of the reading thread in a
+    backfill.
     """
     first = min(size, FIRST_CHUNK_ROWS)
     if result.context.dialect.supports_server_side_cursors:
@@ -506,9 +508,10 @@ def _drop_unread_rows(conn: sa.Connection, result: sa.CursorResult[Any]) -> None
     """Give up a MySQL stream that still has rows without reading them all first.
 
     PyMySQL's unbuffered cursor (``stream_results``) can only be closed by reading the rest of
-    the result: abandoning 3M rows after the first chunk took 8 s, minutes on a large table (a
-    failed dataset, SIGTERM). Dropping the connection instead makes the server stop the query;
-    the result is then marked finished, as PyMySQL itself does when the server sends an error.
+    the result: abandoning a large result after the first chunk meant reading all of it, minutes
+    on a large table (a failed dataset, SIGTERM). Dropping the connection instead makes the
+    server stop the query; the result is then marked finished, as PyMySQL itself does when the
+    server sends an error.
     """
     pending: Any = getattr(getattr(result, "cursor", None), "_result", None)
     if getattr(pending, "unbuffered_active", False) is not True:
@@ -548,7 +551,8 @@ def _create_engine(name: str, url: str) -> sa.Engine:
 
 
 #: SQLite virtual-machine steps between two calls of a source connection's progress handler:
-#: ~10 ms of a full read's sort (~280 calls for the 1M-row benchmark table).
+#: often enough that a signal waits only a moment, rarely enough that a full read's sort barely
+#: notices the calls.
 SIGNAL_CHECK_STEPS = 100_000
 
 
@@ -556,7 +560,7 @@ def _heed_signals(dbapi_conn: Any, _record: Any) -> None:
     """Let the main thread run a signal's handler within one long SQLite statement.
 
     CPython runs signal handlers on the main thread between bytecodes; a statement that works
-    long before its first row (a full read's sort: 5-8 s at 10M rows) kept SIGTERM waiting that
+    long before its first row (a full read's sort of a large table) kept SIGTERM waiting that
     long. The progress handler is a Python call, in which a pending handler runs. It does not
     stop the statement (a run stops between rows, as it always does), unless the handler raises
     (Python's own for SIGINT, outside a run): SQLite then ends the statement as interrupted.

@@ -33,7 +33,7 @@ file's folder; ``sqlite://``, ``:memory:`` and ``file:`` URIs are left as writte
 ``/`` of ``aitems.endpoint`` is dropped.
 
 jsonschema is imported only to check a ``json_schema``: every run loads the spec, and the
-import costs ~50 ms of start-up that a spec without one need not pay.
+import adds start-up time that a spec without one need not pay.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ the environment or a file. Messages never repeat a value that came from the envi
 file, nor any URL or key: they may be secrets.
 
 jsonschema is imported only for a spec that ``aitems_sync.spec.verdict``'s quick check of the
-schema refuses: its errors are what the messages are made of, but importing it costs ~50 ms of
-every run's start-up, and a valid spec needs only the verdict.
+schema refuses: its errors are what the messages are made of, but importing it is a noticeable
+part of every run's start-up, and a valid spec needs only the verdict.
 """
 
 from __future__ import annotations

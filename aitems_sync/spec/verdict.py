@@ -1,8 +1,8 @@
 """A quick yes/no from the spec's JSON Schema, so that a valid spec never imports jsonschema.
 
 Every run validates its spec against ``spec.schema.json``, and importing jsonschema (with
-referencing, attrs, rpds and its bundled metaschemas) costs ~50 ms of each run's start-up,
-more than the rest of loading the spec. A valid spec needs no messages, only the verdict; the
+referencing, attrs, rpds and its bundled metaschemas) costs more of each run's start-up than
+the rest of loading the spec. A valid spec needs no messages, only the verdict; the
 loader asks jsonschema, for its detailed errors, only when the verdict here is no.
 
 ``compile_verdict`` turns a schema into a predicate equal to jsonschema's Draft 2020-12
@@ -13,7 +13,7 @@ keeps jsonschema as the judge. A predicate that refused too much would only cost
 accepting too much would let a broken spec through, so tests/test_spec_verdict.py holds it to
 jsonschema's verdict on the broken-spec corpus and on generated documents.
 
-Not fastjsonschema: compiling the spec schema with it takes ~25 ms on every run, and its
+Not fastjsonschema: compiling the spec schema with it is paid again on every run, and its
 draft-07 ``$ref`` ignores sibling keywords (``{"$ref": "#/$defs/count", "maximum": 64}``
 would accept ``in_flight: 100``).
 """

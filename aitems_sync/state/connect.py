@@ -11,11 +11,11 @@ SQLite needs care to be a safe multi-threaded, multi-process store:
   in between. Reads keep a plain ``BEGIN`` so they never queue behind a writer;
 - the WAL is checkpointed every 10,000 pages (~40 MB) rather than SQLite's 1,000: merging the
   ledger's log rewrites many of the ledger's B-tree pages, and checkpointing them 10 times less
-  often made (then direct) ledger commits ~45% faster (benchmarks/README.md). SQLite
+  often made (then direct) ledger commits much faster (measured: benchmarks/README.md). SQLite
   checkpoints the rest when the last connection closes;
 - each connection's page cache is 512 KiB rather than 2,000: the ledger is read at random by
-  key hash, and the smaller cache measured as fast, for ~4 MB less memory in a backfill;
-- ``synchronous`` stays at SQLite's FULL: ``NORMAL`` was only ~12% faster per commit and can
+  key hash, and the smaller cache measured as fast, for less memory in a backfill;
+- ``synchronous`` stays at SQLite's FULL: ``NORMAL`` was only slightly faster per commit and can
   lose the last acknowledged commits on a power cut, which would send those rows again.
 
 Server databases get a connect timeout (10 s unless the URL sets one) and a pre-ping, since a
@@ -143,9 +143,9 @@ def _create_private_file(path: Path) -> None:
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 #: Each connection's page cache (SQLite's default is 2,000 KiB). The ledger's pages are read at
-#: random, by key hash, so a cache holds few of them again either way: at 512 KiB the 1M items
-#: backfill ran as fast (72.3/72.7k against 70.4/73.1k rows/s) and peaked ~4 MB lower, the
-#: pool's connections each holding less.
+#: random, by key hash, so a cache holds few of them again either way: at 512 KiB a backfill
+#: ran as fast and peaked lower, the pool's connections each holding less (measured:
+#: docs/perf-history.md).
 PAGE_CACHE_KIB = 512
 
 
@@ -186,8 +186,8 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-#: SQLAlchemy's dialect module per state-store database; imported on use (each costs ~30 ms
-#: of start-up, and a run needs one).
+#: SQLAlchemy's dialect module per state-store database; imported on use (each import adds to
+#: start-up, and a run needs one).
 _DIALECT_MODULES = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql",
                     "mariadb": "mysql"}
 
@@ -242,8 +242,8 @@ class LedgerLog:
     Each dialect appends with ONE statement per commit, whatever the number of entries, so that
     the database does the work in a single call that releases the GIL: the engine commits on
     its own thread while the main thread shapes rows, and ``executemany`` would hand the GIL
-    back and forth once per entry (on SQLite that ran at under 1,000 entries/s beside a busy
-    main thread, against 140k+ in one statement). SQLite takes the entries as one JSON array
+    back and forth once per entry (on SQLite that was far slower beside a busy main thread
+    than one statement). SQLite takes the entries as one JSON array
     through ``json_each``; PostgreSQL (psycopg) as arrays through ``unnest``; MySQL's driver
     turns ``executemany`` of an INSERT into one multi-row statement itself. Entries get their
     ``seq`` in the order given, so a key's last entry is its newest.
@@ -268,7 +268,7 @@ class LedgerLog:
         "%(payloads)s::BIGINT[], %(positions)s::DOUBLE PRECISION[]) "
         "WITH ORDINALITY AS entries(k, p, pos, n) ORDER BY n"
     )
-    # Into ``ledger_recent``, the second level (state_schema): {target} is a table name.
+    # Into ``ledger_recent``, the second level (state.tables): {target} is a table name.
     _MERGE: ClassVar[dict[str, str]] = {
         "sqlite": (
             "INSERT INTO {target} (dataset_id, key_hash, payload_hash, position) "
@@ -386,8 +386,7 @@ def chunks(values: Sequence[int]) -> Iterator[list[int]]:
 #: The merged levels' entries for the keys of a JSON array, as one JSON array of ``[key_hash,
 #: payload_hash]``, ``ledger_recent``'s entry over ``ledger``'s: one statement, so one snapshot
 #: of both. The keys are parsed once and probed in order, ``ledger`` only where ``ledger_recent``
-#: has no entry: 5.0 ms for 5,000 keys where a subquery per level took 6.9 ms (11 % less at 10M
-#: keys).
+#: has no entry, which measured faster than a subquery per level.
 _SQLITE_LOOKUP = (
     "SELECT json_group_array(json_array(k.value, coalesce(r.payload_hash, l.payload_hash))) "
     "FROM (SELECT DISTINCT value FROM json_each(?2) ORDER BY value) AS k "
@@ -409,7 +408,7 @@ def ledger_lookup(conn: sa.Connection, dataset_id: int,
     if dialect_name == "sqlite":
         # The keys travel as one JSON text and the answer comes back as one: sqlite3 releases
         # the GIL for every row it steps, and beside busy threads each row then waits to get it
-        # back (a lookup of 1,000 keys took ~18 ms in a run, against 2.5 ms on its own).
+        # back (a lookup stepped row by row ran many times slower in a run than on its own).
         answer = conn.exec_driver_sql(
             _SQLITE_LOOKUP, (dataset_id, dumps(list(key_hashes)))).scalar_one()
         return dict(orjson.loads(answer))
@@ -464,7 +463,7 @@ def _key_lists(dialect_name: str, key_hashes: Sequence[int]) -> Iterator[Any]:
         yield sa.select(keys.c.value)
     elif dialect_name == "postgresql":
         # IN (SELECT unnest(...)) probes the primary key per key even before the table has
-        # statistics; `= ANY(array)` scanned the whole dataset then (60 ms vs 8 ms measured).
+        # statistics; `= ANY(array)` scanned the whole dataset then, and measured slower.
         from sqlalchemy.dialects.postgresql import ARRAY
 
         array = sa.bindparam("keys", list(key_hashes), type_=ARRAY(sa.BigInteger))

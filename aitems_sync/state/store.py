@@ -58,13 +58,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Keys ``ledger_recent`` (the ledger's second level, :mod:`aitems_sync.state.tables`) gathers
-#: before a merge moves them into ``ledger``. The 10M-row items backfill ran as fast with 0.5M,
-#: 1M and 2M (141-144 s); merging a level of 1M keys into a 9M-key ledger took ~1 s, and each
-#: such merge at the end of a run of that size is paid by that run.
+#: before a merge moves them into ``ledger``. A large backfill ran as fast with smaller or larger
+#: limits (measured: docs/perf-history.md); merging a full level into a large ledger is cheap but
+#: not free, and each such merge at the end of a run is paid by that run.
 RECENT_LIMIT = 2_000_000
 
 #: Ledger entries logged before the committer merges the log into the ledger: the reader
-#: holds them in memory meanwhile (~130 bytes each), and each merge rewrites the ledger pages they
+#: holds them in memory meanwhile, and each merge rewrites the ledger pages they
 #: touch.
 MERGE_EVERY = 50_000
 
@@ -173,8 +173,8 @@ class StateStore:
         return found
 
     def row_hash_of(self, dataset: str) -> str:
-        """The row hash the dataset's ledger is written with (one of ``delta.ROW_HASHES``): the
-        one it was registered with, or for a dataset not registered yet the one it will be."""
+        """The row hash the dataset's ledger is written with (one of ``rows.encode.ROW_HASHES``):
+        the one it was registered with, or for a dataset not registered yet the one it will be."""
         if dataset in self._row_hashes:
             return self._row_hashes[dataset]
         query = sa.select(tables.datasets.c.row_hash).where(tables.datasets.c.name == dataset)

@@ -7,29 +7,29 @@ MariaDB the tables are utf8mb4 with a binary collation and JSON is LONGTEXT, so 
 and fits as it does on the other two.
 
 The ledger is a ``WITHOUT ROWID`` table on SQLite keyed by (dataset id, 64-bit key hash). It has
-no index on ``position``: every ledger write would pay for it (measured on SQLite: 118k down to
-80k rows/s at 1,000 entries per commit, 105k down to 52k at 10,000), while pruning only concerns
+no index on ``position``: every ledger write would pay for it, a large slowdown measured on
+SQLite (docs/perf-history.md), while pruning only concerns
 interaction ledgers, which stay small (the lookback window) and are scanned through the primary
 key's ``dataset_id`` prefix. Nor does it carry a foreign key, which would cost a lookup per row
 written; dataset rows are never deleted, so the reference cannot dangle.
 
 Batch commits do not write the ledger itself but append to ``ledger_log`` (version 3), in the same
 transaction as the mark: appends fill pages in order, where upserting random 64-bit keys into a
-large B-tree dirties one leaf page per entry and writes each whole to the WAL (a 1M-entry ledger
-took ~3.6 KB of writes per entry at 1,000 entries per commit). The log is merged into the ledger
+large B-tree dirties one leaf page per entry and writes each whole to the WAL, so a large
+ledger took about a page of writes per entry. The log is merged into the ledger
 in one sorted pass once it holds enough entries (:meth:`StateStore.merge_ledger`); until then a
 key's newest log entry (highest ``seq``) overrides its ledger entry.
 
 The log is merged into ``ledger_recent`` (version 5), a second ledger level of the same shape,
 which is merged into ``ledger`` only once it holds :data:`aitems_sync.state.store.RECENT_LIMIT`
 keys: a merge rewrites about one page per entry it brings into a B-tree larger than the merge, so
-50,000 random keys merged into a 10M-key ledger rewrote ~37,000 of its ~77,000 pages, where merging
-them into the small level rewrites that level's few pages, and the large ledger is rewritten once
-per 2,000,000 keys instead of once per 50,000. A key's ``ledger_recent`` entry overrides its
-``ledger`` entry; its log entry overrides both.
+a log's worth of random keys merged into a large ledger rewrote a large share of its pages, where
+merging them into the small level rewrites that level's few pages, and the large ledger is
+rewritten once per 2,000,000 keys instead of once per 50,000. A key's ``ledger_recent`` entry
+overrides its ``ledger`` entry; its log entry overrides both.
 
 Each dataset row names the hash its ledger's key and payload hashes are made with
-(``row_hash``, version 4): datasets registered since then use XXH3, about 1 us a row cheaper than
+(``row_hash``, version 4): datasets registered since then use XXH3, cheaper per row than
 the BLAKE2b of earlier versions, which the datasets registered before keep, since their ledgers
 hold BLAKE2b hashes (:data:`aitems_sync.sync.batches.ROW_HASH`).
 """
@@ -108,7 +108,7 @@ _JSON = _JsonText()
 # state, and latin1 cannot store most quarantined text. Binary utf8mb4 compares like SQLite.
 # (The mariadb:// dialect reads only its own prefix.) They are added by _create, on MySQL and
 # MariaDB only, not passed to sa.Table: SQLAlchemy imports its MySQL dialect to check a `mysql_*`
-# keyword (~10 ms of every run's start-up), for SQLite and PostgreSQL stores too.
+# keyword (an import on every run's start-up), for SQLite and PostgreSQL stores too.
 _MYSQL_TABLE: dict[str, Any] = {
     f"{dialect}_{option}": value
     for dialect in ("mysql", "mariadb")
@@ -127,8 +127,8 @@ datasets = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", _NAME, nullable=False, unique=True),
-    # Written when the dataset is registered (delta.ROW_HASH); the default is what the datasets
-    # of a store older than version 4 had.
+    # Written when the dataset is registered (rows.encode.ROW_HASH); the default is what the
+    # datasets of a store older than version 4 had.
     sa.Column("row_hash", sa.String(16), nullable=False, server_default="blake2b-64"),
 )
 

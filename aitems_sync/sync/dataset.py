@@ -82,8 +82,8 @@ class _NearLedger:
 
     hashes: dict[int, int] = field(default_factory=dict)  # key -> payload, the newest cut
     # Keys cut in more than one batch not yet covered -> the newest of those batches. Most keys
-    # are cut once: a batch number per key would cost a tuple each (~56 bytes, ~3 MB at the
-    # merge threshold, on a run that peaks near the memory target).
+    # are cut once: a batch number per key would cost a tuple each (megabytes at the merge
+    # threshold, on a run that peaks near the memory target).
     repeated: dict[int, int] = field(default_factory=dict)
     earlier: dict[int, int] = field(default_factory=dict)  # the earlier runs' log: key -> payload
     # Set by the window's committer thread: every batch up to this seq is covered (merged into
@@ -184,8 +184,8 @@ class DatasetSync:
                 mark=mark, lookback=self.dataset.lookback,
                 chunk_rows=self.settings.options.chunk_rows,
                 # With a worker, the first rows are read here at once, unsorted; the worker
-                # sorts the rest (Start.sort): sorting the whole table here first cost ~10 % of
-                # the 1M items backfill.
+                # sorts the rest (Start.sort): sorting the whole table here first delayed the
+                # first upload and made a backfill measurably slower (docs/perf-history.md).
                 sort=None if self.settings.options.worker_after is None else False,
             ) as extraction:
                 self._stream(extraction, mark)

@@ -30,7 +30,7 @@ _EXIT_CODES = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGINT: EXIT_SIGINT}
 #: thread only, between bytecodes; a signal the kernel hands to another thread (as Linux does
 #: when the main thread has one pending already: a second SIGTERM right after the first, on a
 #: busy machine) interrupts no wait of the main thread, whose handler then ran only when the
-#: wait ended (3 s late in a test, the uploads' latency twice). Waits are cut into slices.
+#: wait ended (in a test, late by twice the uploads' latency). Waits are cut into slices.
 HEED_SIGNALS_SECONDS = 0.05
 
 #: Seconds the uploads on the wire get after the first signal; below Kubernetes' default

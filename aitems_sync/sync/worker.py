@@ -7,8 +7,8 @@ diff, the batches, the uploads and the commits. The worker only reads, so killin
 moment loses nothing; the main process closes it when the dataset is done, stops or fails.
 
 Why a process: with the reading thread, the committer and the upload threads sharing one
-interpreter lock, the 1M-row items backfill ran at ~63k rows/s with the second core mostly idle
-(benchmarks/README.md). The worker costs a Python start-up (~0.2 s of the other core), so the
+interpreter lock, a large backfill was bound to one core with the second core mostly idle
+(benchmarks/README.md). The worker costs a Python start-up on the other core, so the
 reading thread starts in-process and hands over once it has read ``worker_after`` rows, at a
 chunk boundary, as soon as the worker is ready: the worker then reads the rows strictly after
 the last one read in-process, in the same order, as a next run would.
