@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections.abc import Iterator
 from fnmatch import fnmatch
@@ -315,27 +316,34 @@ def test_wheel_holds_the_package_data_and_the_console_script(built_wheel: Path) 
 def test_installed_wheel_validates_the_configmap_spec(
     built_wheel: Path, tmp_path: Path
 ) -> None:
-    target = tmp_path / "site"
+    # A fresh venv holding the wheel alone; its dependencies come from this interpreter's
+    # site-packages through a .pth file (no network), which does not carry the checkout's
+    # editable install (that is a .pth of its own, read only in a site directory).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site_dir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site_dir) / "dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--target", str(target), str(built_wheel)],
-        capture_output=True, text=True, timeout=120)
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         str(built_wheel)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     spec_file = tmp_path / "sync.yaml"
     spec_file.write_text(configmap_spec_text(), encoding="utf-8")
-    # Out of the checkout (cwd) and with the wheel first on the path, so that the wheel's copy
-    # runs, not the editable install of the checkout.
-    env = {**os.environ, **pod_env(), "PYTHONPATH": str(target)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | pod_env()
     where = subprocess.run(
-        [sys.executable, "-c", "import aitems_sync; print(aitems_sync.__file__)"],
+        [str(python), "-c", "import aitems_sync; print(aitems_sync.__file__)"],
         env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert Path(where.stdout.strip()).is_relative_to(target)
-    done = subprocess.run([str(target / "bin" / "aitems-sync"), "--config", str(spec_file),
+    assert Path(where.stdout.strip()).is_relative_to(site_dir)
+    done = subprocess.run([str(venv / "bin" / "aitems-sync"), "--config", str(spec_file),
                            "--json", "validate"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["valid"] is True
-    worker = subprocess.run([sys.executable, "-m", "aitems_sync.sync.worker", "--help"],
+    worker = subprocess.run([str(python), "-m", "aitems_sync.sync.worker", "--help"],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert worker.returncode == 0, worker.stderr
     assert worker.stdout.startswith("usage: python -m aitems_sync.sync.worker")
