@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     The interpreter's teardown (collecting every module's objects) is a sizeable part of a
     short run, such as one with nothing to send (measured: docs/perf-history.md), and there is
     nothing left for it to do: commands close their connections and join their threads before
-    they return, and logs and output are flushed here. (A library caller uses ``main_group``, which raises SystemExit as usual.)
+    they return, and logs and output are flushed here. (A library caller uses ``main_group``,
+    which raises SystemExit as usual.)
     """
     global _own_process
     _own_process = True
