@@ -8,7 +8,8 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     ├── SpecError                   exit 2   the spec file is wrong (all problems at once)
     ├── SourceError                 exit 1   the source database failed
     ├── StateError                  exit 1   the state store failed
-    │   └── LockHeldError           exit 75  another run holds a dataset's lease
+    │   ├── LockHeldError           exit 75  another run holds a dataset's lease
+    │   └── LeaseLostError          exit 1   this run can no longer prove it holds one
     ├── ApiError                    exit 1   AiTEMS answered with an error or not at all
     │   ├── RetriableApiError                connection errors, 429, 500, 503, 504
     │   ├── RetriesExhaustedError            a retriable failure until the retries ran out
@@ -93,6 +94,11 @@ class LockHeldError(StateError):
     """Another run holds the lease on a dataset."""
 
     exit_code = EXIT_LOCKED
+
+
+class LeaseLostError(StateError):
+    """This run can no longer prove it holds a dataset's lease (another run took it over, or it
+    could not renew it in time): it sends and commits nothing more for that dataset."""
 
 
 class ApiError(AitemsSyncError):

@@ -309,6 +309,7 @@ def test_after_a_run_the_reader_holds_only_what_neither_mark_nor_merged_ledger_c
                             options=RunOptions(merge_every=merge_every),
                             target=Target(spec.aitems.service_id, chosen.dataset_id, chosen.type))
     with open_state(spec) as state, open_sources(spec) as sources:
+        state.acquire_lease(dataset, owner="r1", host="here", pid=1, ttl=600)  # as a run does
         client = AitemsClient.from_config(spec.aitems)
         try:
             sync = DatasetSync(chosen, settings, state, client, sources[chosen.source],

@@ -22,13 +22,14 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aitems_sync.errors import LockHeldError, StateError
+from aitems_sync.errors import LeaseLostError, LockHeldError, StateError
 from aitems_sync.rows.encode import ROW_HASH
 from aitems_sync.state.store import (
     CursorValue,
     LedgerEntry,
     Mark,
     QuarantineEntry,
+    Sending,
     StateStore,
     decode_value,
     encode_value,
@@ -801,3 +802,37 @@ def test_in_memory_sqlite_store_works_for_dry_runs() -> None:
         store.set_mark("users", Mark(cursor=date(2024, 1, 1), key=("a",)))
         assert store.get_mark("users") == Mark(cursor=date(2024, 1, 1), key=("a",))
         assert store.url_for_display == "sqlite://"
+
+
+def test_a_fenced_commit_after_a_takeover_writes_nothing(store: StateStore, clock: FakeClock
+                                                         ) -> None:
+    store.acquire_lease("users", owner="run-a", host="h", pid=1, ttl=10)
+    [sending] = store.commit_batches("users", run_id="run-a", commits=(),
+                                     sending=[Sending(2, None, None)], fenced=True)
+    clock.advance(11)
+    store.acquire_lease("users", owner="run-b", host="h", pid=2, ttl=10)  # run-a stalled
+
+    with pytest.raises(LeaseLostError, match="is held by run run-b now"):
+        store.commit_batch("users", run_id="run-a", batch_id=sending, ledger=entries([1, 2]),
+                           mark=Mark(cursor=5, key=("u5",)), fenced=True)
+    with pytest.raises(LeaseLostError):
+        store.journal_sending("users", "run-a", rows=1, first=None, last=None, fenced=True)
+
+    assert store.get_mark("users") is None
+    assert store.ledger_lookup("users", [e.key_hash for e in entries([1, 2])]) == {}
+    assert [b.batch_id for b in store.unfinished_batches("users")] == [sending]
+
+
+def test_a_fenced_commit_by_the_holder_goes_through(store: StateStore) -> None:
+    store.acquire_lease("users", owner="run-a", host="h", pid=1, ttl=10)
+
+    store.commit_batch("users", run_id="run-a", batch_id=None, ledger=entries([1]),
+                       mark=Mark(cursor=5, key=("u5",)), fenced=True)
+
+    assert store.get_mark("users") == Mark(cursor=5, key=("u5",))
+
+
+def test_a_fenced_commit_without_any_lease_is_refused(store: StateStore) -> None:
+    with pytest.raises(LeaseLostError, match="it was released"):
+        store.commit_batch("users", run_id="run-a", batch_id=None, ledger=[],
+                           mark=Mark(cursor=5, key=("u5",)), fenced=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from aitems_sync.errors import LockHeldError, StateError
+from aitems_sync.errors import LeaseLostError, LockHeldError, StateError
 from aitems_sync.rows.encode import ROW_HASH, ROW_HASHES
 from aitems_sync.state import connect, records, tables
 from aitems_sync.state.marks import CursorValue, Mark, decode_mark, encode_mark, mark_to_json
@@ -96,6 +96,10 @@ class _Statements:
             .values(status=sa.bindparam("new_status"), updated_at=sa.bindparam("now"))
         )
         self.set_status_of_sending = self.set_status.where(tables.batches.c.status == "sending")
+        self.lease_owner = (
+            sa.select(tables.leases.c.owner)
+            .where(tables.leases.c.dataset_id == sa.bindparam("dataset_id")).with_for_update()
+        )
 
 
 class StateStore:
@@ -389,11 +393,12 @@ class StateStore:
     # -- journal and the atomic commit -------------------------------------------------------
 
     def journal_sending(
-        self, dataset: str, run_id: str, *, rows: int, first: Mark | None, last: Mark | None
+        self, dataset: str, run_id: str, *, rows: int, first: Mark | None, last: Mark | None,
+        fenced: bool = False,
     ) -> int:
         """Journal a batch as ``sending`` and commit, before its request leaves; its batch id."""
         [batch_id] = self.commit_batches(dataset, run_id=run_id, commits=(),
-                                         sending=[Sending(rows, first, last)])
+                                         sending=[Sending(rows, first, last)], fenced=fenced)
         return batch_id
 
     def commit_batch(
@@ -406,6 +411,7 @@ class StateStore:
         mark: Mark | None,
         quarantine: Sequence[QuarantineEntry] = (),
         resolved: Sequence[int] = (),
+        fenced: bool = False,
     ) -> None:
         """Commit one acknowledged batch in ONE transaction, all or nothing.
 
@@ -415,7 +421,7 @@ class StateStore:
         """
         self.commit_batches(dataset, run_id=run_id,
                             commits=[BatchCommit(batch_id, ledger, mark, quarantine)],
-                            resolved=resolved)
+                            resolved=resolved, fenced=fenced)
 
     def commit_batches(
         self,
@@ -425,6 +431,7 @@ class StateStore:
         commits: Sequence[BatchCommit],
         sending: Sequence[Sending] = (),
         resolved: Sequence[int] = (),
+        fenced: bool = False,
     ) -> list[int]:
         """Commit acknowledged batches and journal the next ones: ONE transaction, one fsync.
 
@@ -433,6 +440,10 @@ class StateStore:
         journal row ``sending``. Returns the new batch ids, in the order of ``sending``.
         Committing a group at once is what makes a backfill's commits cheap: the engine groups
         the batches acknowledged while its previous commit was being written.
+
+        ``fenced``: write only while ``run_id`` holds the dataset's lease, checked in this same
+        transaction (the lease row locked, so a takeover waits for the commit or comes first);
+        LeaseLostError, and nothing written, when another run owns the dataset now.
         """
         dataset_id = self._known_id(dataset)
         now = self._clock()
@@ -447,6 +458,8 @@ class StateStore:
         what = (f"commit {_batches(batch_ids)} of dataset {dataset!r} (run {run_id})"
                 if commits else f"journal a batch of dataset {dataset!r}")
         with self._write(what) as conn:
+            if fenced:
+                self._hold_lease(conn, dataset_id, dataset, run_id)
             if batch_ids and self._set_status(
                 conn, dataset_id, batch_ids, "committed", now
             ) != len(batch_ids):
@@ -464,6 +477,19 @@ class StateStore:
             for chunk in connect.chunks(resolved):
                 conn.execute(sa.delete(tables.quarantine).where(tables.quarantine.c.id.in_(chunk)))
             return [self._insert_sending(conn, row) for row in journal]
+
+    def _hold_lease(self, conn: sa.Connection, dataset_id: int, dataset: str, owner: str) -> None:
+        """The fence: raise LeaseLostError unless ``owner`` holds the dataset's lease now."""
+        holder = conn.execute(self._statements.lease_owner,
+                              {"dataset_id": dataset_id}).scalar_one_or_none()
+        if holder != owner:
+            taken = "was released" if holder is None else f"is held by run {holder} now"
+            raise LeaseLostError(
+                f"run {owner} no longer holds the lease on dataset {dataset!r} (it {taken}): "
+                "this run stalled past its lease, so another run may have taken the dataset "
+                "over; nothing more was committed, and the next run reads again what this one "
+                "did not commit"
+            )
 
     def _insert_sending(self, conn: sa.Connection, row: dict[str, Any]) -> int:
         inserted = conn.execute(self._statements.journal, row).inserted_primary_key

@@ -28,7 +28,7 @@ from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import signals
 from aitems_sync.sync.dataset import DatasetSync, SyncSettings
-from aitems_sync.sync.leases import Leases
+from aitems_sync.sync.leases import FencedUploader, Leases
 from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, DatasetReport, RunReport
 
@@ -152,11 +152,13 @@ class _Run:
             report.error = f"not run: {message.removeprefix('stopped: ')}"
             return
         settings = _settings(self.spec, dataset, self.options, self.report.run_id)
+        def check_lease() -> None:
+            self.leases.check(dataset.name)
+
         try:
-            DatasetSync(dataset, settings, self.state, self.uploader,
+            DatasetSync(dataset, settings, self.state, FencedUploader(self.uploader, check_lease),
                         self.sources[dataset.source], self.halt, report,
-                        check_lease=lambda: self.leases.check(dataset.name),
-                        progress=self.progress).run()
+                        check_lease=check_lease, progress=self.progress).run()
         except AuthError as error:
             self.halt.fail_run(error)  # the same keys fail every dataset: stop the run
             _record_failure(report, error, FAILED)

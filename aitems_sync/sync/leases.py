@@ -5,26 +5,43 @@ two processes never both win. While the run lives, a thread renews every lease a
 time to live; a run killed with -9 stops renewing, and its datasets are free again once the
 lease expires. If a renewal finds the lease taken over (this process stalled past the expiry),
 the run is told to stop and must not commit again: another run owns the dataset now.
+
+Two fences keep a run that stalled (a GC pause, SIGSTOP, a frozen VM) from acting on a lease it
+lost while it slept, before its renewal thread could notice:
+
+- every commit checks, in its own transaction, that the run still owns the lease
+  (``StateStore.commit_batches(fenced=True)``);
+- no request leaves once the last successful renewal is older than the lease's time to live
+  less a margin (``check``, called by ``FencedUploader`` before each request): another run can
+  take the lease over only after it expires, so a stalled run has on the wire only what was
+  there when it stalled, and those batches stay journalled ``sending`` for the run that takes
+  over to report as ambiguous.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from aitems_sync.errors import AitemsSyncError, LockHeldError, StateError
+from aitems_sync.aitems.delivery import Uploader, UploadOutcome
+from aitems_sync.errors import AitemsSyncError, LeaseLostError, LockHeldError
 from aitems_sync.state.store import LeaseHolder, StateStore
 
 log = logging.getLogger(__name__)
 
 #: Polling while waiting for a lease (--wait): first pause, growth, longest pause (seconds).
 FIRST_POLL, POLL_GROWTH, LONGEST_POLL = 0.1, 1.5, 5.0
+#: The share of the time to live after which a lease not renewed since is no longer trusted for
+#: sending: renewals come every third of it, and the rest is the margin a request needs to
+#: leave before another run could take the lease over.
+TRUSTED_SHARE = 0.75
 
 
 class Leases:
@@ -41,6 +58,8 @@ class Leases:
         self._lock = threading.Lock()
         self._held: list[str] = []
         self._lost: set[str] = set()
+        #: When each lease was last taken or renewed (time.monotonic(), read before the write).
+        self._renewed: dict[str, float] = {}
         #: Set when any lease was lost; the engine stops every dataset on it.
         self.lost = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="lease-renewer", daemon=True)
@@ -76,6 +95,7 @@ class Leases:
         """Take every lease; if one is held, give back the others and return who refused."""
         host, pid = socket.gethostname(), os.getpid()
         for name in self._datasets:
+            started = time.monotonic()
             try:
                 self._state.acquire_lease(name, owner=self._owner, host=host, pid=pid,
                                           ttl=self._ttl)
@@ -84,15 +104,25 @@ class Leases:
                 return name, error
             with self._lock:
                 self._held.append(name)
+                self._renewed[name] = started
         return None
 
     def check(self, dataset: str) -> None:
-        """Raise StateError if this run lost the dataset's lease (it must not commit then)."""
+        """Raise LeaseLostError if this run lost the dataset's lease, or has not renewed it for
+        so long that another run may take it over any moment: it must not send or commit then."""
         if dataset in self._lost:
-            raise StateError(
+            raise LeaseLostError(
                 f"this run lost the lease on dataset {dataset!r} to another run (it could not "
                 "renew it in time); it stopped without committing more, and the run holding the "
                 "lease now delivers the rest"
+            )
+        age = time.monotonic() - self._renewed.get(dataset, -math.inf)
+        if age >= self._ttl * TRUSTED_SHARE:
+            raise LeaseLostError(
+                f"this run has not renewed its lease on dataset {dataset!r} for {age:.1f} s "
+                f"(the lease lasts {self._ttl:g} s: the process stalled, or the state store did "
+                "not answer), so another run may own the dataset now; it stopped sending and "
+                "committing, and the next run reads again what this one did not commit"
             )
 
     def _renew(self) -> None:
@@ -100,6 +130,7 @@ class Leases:
             with self._lock:
                 held = list(self._held)
             for name in held:
+                started = time.monotonic()
                 try:
                     still_ours = self._state.renew_lease(name, owner=self._owner, ttl=self._ttl)
                 except AitemsSyncError as error:
@@ -110,6 +141,9 @@ class Leases:
                               extra={"event": "lease_lost", "dataset": name})
                     self._lost.add(name)
                     self.lost.set()
+                    continue
+                with self._lock:
+                    self._renewed[name] = started
 
     def release(self) -> None:
         """Stop renewing and give every lease back (a failure is logged: they expire anyway)."""
@@ -126,6 +160,19 @@ class Leases:
                 self._state.release_lease(name, owner=self._owner)
             except AitemsSyncError as error:
                 log.warning("could not release the lease on %s: %s", name, error)
+
+
+class FencedUploader:
+    """An uploader that sends a request only while ``check`` passes (the lease is trusted)."""
+
+    def __init__(self, uploader: Uploader, check: Callable[[], None]) -> None:
+        self._uploader = uploader
+        self._check = check
+
+    def upload_encoded(self, service_id: str, dataset_id: str, dataset_type: str,
+                       rows: Sequence[bytes]) -> UploadOutcome:
+        self._check()
+        return self._uploader.upload_encoded(service_id, dataset_id, dataset_type, rows)
 
 
 def _announce(holder: LeaseHolder | None, announced: tuple[str, str] | None

@@ -21,7 +21,7 @@ from aitems_sync.rows.encode import encode_row
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import LedgerEntry, QuarantineRecord, StateStore
-from aitems_sync.sync.leases import Leases
+from aitems_sync.sync.leases import FencedUploader, Leases
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,19 @@ def retry_quarantine(
     report = RetryReport(dataset.name)
     leases = Leases(state, [dataset.name], run_id, lease_ttl)
     leases.acquire(stop=threading.Event())
+    fenced = FencedUploader(uploader, lambda: leases.check(dataset.name))
     try:
         records = state.quarantined(dataset.name)
         report.checked = len(records)
         plan = _decide(dataset, records, state, timezone, report)
         if plan.drop:
             state.commit_batch(dataset.name, run_id=run_id, batch_id=None, ledger=[],
-                               mark=None, resolved=plan.drop)
+                               mark=None, resolved=plan.drop, fenced=True)
         target = Target(spec.aitems.service_id, dataset.dataset_id, dataset.type)
         size = spec.aitems.batch.max_rows
         for start in range(0, len(plan.send), size):
             leases.check(dataset.name)
-            _send(plan.send[start:start + size], dataset, target, state, uploader, run_id,
+            _send(plan.send[start:start + size], dataset, target, state, fenced, run_id,
                   report)
     finally:
         leases.release()
@@ -138,12 +139,13 @@ def _lookup(state: StateStore, dataset: str, hashes: list[int]) -> dict[int, int
 def _send(chunk: Sequence[_Candidate], dataset: DatasetSpec, target: Target, state: StateStore,
           uploader: Uploader, run_id: str, report: RetryReport) -> None:
     rows = [c.encoded for c in chunk]
-    batch_id = state.journal_sending(dataset.name, run_id, rows=len(rows), first=None, last=None)
+    batch_id = state.journal_sending(dataset.name, run_id, rows=len(rows), first=None, last=None,
+                                     fenced=True)
     delivery = deliver(uploader, target, rows)
     delivered = [chunk[i] for i in delivery.delivered]
     state.commit_batch(dataset.name, run_id=run_id, batch_id=batch_id,
                        ledger=[c.entry for c in delivered], mark=None,
-                       resolved=[c.record.id for c in delivered])
+                       resolved=[c.record.id for c in delivered], fenced=True)
     report.batches += 1
     report.sent += len(delivered)
     report.refused += len(delivery.rejected)

@@ -266,6 +266,7 @@ class Window:
         ids = self.state.commit_batches(
             self.dataset.name, run_id=self.run_id, commits=commits,
             sending=[Sending(len(s.batch.rows), s.batch.first, s.batch.last) for s in to_send],
+            fenced=True,
         )
         for slot, batch_id in zip(to_send, ids, strict=True):
             slot.batch_id = batch_id
@@ -344,7 +345,7 @@ class Window:
         # The journal row stays `sending` when the batch failed: the next run reports it.
         self.state.commit_batch(self.dataset.name, run_id=self.run_id,
                                 batch_id=slot.batch_id if error is None else None,
-                                ledger=ledger, mark=None)
+                                ledger=ledger, mark=None, fenced=True)
         self.report.sent += len(delivery.delivered)
         self.report.requests += delivery.requests
         if delivery.ambiguous:
