@@ -698,6 +698,8 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         conn.execute(sa.text("DROP TABLE ledger_log"))
         conn.execute(sa.text("DROP TABLE ledger_recent"))
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN row_hash"))  # ... no row hash
+        conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN aitems_service_id"))  # no binding
+        conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN aitems_dataset_id"))
         conn.execute(sa.text("UPDATE schema_version SET version = 1"))
 
     with StateStore.open(store_url) as store:
@@ -713,7 +715,7 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         assert store.row_hash_of("items") == ROW_HASH
     assert record.ledger_hash == 42
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 5
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 6
     engine.dispose()
 
 
@@ -836,3 +838,18 @@ def test_a_fenced_commit_without_any_lease_is_refused(store: StateStore) -> None
     with pytest.raises(LeaseLostError, match="it was released"):
         store.commit_batch("users", run_id="run-a", batch_id=None, ledger=[],
                            mark=Mark(cursor=5, key=("u5",)), fenced=True)
+
+
+def test_a_dataset_is_bound_once_to_its_aitems_dataset_until_reset(store: StateStore) -> None:
+    assert store.binding("users") is None
+
+    store.bind("users", "svc1", "ds1")
+    store.bind("users", "svc2", "ds2")  # a binding is never overwritten silently
+    bound = store.binding("users")
+    store.reset("users")
+    after_reset = store.binding("users")
+    store.bind("users", "svc2", "ds2")
+
+    assert bound == ("svc1", "ds1")
+    assert after_reset is None
+    assert store.binding("users") == ("svc2", "ds2")

@@ -26,11 +26,13 @@ long run's pooled connection may have been dropped. MySQL/MariaDB (tested on Mar
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,12 +74,16 @@ def open_engine(url: str) -> tuple[sa.Engine, str]:
         ) from None
     display = parsed.render_as_string(hide_password=True)
     _insert_module(parsed.get_backend_name())  # refuse an unsupported database before DDL
+    existing = _existing_sqlite_file(parsed, display)
     engine: sa.Engine | None = None
     try:
+        if _is_sqlite_file(parsed) and not existing:
+            _create_sqlite_store(parsed, display)
+            existing = True
         engine = create_engine(parsed)
         writer = engine.execution_options(**{WRITE_OPTION: True})
         with writer.connect() as conn, migration_lock(conn, display), conn.begin():
-            found = migrate(conn, display)
+            found = migrate(conn, display, existing=existing)
     except (sa.exc.SQLAlchemyError, OSError, ImportError) as exc:
         if engine is not None:
             engine.dispose()
@@ -91,6 +97,60 @@ def open_engine(url: str) -> tuple[sa.Engine, str]:
         raise
     log.debug("opened the state store %s (schema version %d found)", display, found)
     return engine, display
+
+
+def _existing_sqlite_file(url: URL, display: str) -> bool:
+    """Whether the store is a SQLite file that exists already; StateError if it is empty.
+
+    An empty file is never taken for a new store: a store truncated by a full disk, a bad copy
+    or a mistaken ``> file`` would have every row sent again. Only a missing file is created.
+    """
+    if not _is_sqlite_file(url):
+        return False
+    path = Path(url.database or "")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise StateError(f"cannot open the state store {display}: {error}") from None
+    if size == 0:
+        raise StateError(
+            f"the state store {display} is an empty file (0 bytes), not an aitems-sync store: "
+            "a store that lost its content would have every row sent again. Restore the file "
+            "from a backup; to start afresh on purpose (every row is then sent again), delete "
+            "it, and the next run creates a new store"
+        )
+    return True
+
+
+def _is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and not _is_memory(url.database) and not (
+        url.database or "").startswith("file:")
+
+
+def _create_sqlite_store(url: URL, display: str) -> None:
+    """Create a new SQLite store at the URL's path whole or not at all: built under a temporary
+    name, then linked into place (a process that lost the race keeps the winner's). A store
+    file is thus never found half made, and an empty one is always refused."""
+    path = Path(url.database or "")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.new")
+    _create_private_file(temporary)
+    engine = create_engine(url.set(database=str(temporary)))
+    try:
+        writer = engine.execution_options(**{WRITE_OPTION: True})
+        with writer.connect() as conn, conn.begin():
+            migrate(conn, display)
+    finally:
+        engine.dispose()
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process created the store first: it is as good as ours
+    finally:
+        for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
 
 def create_engine(url: URL) -> sa.Engine:

@@ -176,6 +176,27 @@ class StateStore:
             self._ids[name] = found
         return found
 
+    def binding(self, dataset: str) -> tuple[str, str] | None:
+        """The AiTEMS (service id, dataset id) the dataset's marks and ledger belong to, or None
+        while it has none (never run, reset, or a store older than version 6)."""
+        query = (sa.select(tables.datasets.c.aitems_service_id, tables.datasets.c.aitems_dataset_id)
+                 .where(tables.datasets.c.name == dataset))
+        with self._read(f"look up dataset {dataset!r}") as conn:
+            row = conn.execute(query).one_or_none()
+        if row is None or row.aitems_dataset_id is None:
+            return None
+        return str(row.aitems_service_id), str(row.aitems_dataset_id)
+
+    def bind(self, dataset: str, service_id: str, aitems_dataset_id: str) -> None:
+        """Record the AiTEMS service and dataset the dataset's deliveries go to, if none is."""
+        dataset_id = self._known_id(dataset)
+        stmt = (sa.update(tables.datasets)
+                .where(tables.datasets.c.id == dataset_id,
+                       tables.datasets.c.aitems_dataset_id.is_(None))
+                .values(aitems_service_id=service_id, aitems_dataset_id=aitems_dataset_id))
+        with self._write(f"bind dataset {dataset!r} to AiTEMS dataset {aitems_dataset_id}") as conn:
+            conn.execute(stmt)
+
     def row_hash_of(self, dataset: str) -> str:
         """The row hash the dataset's ledger is written with (one of ``rows.encode.ROW_HASHES``):
         the one it was registered with, or for a dataset not registered yet the one it will be."""
@@ -252,7 +273,7 @@ class StateStore:
                                                  "key": key, "updated_at": self._clock()})
 
     def reset(self, dataset: str) -> None:
-        """Forget the dataset's mark, ledger and journal (its quarantine stays)."""
+        """Forget the dataset's mark, ledger, journal and AiTEMS binding (its quarantine stays)."""
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return
@@ -260,6 +281,8 @@ class StateStore:
             for table in (tables.marks, tables.ledger, tables.ledger_recent, tables.ledger_log,
                           tables.batches):
                 conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
+            conn.execute(sa.update(tables.datasets).where(tables.datasets.c.id == dataset_id)
+                         .values(aitems_service_id=None, aitems_dataset_id=None))
         self._recent_sizes.pop(dataset_id, None)
 
     # -- ledger -----------------------------------------------------------------------------

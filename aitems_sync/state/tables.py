@@ -130,6 +130,10 @@ datasets = sa.Table(
     # Written when the dataset is registered (rows.encode.ROW_HASH); the default is what the
     # datasets of a store older than version 4 had.
     sa.Column("row_hash", sa.String(16), nullable=False, server_default="blake2b-64"),
+    # The AiTEMS service and dataset the marks and ledger were delivered to (version 6): NULL
+    # until a run binds them, and again after `state reset`.
+    sa.Column("aitems_service_id", sa.String(128), nullable=True),
+    sa.Column("aitems_dataset_id", sa.String(128), nullable=True),
 )
 
 runs = sa.Table(
@@ -270,6 +274,13 @@ def _add_ledger_recent(conn: sa.Connection) -> None:
     _create(conn, (ledger_recent,))
 
 
+def _add_dataset_binding(conn: sa.Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("datasets")}
+    for name in ("aitems_service_id", "aitems_dataset_id"):
+        if name not in columns:
+            conn.execute(sa.text(f"ALTER TABLE datasets ADD COLUMN {name} VARCHAR(128)"))
+
+
 # MySQL commits each DDL statement at once: a step that fails half-way stays half done there.
 # Steps must be able to run again over their own partial work (create_all checks first).
 Migration = Callable[[sa.Connection], None]
@@ -280,18 +291,26 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (3, _add_ledger_log),
     (4, _add_dataset_row_hash),
     (5, _add_ledger_recent),
+    (6, _add_dataset_binding),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
-def migrate(conn: sa.Connection, display_url: str) -> int:
+def migrate(conn: sa.Connection, display_url: str, *, existing: bool = False) -> int:
     """Bring the store's schema up to :data:`LATEST_VERSION` inside the caller's transaction.
 
     Returns the version found before migrating (0 for an empty store). Refuses a store written
-    by a newer aitems-sync, which this code could damage.
+    by a newer aitems-sync, which this code could damage, and, when ``existing`` (a SQLite file
+    that was there before), a database that is not an aitems-sync store.
     """
     _serialize_migrations(conn)
+    if existing and not sa.inspect(conn).has_table(schema_version.name):
+        raise StateError(
+            f"the state store {display_url} is an existing database that is not an aitems-sync "
+            "state store (it has no schema_version table): point `state:` at the store's file, "
+            "or at a path where none exists yet to start a new store"
+        )
     _create(conn, (schema_version,))
     found = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
     current = found or 0

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aitems_sync.aitems.delivery import Target, Uploader, UploadOutcome
-from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError
+from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, SpecError, SpecProblem
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import StateStore
@@ -65,9 +65,11 @@ def run(
 
     Raises LockHeldError (exit 75) when another run holds one of the datasets, before any work
     (with ``options.wait``, only once the wait is over). If ``stop`` is set while waiting, every
-    dataset is reported as not run.
+    dataset is reported as not run. Raises SpecError (exit 2) before anything when the state
+    store's marks of a dataset belong to another AiTEMS dataset (``check_bindings``).
     """
     selected = list(datasets)
+    unbound = check_bindings(spec, selected, state)
     run_id = run_id or new_run_id()
     stop = stop or threading.Event()
     report = RunReport(run_id=run_id)
@@ -82,12 +84,39 @@ def run(
             run_id, datasets=[d.name for d in selected], host=socket.gethostname(),
             pid=os.getpid(),
         )
+        for dataset in unbound:
+            state.bind(dataset.name, spec.aitems.service_id, dataset.dataset_id)
         _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
              report, progress or _no_progress).sync(selected)
     finally:
         leases.release()
         state.end_run(run_id, status=report.status, summary=report.to_dict())
     return report
+
+
+def check_bindings(spec: Spec, datasets: Sequence[DatasetSpec], state: StateStore
+                   ) -> list[DatasetSpec]:
+    """Refuse, with every problem at once, datasets whose marks and ledger the state store keeps
+    for another AiTEMS service or dataset than the spec names now: the ledger would skip rows
+    the new dataset never received. Returns the datasets not bound yet."""
+    problems, unbound = [], []
+    for dataset in datasets:
+        bound = state.binding(dataset.name)
+        wanted = (spec.aitems.service_id, dataset.dataset_id)
+        if bound is None:
+            unbound.append(dataset)
+        if bound is None or bound == wanted:
+            continue
+        problems.append(SpecProblem(
+            str(spec.path), None, f"datasets.{dataset.name}.dataset_id",
+            f"the state store's mark and ledger of dataset {dataset.name} were delivered to "
+            f"AiTEMS dataset {bound[1]} of service {bound[0]}, but the spec names dataset "
+            f"{wanted[1]} of service {wanted[0]}. If that AiTEMS dataset is new (recreated or "
+            f"replaced), run `aitems-sync state reset {dataset.name}` so that every row is "
+            "sent to it; if the spec is wrong, put the old ids back"))
+    if problems:
+        raise SpecError(problems)
+    return unbound
 
 
 class _Halt:
@@ -206,6 +235,7 @@ def plan(
     the batches and rows it would send. Reads the delta and the ledger; uploads nothing, writes
     nothing to the state store and takes no lease.
     """
+    check_bindings(spec, datasets, state)
     report = RunReport(run_id="plan")
     for dataset in datasets:
         dataset_report = DatasetReport(dataset.name)
