@@ -21,7 +21,7 @@ from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.errors import UsageError
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
-from aitems_sync.state.marks import CURSOR_TYPES, Mark, parse_cursor
+from aitems_sync.state.marks import CURSOR_TYPES, Mark, check_cursor, parse_cursor
 from aitems_sync.state.records import DatasetState, QuarantineRecord, RunRecord
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import engine
@@ -135,17 +135,29 @@ def state_reset(spec: Spec, dataset: str) -> None:
         store.reset(dataset)
 
 
-def state_set(spec: Spec, dataset: str, cursor: str, kind: str = "auto") -> Mark:
+def state_set(spec: Spec, dataset: str, cursor: str, kind: str = "auto", *,
+              resend: bool = False) -> Mark:
     """Move a dataset's mark so the next run reads rows with a cursor at or after ``cursor``.
 
     The key part of the mark is set below every key (NULLs, which sort first), so rows whose
-    cursor equals the value are read again too; the ledger skips those already delivered.
-    ``kind`` picks the cursor's type; ``auto`` keeps the type of the current mark.
+    cursor equals the value are read again too. On a user or item dataset the ledger skips
+    those already delivered; an interaction dataset keeps no such record beyond its lookback,
+    so moving its mark back sends the events after it again: that needs ``resend`` (the CLI's
+    ``--yes``), else UsageError says so. ``kind`` picks the cursor's type; ``auto`` keeps the
+    type of the current mark. A value of another type than the current mark's, NaN, an
+    infinity or an integer past 64 bits is refused.
     """
     chosen = dataset_named(spec, dataset)
     with open_state(spec) as store:
         current = store.get_mark(dataset)
-        value = parse_cursor(cursor, kind, current.cursor if current else None)
+        like = current.cursor if current else None
+        value = parse_cursor(cursor, kind, like)
+        check_cursor(value, cursor, like)
+        if chosen.type == "interaction" and current is not None and value < like and not resend:
+            raise UsageError(
+                f"moving the mark of interaction dataset {dataset} back from {like!r} to "
+                f"{value!r} sends every event after {value!r} to AiTEMS again (events are "
+                "appended, and no ledger records them all): add --yes if that is what you want")
         mark = Mark(cursor=value, key=tuple(None for _ in chosen.key_fields))
         store.set_mark(dataset, mark)
     return mark

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer
-from tests.shop import Shop, customer_rows, write_spec
+from tests.shop import T0, Shop, customer_rows, write_spec
 
 AGE_MINIMUM = "    json_schema: {properties: {AGE: {minimum: 0}}}"
 
@@ -133,3 +134,60 @@ def test_schema_pull_prints_the_fields_yaml(synced: Path) -> None:
         "  type: [string, 'null']\n"
         "  categorical: true\n"
     )
+
+
+@pytest.fixture
+def both_synced(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Path]:
+    """A spec whose users (20) and events (30, cursor event_id) were synced once."""
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.add_customers(customer_rows(20))
+    shop.add_events([(n, f"u{n % 7:05d}", f"i{n % 5}", "view", T0 + timedelta(seconds=n))
+                     for n in range(1, 31)])
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
+                      source_url=shop.url, state_url=f"sqlite:///{tmp_path / 'state.db'}")
+    assert cli(spec, "run").exit_code == 0
+    yield spec
+    shop.close()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cursor", "NaN", "--type", "decimal"], "--cursor 'NaN' is not a finite number"),
+    (["--cursor", "Infinity", "--type", "decimal"], "--cursor 'Infinity' is not a finite number"),
+    (["--cursor", str(2**64)], "is outside the range of a 64-bit integer column"),
+    (["--cursor", "2026-01-01", "--type", "date"],
+     "--cursor '2026-01-01' is a date, but this dataset's cursor values are ints"),
+    (["--cursor", "abc", "--type", "str"], "is a str, but this dataset's cursor values are ints"),
+])
+def test_state_set_refuses_a_mark_no_later_run_could_use(
+        both_synced: Path, args: list[str], message: str) -> None:
+    before = as_json(cli(both_synced, "state", "show", json_output=True))
+
+    result = cli(both_synced, "state", "set", "events", *args)
+
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert as_json(cli(both_synced, "state", "show", json_output=True)) == before
+
+
+def test_state_set_back_on_events_says_they_are_sent_again_and_needs_yes(
+        both_synced: Path, emulator: EmulatorServer) -> None:
+    refused = cli(both_synced, "state", "set", "events", "--cursor", "20")
+    unmoved = as_json(cli(both_synced, "run", "events", json_output=True))
+    moved = cli(both_synced, "state", "set", "events", "--cursor", "20", "--yes")
+    resent = as_json(cli(both_synced, "run", "events", json_output=True))
+
+    assert refused.exit_code == 2
+    assert "sends every event after 20 to AiTEMS again" in refused.stderr
+    assert "add --yes" in refused.stderr
+    assert unmoved["datasets"][0]["sent"] == 0
+    assert moved.exit_code == 0, moved.output
+    assert resent["datasets"][0]["sent"] == 11  # events 20 .. 30, as the operator confirmed
+    assert emulator.received("dsevent0001").rows_received == 41
+
+
+def test_state_set_forward_on_events_needs_no_confirmation(both_synced: Path) -> None:
+    result = cli(both_synced, "state", "set", "events", "--cursor", "40")
+
+    assert result.exit_code == 0, result.output
+    assert "events: mark set to 40 (int)" in result.stdout

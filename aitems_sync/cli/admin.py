@@ -62,10 +62,15 @@ def state_reset(ctx: Context, dataset: str, yes: bool) -> None:
               help="The next run reads rows whose cursor is at or after this value.")
 @click.option("--type", "kind", type=click.Choice(commands.CURSOR_TYPES), default="auto",
               show_default=True, help="The cursor's type (auto: that of the current mark).")
+@click.option("--yes", is_flag=True,
+              help="Move an interaction dataset's mark back although its events after the new "
+                   "mark are then sent again.")
 @click.pass_obj
-def state_set(ctx: Context, dataset: str, cursor: str, kind: str) -> None:
-    """Move DATASET's mark to a cursor value (the ledger still skips delivered rows)."""
-    mark = commands.state_set(ctx.spec(), dataset, cursor, kind)
+def state_set(ctx: Context, dataset: str, cursor: str, kind: str, yes: bool) -> None:
+    """Move DATASET's mark to a cursor value. On user and item datasets the ledger still skips
+    the rows already delivered; on interaction datasets the events after the new mark are sent
+    again, so moving the mark back needs --yes."""
+    mark = commands.state_set(ctx.spec(), dataset, cursor, kind, resend=yes)
     click.echo(f"{dataset}: mark set to {mark.cursor!r} ({type(mark.cursor).__name__})")
 
 

@@ -70,6 +70,33 @@ def parse_cursor(text: str, kind: str, like: Any = None) -> Any:
     return text
 
 
+#: The range of a 64-bit signed integer column: a mark past it matches no cursor value.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_cursor(value: Any, text: str, like: Any = None) -> None:
+    """Refuse a cursor value no cursor column can hold or compare (UsageError, with the fix):
+    NaN and infinities, integers past 64 bits, and a value of another type than ``like`` (the
+    current mark's cursor), which would read nothing, or fail, on every later run."""
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise UsageError(f"--cursor {text!r} is not a finite number: a mark must be a value "
+                         "the cursor column can hold")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise UsageError(f"--cursor {text!r} is outside the range of a 64-bit integer column")
+    if like is None:
+        return
+    if _kind_of(value) != _kind_of(like):
+        raise UsageError(
+            f"--cursor {text!r} is a {_kind_of(value)}, but this dataset's cursor values are "
+            f"{_kind_of(like)}s (its mark is {like!r}): a mark of another type would read no "
+            f"row, or fail, on every run. Give a {_kind_of(like)} (or leave --type at auto)")
+    if isinstance(like, datetime) and isinstance(value, datetime) and (
+            (like.tzinfo is None) != (value.tzinfo is None)):
+        zone = "with a UTC offset (like +09:00)" if like.tzinfo else "without a UTC offset"
+        raise UsageError(f"--cursor {text!r}: this dataset's cursor values are datetimes "
+                         f"{zone}; write the value the same way")
+
+
 def _kind_of(value: Any) -> str:
     if isinstance(value, datetime):
         return "datetime"
