@@ -46,7 +46,9 @@ def delta(
         else:
             append_events(source, rows + n * changed + 1, changed)
         measure = run_sync(spec, emu=emu, wrap=wrap)
-        measure.check(table, read=changed, sent=changed)
+        # Items: the rows at the mark's cursor value are read again too (and skipped).
+        kind = "changed" if table == "items" else "new"
+        measure.check(table, sent=changed, **{kind: changed})
         runs.append(measure)
     chosen = median(runs)
     spread = ", ".join(f"{m.seconds:.2f}" for m in sorted(runs, key=lambda m: m.seconds))

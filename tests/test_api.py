@@ -95,7 +95,7 @@ def test_plan_run_and_validate_through_the_api_alone(
     assert {d["dataset"]: d["sent"] for d in report.to_dict()["datasets"]} == {
         "users": 30, "events": 40}
     assert emulator.received("dsevent0001").rows_received == 40
-    assert [(d.dataset, d.read, d.sent) for d in again.datasets] == [("users", 0, 0)]
+    assert [(d.dataset, d.unchanged, d.sent) for d in again.datasets] == [("users", 1, 0)]
     shop.close()
 
 

@@ -91,7 +91,8 @@ def test_second_run_with_nothing_changed_uploads_nothing(world: World) -> None:
 
     assert code == 0
     assert world.emulator.received("dsusers0001").uploads == uploads
-    assert report["users"]["read"] == 0
+    # Only the row at the mark's cursor value is read again, and the ledger skips it.
+    assert (report["users"]["read"], report["users"]["unchanged"]) == (1, 1)
     assert report["users"]["sent"] == 0
 
 
@@ -111,9 +112,9 @@ def test_updated_rows_are_resent_and_touched_rows_are_not(world: World, scheme: 
 
     assert code == 0
     assert world.users()[100:] == [{"USER_ID": "u00003", "AGE": 99, "GENDER": "M"}]
-    assert report["users"]["read"] == 2
+    assert report["users"]["read"] == 3  # and the row at the mark's cursor value, again
     assert report["users"]["changed"] == 1
-    assert report["users"]["unchanged"] == 1
+    assert report["users"]["unchanged"] == 2
     with world.state() as store:
         assert store.row_hash_of("users") == scheme
         key_hash = row_hash(b'["u00007"]', scheme)
@@ -132,7 +133,26 @@ def test_rows_sharing_the_marks_cursor_value_are_not_lost(world: World) -> None:
 
     assert code == 0
     assert world.users()[10:] == [{"USER_ID": "u99999", "AGE": 41, "GENDER": "F"}]
-    assert report["users"]["read"] == 1  # the boundary row itself is not read again
+    assert report["users"]["read"] == 2  # the boundary row is read again, and skipped
+    assert report["users"]["sent"] == 1
+
+
+def test_a_row_with_the_marks_cursor_and_a_key_before_the_marks_is_not_lost(
+        world: World) -> None:
+    rows = customer_rows(10)
+    world.shop.add_customers(rows)
+    world.run("users")
+    last_cursor = rows[-1][3]
+    # Committed after the run, with the mark's cursor value and a key that sorts before the
+    # mark's (u00009): a strict (cursor, key) > mark would never read it.
+    world.shop.add_customers([("a0001", 41, "F", last_cursor)])
+
+    code, report = world.run("users")
+    again_code, again = world.run("users")
+
+    assert (code, again_code) == (0, 0)
+    assert world.users()[10:] == [{"USER_ID": "a0001", "AGE": 41, "GENDER": "F"}]
+    assert (report["users"]["sent"], again["users"]["sent"]) == (1, 0)
 
 
 def test_row_committed_late_inside_the_lookback_window_is_delivered(world: World) -> None:

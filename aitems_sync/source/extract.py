@@ -136,8 +136,13 @@ class Source:
         lookback: timedelta = timedelta(0),
         chunk_rows: int = 5000,
         sort: bool | None = None,
+        inclusive: bool = False,
     ) -> Extraction:
         """Start streaming the rows after ``mark`` (or all rows), ordered by cursor then key.
+
+        With ``inclusive`` every row whose cursor equals the mark's is read again, whatever its
+        key (the caller's ledger skips those already delivered): a row committed later with the
+        mark's cursor value and a key that sorts before the mark's is read, not lost.
 
         With a ``lookback`` the rows from ``lookback_start(mark.cursor, lookback)`` on are read
         again; the caller's ledger skips those already delivered. Close the result (or use it
@@ -163,7 +168,7 @@ class Source:
 
         def statement_after(after: MarkLike | None, sorted_: bool = False) -> sa.Select[Any]:
             return extraction_statement(query, names, cursor_index, key_indices, after, lookback,
-                                        dialect, sort=sorted_)
+                                        dialect, sort=sorted_, inclusive=inclusive)
 
         try:
             statement = statement_after(mark)
@@ -297,8 +302,12 @@ def extraction_statement(
     dialect: str,
     *,
     sort: bool = False,
+    inclusive: bool = False,
 ) -> sa.Select[Any]:
     """The SELECT around the user's query: incremental predicate and ``ORDER BY cursor, key``.
+
+    After a mark the predicate is ``(cursor, key) > mark``, or with ``inclusive``
+    ``cursor >= mark.cursor``; with a lookback, ``cursor >=`` the mark moved back by it.
 
     With ``sort`` (SQLite) the cursor and key are written as ``+column`` in the order and the
     predicate, which no index serves: SQLite then reads the table in its storage order, keeps
@@ -313,9 +322,12 @@ def extraction_statement(
     statement = sa.select(src).order_by(cur, *ordered_keys)
     if mark is None:
         return statement.where(cur.is_not(None))
+    _check_mark_key(mark, keys)
     if lookback > timedelta(0):
         start = lookback_start(mark.cursor, lookback)
         return statement.where(cur >= _bind("mark_start", start, dialect))
+    if inclusive:
+        return statement.where(cur >= _bind("mark_cursor", mark.cursor, dialect))
     return statement.where(_after(cur, keys, mark, dialect))
 
 
@@ -378,12 +390,6 @@ def _after(
     Keys order with NULL first, and a NULL in the mark becomes ``IS [NOT] NULL``: a whole-row
     key may hold nullable fields, and ``k > NULL`` would silently drop rows.
     """
-    if len(mark.key) != len(keys):
-        raise SourceError(
-            f"the stored mark has {len(mark.key)} key values but the dataset's key has "
-            f"{len(keys)}: the key changed since the last run; run `aitems-sync state reset` "
-            "for the dataset (the ledger still skips rows already delivered)"
-        )
     c = _bind("mark_cursor", mark.cursor, dialect)
     if not keys:
         return cur > c
@@ -395,6 +401,15 @@ def _after(
     for column, value, bound in reversed(pairs[:-1]):
         tail = sa.or_(_greater(column, value, bound), sa.and_(_equal(column, value, bound), tail))
     return sa.and_(cur >= c, sa.or_(cur > c, sa.and_(cur == c, tail)))
+
+
+def _check_mark_key(mark: MarkLike, keys: Sequence[sa.ColumnElement[Any]]) -> None:
+    if len(mark.key) != len(keys):
+        raise SourceError(
+            f"the stored mark has {len(mark.key)} key values but the dataset's key has "
+            f"{len(keys)}: the key changed since the last run; run `aitems-sync state reset` "
+            "for the dataset, which sends every row again"
+        )
 
 
 def _greater(

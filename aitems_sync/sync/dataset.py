@@ -162,6 +162,10 @@ class DatasetSync:
         self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes, _mark_at)
         self.near = _NearLedger()
         self.is_interaction = dataset.type == "interaction"
+        # User and item rows at the mark's cursor value are read again and the ledger skips
+        # those delivered, so a row committed later at that value is never lost whatever its
+        # key. (Interaction datasets keep no ledger there: they still read after (cursor, key).)
+        self.rereads_mark = not self.is_interaction
         self.old_mark: Mark | None = None
         self.last_place: Place | None = None  # the last row routed
 
@@ -182,7 +186,7 @@ class DatasetSync:
             with self._window() as self.window, self.source.extract(
                 self.dataset.query, cursor=self.dataset.cursor, key=self.dataset.key_fields,
                 mark=mark, lookback=self.dataset.lookback,
-                chunk_rows=self.settings.options.chunk_rows,
+                chunk_rows=self.settings.options.chunk_rows, inclusive=self.rereads_mark,
                 # With a worker, the first rows are read here at once, unsorted; the worker
                 # sorts the rest (Start.sort): sorting the whole table here first delayed the
                 # first upload and made a backfill measurably slower (docs/perf-history.md).
@@ -255,7 +259,7 @@ class DatasetSync:
         # What the worker reads of a first load is most of the table: sorted. After a mark
         # (a delta, or a first load resumed), the source's counts decide.
         sort = True if mark is None else None
-        start = Start(mark, self.dataset.lookback, sort=sort)
+        start = Start(mark, self.dataset.lookback, sort=sort, inclusive=self.rereads_mark)
         worker: ExtractWorker | None = None
         try:
             if after == 0:

@@ -71,13 +71,14 @@ class Setup:
 
 @dataclass(frozen=True)
 class Start:
-    """Read the rows after ``mark`` (all of them when None), with ``lookback``; ``sort`` as
-    ``Source.extract`` takes it (True: the run reads the whole table, what is left is most of
-    it; None: counts decide)."""
+    """Read the rows after ``mark`` (all of them when None), with ``lookback``; ``sort`` and
+    ``inclusive`` as ``Source.extract`` takes them (sort True: the run reads the whole table,
+    what is left is most of it; None: counts decide)."""
 
     mark: Mark | None
     lookback: timedelta = timedelta(0)
     sort: bool | None = False
+    inclusive: bool = False
 
 
 # -- the main process's side -----------------------------------------------------------------
@@ -272,7 +273,8 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     dataset = setup.dataset
     with source.extract(dataset.query, cursor=dataset.cursor, key=dataset.key_fields,
                         mark=start.mark, lookback=start.lookback,
-                        chunk_rows=setup.chunk_rows, sort=start.sort) as extraction:
+                        chunk_rows=setup.chunk_rows, sort=start.sort,
+                        inclusive=start.inclusive) as extraction:
         if tuple(extraction.columns) != setup.layout.columns:
             raise SourceError(
                 f"dataset {dataset.name}: the query's result columns changed during the run "
