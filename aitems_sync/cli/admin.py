@@ -152,11 +152,14 @@ def history(ctx: Context, limit: int) -> None:
         _echo_json(runs)
         return
     for run in runs:
-        click.echo(f"{run['run_id']}  {run['status']:<11} {run['seconds'] or 0:8.2f} s")
+        seconds = "" if run["seconds"] is None else f"{run['seconds']:8.2f} s"
+        click.echo(f"{run['run_id']}  {run['status']:<11} {seconds}".rstrip())
         for d in run["datasets"]:
-            click.echo(f"    {d['dataset']}: {d['status']}, read {d['read']}, sent {d['sent']}, "
-                       f"unchanged {d['unchanged']}, invalid {d['invalid']}, "
-                       f"ambiguous batches {d['ambiguous']}")
+            counts = ", ".join(f"{name} {d[key]}" for name, key in (
+                ("read", "read"), ("sent", "sent"), ("unchanged", "unchanged"),
+                ("invalid", "invalid"), ("ambiguous batches", "ambiguous"))
+                if d[key] is not None)  # a crashed run's summary knows only what it committed
+            click.echo(f"    {d['dataset']}: {d['status']}, {counts}")
 
 
 @click.group()

@@ -238,6 +238,31 @@ class StateStore:
             if done.rowcount != 1:
                 raise StateError(f"run {run_id} is not in the state store's history")
 
+    def mark_crashed_runs(self, *, but: str) -> list[str]:
+        """Record as ``crashed`` every run still ``running`` that holds no live lease (killed,
+        or lost with its machine; ``but`` is the caller's own run), with the rows its committed
+        batches delivered as its summary. Returns their ids."""
+        runs, leases, batches = tables.runs, tables.leases, tables.batches
+        now = self._clock()
+        alive = sa.select(leases.c.owner).where(leases.c.expires_at >= now)
+        dead = sa.select(runs.c.run_id).where(runs.c.status == "running", runs.c.run_id != but,
+                                              runs.c.run_id.not_in(alive))
+        delivered = (sa.select(tables.datasets.c.name, sa.func.count(), sa.func.sum(batches.c.rows))
+                     .join(tables.datasets).where(batches.c.run_id == sa.bindparam("run_id"),
+                                                  batches.c.status == "committed")
+                     .group_by(tables.datasets.c.name))
+        with self._write("record the runs that crashed") as conn:
+            crashed = [str(r) for r in conn.execute(dead).scalars()]
+            for run_id in crashed:
+                counts = conn.execute(delivered, {"run_id": run_id}).all()
+                summary = {"run_id": run_id, "status": "crashed", "datasets": [
+                    {"dataset": name, "status": "crashed", "sent": int(rows or 0),
+                     "batches": int(count)} for name, count, rows in counts]}
+                conn.execute(sa.update(runs).where(runs.c.run_id == run_id,
+                                                   runs.c.status == "running")
+                             .values(status="crashed", summary=dumps(summary)))
+        return crashed
+
     def runs(self, limit: int = 20) -> list[RunRecord]:
         """The latest runs, newest first."""
         runs = tables.runs

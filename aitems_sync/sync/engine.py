@@ -86,6 +86,10 @@ def run(
         )
         for dataset in unbound:
             state.bind(dataset.name, spec.aitems.service_id, dataset.dataset_id)
+        for crashed in state.mark_crashed_runs(but=run_id):
+            log.warning("run %s ended without recording its end (killed, or lost with its "
+                        "machine): recorded as crashed", crashed,
+                        extra={"event": "run_crashed", "run_id": crashed})
         _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
              report, progress or _no_progress).sync(selected)
     finally:

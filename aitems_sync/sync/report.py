@@ -69,9 +69,11 @@ class RunReport:
 
     @property
     def status(self) -> str:
+        """The worst of the datasets' statuses (a run stopped by a signal: ``interrupted``)."""
         if self.interrupted_exit_code is not None:
             return INTERRUPTED
-        return {EXIT_OK: OK, EXIT_INVALID_ROWS: INVALID}.get(self.exit_code, FAILED)
+        statuses = {d.status for d in self.datasets}
+        return next((s for s in (FAILED, INTERRUPTED, INVALID) if s in statuses), OK)
 
     def to_dict(self) -> dict[str, Any]:
         return {
