@@ -136,21 +136,30 @@ def _create_sqlite_store(url: URL, display: str) -> None:
     path = Path(url.database or "")
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.new")
     _create_private_file(temporary)
-    engine = create_engine(url.set(database=str(temporary)))
     try:
-        writer = engine.execution_options(**{WRITE_OPTION: True})
-        with writer.connect() as conn, conn.begin():
-            migrate(conn, display)
-    finally:
-        engine.dispose()
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        pass  # another process created the store first: it is as good as ours
+        engine = create_engine(url.set(database=str(temporary)))
+        try:
+            writer = engine.execution_options(**{WRITE_OPTION: True})
+            with writer.connect() as conn, conn.begin():
+                migrate(conn, display)
+        finally:
+            engine.dispose()
+        _link_into_place(temporary, path)
     finally:
         for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def _link_into_place(temporary: Path, path: Path) -> None:
+    """Give the finished store its name, unless another process gave it one first."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process created the store first: it is as good as ours
+    except OSError:  # a file system without hard links: a rename, after a last look
+        if not path.exists():
+            os.rename(temporary, path)
 
 
 def create_engine(url: URL) -> sa.Engine:
