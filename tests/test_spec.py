@@ -259,15 +259,15 @@ def test_interpolation(tmp_path: Path, written: str, env: dict[str, str], expect
 def test_interpolation_reaches_into_lists_and_typed_values(tmp_path: Path) -> None:
     text = MINIMAL_SPEC.replace(
         "fields: [{name: ITEM_ID, type: string}]",
-        "key: [ITEM_ID, '${K}']\n    lookback: ${L:-2m}\n"
+        "key: ['${K}']\n    lookback: ${L:-2m}\n"
         "    fields: [{name: ITEM_ID, type: string}, {name: '${F}', type: [int, 'null']}]",
     ) + "metrics: {job: '${JOB}'}\n"
-    env = {"K": "PRICE", "F": "PRICE", "JOB": "nightly"}
+    env = {"K": "ITEM_ID", "F": "PRICE", "JOB": "nightly"}
 
     spec = load_spec(write(tmp_path, text), env=env)
 
     items = spec.datasets["items"]
-    assert items.key == ("ITEM_ID", "PRICE")
+    assert items.key == ("ITEM_ID",)
     assert items.field_names == ("ITEM_ID", "PRICE")
     assert items.lookback == timedelta(minutes=2)
     assert spec.metrics.job == "nightly"

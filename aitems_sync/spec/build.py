@@ -387,6 +387,12 @@ def _key(
                 path = (*p, "key", i)
                 hint = doc.suggest(path, name, names)
                 doc.add(path, f"{doc.show(path, name)} is not a field of this dataset{hint}")
+    identity = DEFAULT_KEYS.get(kind, ())
+    if kind in ("user", "item") and tuple(raw) != identity:
+        doc.add((*p, "key"),
+                f"the key of a {kind} dataset is {identity[0]}, the identity AiTEMS upserts by "
+                f"(the versions of one {identity[0]} must reach AiTEMS in order, and the ledger "
+                f"follows them by it): write key: [{identity[0]}], or leave key out", mark=False)
     return tuple(str(n) for n in raw)
 
 
