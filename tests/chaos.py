@@ -113,14 +113,15 @@ class Chaos:
 
     def spec(self, *, max_rows: int = 50, in_flight: int = 4, attempts: int = 8,
              secret_key: str = "demo-secret-key", age: str = "age", age_type: str = "int",
-             name: str = "sync.yaml") -> Path:
-        """Write a spec for this shop; ``age``/``age_type`` change the AGE column and field."""
+             name: str = "sync.yaml", events_key: str = "") -> Path:
+        """Write a spec for this shop; ``age``/``age_type`` change the AGE column and field,
+        ``events_key`` is the events' ``key:`` line (none: the whole row)."""
         path = self.tmp / name
         path.write_text(SPEC.format(
             endpoint=self.emulator.base_url, source_url=self.source_url,
             state_url=self.state_url, max_rows=max_rows, in_flight=in_flight,
             attempts=attempts, secret_key=secret_key, age=age, age_type=age_type,
-            events_lookback="0s"))
+            events_lookback="0s", events_key=events_key))
         return path
 
     # -- processes ----------------------------------------------------------------------------
@@ -287,7 +288,7 @@ class KillResult:
 
 
 def kill_and_resume(chaos: Chaos, seed: int, *, max_rows: int = 50, in_flight: int = 4,
-                    lease_ttl: float = 0.5) -> KillResult:
+                    lease_ttl: float = 0.5, events_key: str = "") -> KillResult:
     """Start a run, SIGKILL it at a random moment, re-run to completion, check the promise.
 
     The moment is a random number of accepted uploads (0: a random time after the start,
@@ -296,7 +297,7 @@ def kill_and_resume(chaos: Chaos, seed: int, *, max_rows: int = 50, in_flight: i
     """
     started = time.monotonic()
     rng = random.Random(seed)
-    spec = chaos.spec(max_rows=max_rows, in_flight=in_flight)
+    spec = chaos.spec(max_rows=max_rows, in_flight=in_flight, events_key=events_key)
     batches = -(-chaos.users // max_rows) - (-chaos.events // max_rows)
     threshold = rng.randrange(0, batches)
     process = chaos.start(spec, "--parallel", "2", "--lease-ttl", str(lease_ttl))

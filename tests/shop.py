@@ -81,6 +81,7 @@ EVENTS_DATASET = """\
       occurred_at AS TIMESTAMP, event_type AS EVENT_TYPE FROM events
     cursor: event_id
     lookback: {events_lookback}
+    {events_key}
     fields:
       - {{name: USER_ID, type: string}}
       - {{name: ITEM_ID, type: string}}
@@ -121,11 +122,13 @@ datasets:
 def write_spec(path: Path, *, endpoint: str, source_url: str, state_url: str,
                max_rows: int = 1000, in_flight: int = 4, lookback: str = "0s",
                on_invalid: str = "quarantine", max_invalid: str = "50%",
-               extra: str = "", age: str = "age", events_lookback: str = "0s") -> Path:
+               extra: str = "", age: str = "age", events_lookback: str = "0s",
+               events_key: str = "") -> Path:
     """Write a spec for the shop to ``path`` and return it; ``age`` is the SQL of the users'
     AGE column."""
     path.write_text(SPEC.format(
         endpoint=endpoint, source_url=source_url, state_url=state_url, max_rows=max_rows,
         in_flight=in_flight, lookback=lookback, on_invalid=on_invalid,
-        max_invalid=max_invalid, extra=extra, age=age, events_lookback=events_lookback))
+        max_invalid=max_invalid, extra=extra, age=age, events_lookback=events_lookback,
+        events_key=events_key))
     return path

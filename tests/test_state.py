@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from aitems_sync.errors import LeaseLostError, LockHeldError, StateError
 from aitems_sync.rows.encode import ROW_HASH
 from aitems_sync.state.store import (
+    BatchCommit,
+    Boundary,
     CursorValue,
     LedgerEntry,
     Mark,
@@ -715,7 +717,8 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         assert store.row_hash_of("items") == ROW_HASH
     assert record.ledger_hash == 42
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 6
+        version = conn.execute(sa.text("SELECT version FROM schema_version")).scalar()
+    assert version == LATEST_VERSION
     engine.dispose()
 
 
@@ -843,13 +846,35 @@ def test_a_fenced_commit_without_any_lease_is_refused(store: StateStore) -> None
 def test_a_dataset_is_bound_once_to_its_aitems_dataset_until_reset(store: StateStore) -> None:
     assert store.binding("users") is None
 
-    store.bind("users", "svc1", "ds1")
-    store.bind("users", "svc2", "ds2")  # a binding is never overwritten silently
+    store.bind("users", "svc1", "ds1", ["USER_ID"])
+    store.bind("users", "svc2", "ds2", ["USER_ID"])  # a binding is never overwritten silently
     bound = store.binding("users")
     store.reset("users")
-    after_reset = store.binding("users")
-    store.bind("users", "svc2", "ds2")
+    after_reset = store.binding("users"), store.identity("users")
+    store.bind("users", "svc2", "ds2", ["USER_ID"])
 
     assert bound == ("svc1", "ds1")
-    assert after_reset is None
+    assert after_reset == (None, None)
     assert store.binding("users") == ("svc2", "ds2")
+    assert store.identity("users") == ("USER_ID",)
+
+
+def test_the_marks_boundary_is_replaced_when_its_cursor_value_moves_and_grows_while_not(
+    store: StateStore
+) -> None:
+    def commit(cursor: int, entries: dict[int, int], fresh: bool) -> None:
+        store.commit_batches("users", run_id="r", commits=[BatchCommit(
+            None, mark=Mark(cursor=cursor, key=("k",)), boundary=Boundary(entries, fresh))])
+
+    commit(5, {1: 1, 2: 2}, fresh=True)
+    at_five = store.boundary("users")
+    commit(5, {3: 3}, fresh=False)
+    grown = store.boundary("users")
+    commit(6, {4: 4}, fresh=True)
+    moved = store.boundary("users")
+    store.set_mark("users", Mark(cursor=7, key=("k",)))
+
+    assert at_five == {1: 1, 2: 2}
+    assert grown == {1: 1, 2: 2, 3: 3}
+    assert moved == {4: 4}
+    assert store.boundary("users") is None  # a mark set by hand records none

@@ -51,6 +51,16 @@ def row_hash(data: bytes, scheme: str) -> int:
     return _HASHERS[scheme](data)
 
 
+def identity_hash(values: Sequence[Any], scheme: str) -> int:
+    """The key hash of an interaction row with a key of its own: its key columns' values as
+    read (an event id need not be a field), hashed by ``scheme``."""
+    try:
+        data = orjson.dumps(values, default=str)  # decimals, bytes
+    except TypeError:  # an integer beyond 64 bits
+        data = repr(tuple(values)).encode()
+    return row_hash(data, scheme)
+
+
 def encode_row(field_names: Sequence[str], values: Sequence[Any],
                key_positions: Sequence[int] | None, scheme: str) -> tuple[bytes, int, int]:
     """A shaped row's JSON (keys in schema order), its key hash and its payload hash (by the

@@ -322,12 +322,12 @@ def extraction_statement(
     statement = sa.select(src).order_by(cur, *ordered_keys)
     if mark is None:
         return statement.where(cur.is_not(None))
-    _check_mark_key(mark, keys)
     if lookback > timedelta(0):
         start = lookback_start(mark.cursor, lookback)
         return statement.where(cur >= _bind("mark_start", start, dialect))
-    if inclusive:
+    if inclusive:  # the mark's key plays no part
         return statement.where(cur >= _bind("mark_cursor", mark.cursor, dialect))
+    _check_mark_key(mark, keys)
     return statement.where(_after(cur, keys, mark, dialect))
 
 

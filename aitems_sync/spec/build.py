@@ -263,7 +263,6 @@ def _dataset(
     fields = _fields(doc, m.get("fields"), (*p, "fields"))
     if kind in REQUIRED_FIELDS and not doc.bad((*p, "fields")):
         _check_required(doc, str(kind), fields, (*p, "fields"))
-    names = [f.name for _, f in fields]
     query = _get(doc, m, p, "query", "", str)
     cursor = _get(doc, m, p, "cursor", "", str)
     if query and cursor:
@@ -276,7 +275,7 @@ def _dataset(
         query=query,
         cursor=cursor,
         fields=tuple(f for _, f in fields),
-        key=_key(doc, m, p, str(kind), names),
+        key=_key(doc, m, p, str(kind)),
         lookback=_get(doc, m, p, "lookback", timedelta(0), _lookback),
         json_schema=_get(doc, m, p, "json_schema", None, lambda v: _json_schema(doc, v, p)),
         on_invalid=cast(OnInvalid, _get(doc, m, p, "on_invalid", "quarantine", str)),
@@ -375,18 +374,12 @@ def _source_name(doc: Document, m: dict[str, Any], p: KeyPath, names: list[str])
     return name
 
 
-def _key(
-    doc: Document, m: dict[str, Any], p: KeyPath, kind: str, names: list[str]
-) -> tuple[str, ...]:
+def _key(doc: Document, m: dict[str, Any], p: KeyPath, kind: str) -> tuple[str, ...]:
+    """The dataset's key: on an interaction dataset any result columns (checked against the
+    query by `validate --connect` and the run), on user and item datasets their identity."""
     raw = m.get("key")
     if raw is None or doc.bad((*p, "key")) or not isinstance(raw, list):
         return DEFAULT_KEYS.get(kind, ())
-    if names and not doc.bad((*p, "fields")):
-        for i, name in enumerate(raw):
-            if name not in names:
-                path = (*p, "key", i)
-                hint = doc.suggest(path, name, names)
-                doc.add(path, f"{doc.show(path, name)} is not a field of this dataset{hint}")
     identity = DEFAULT_KEYS.get(kind, ())
     if kind in ("user", "item") and tuple(raw) != identity:
         doc.add((*p, "key"),

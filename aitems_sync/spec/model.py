@@ -109,7 +109,9 @@ class DatasetSpec:
     query: str
     cursor: str
     fields: tuple[Field, ...]
-    key: tuple[str, ...]  # field names; empty = the whole row (interaction default)
+    # Result columns that identify a row (USER_ID / ITEM_ID on user and item datasets; on an
+    # interaction dataset any columns, fields or not); empty: the whole row (interactions).
+    key: tuple[str, ...]
     lookback: timedelta = timedelta(0)
     json_schema: Mapping[str, Any] | None = None  # user's extra constraints, already loaded
     on_invalid: OnInvalid = "quarantine"
@@ -121,7 +123,8 @@ class DatasetSpec:
 
     @property
     def key_fields(self) -> tuple[str, ...]:
-        """The fields that identify a row: the key, or every field for a whole-row key."""
+        """The columns that identify a row and order it after its cursor: the key, or every
+        field for a whole-row key."""
         return self.key or self.field_names
 
 

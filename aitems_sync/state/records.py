@@ -38,14 +38,26 @@ POSITION = itemgetter(2)
 
 
 @dataclass(frozen=True)
+class Boundary:
+    """The rows a batch handled (sent, skipped or quarantined) at its end mark's cursor value:
+    identity hash -> content hash. ``fresh``: that cursor value is new with this batch, so they
+    replace the boundary recorded with the mark before instead of adding to it."""
+
+    entries: Mapping[int, int]
+    fresh: bool
+
+
+@dataclass(frozen=True)
 class BatchCommit:
     """One acknowledged batch's share of a commit: its journal row, ledger entries, new mark
-    (None: the mark stays) and the rows it quarantined."""
+    (None: the mark stays), the rows it quarantined, and the boundary its mark records (None:
+    the mark records none, and an interaction dataset reads strictly after it)."""
 
     batch_id: int | None
     ledger: Sequence[LedgerEntry] = ()
     mark: Mark | None = None
     quarantine: Sequence[QuarantineEntry] = ()
+    boundary: Boundary | None = None
 
 
 @dataclass(frozen=True)

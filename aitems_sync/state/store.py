@@ -29,6 +29,7 @@ from aitems_sync.state.marks import CursorValue, Mark, decode_mark, encode_mark,
 from aitems_sync.state.records import (
     BatchCommit,
     BatchRecord,
+    Boundary,
     LeaseHolder,
     LedgerEntry,
     QuarantineEntry,
@@ -36,12 +37,13 @@ from aitems_sync.state.records import (
     RunRecord,
     Sending,
 )
-from aitems_sync.state.values import decode_value, dumps
+from aitems_sync.state.values import decode_value, dumps, loads
 from aitems_sync.state.values import encode_value as encode_value
 
 __all__ = [
     "BatchCommit",
     "BatchRecord",
+    "Boundary",
     "CursorValue",
     "LeaseHolder",
     "LedgerEntry",
@@ -87,7 +89,11 @@ class _Statements:
 
     def __init__(self, dialect: str) -> None:
         self.put_mark = connect.upsert(dialect, tables.marks, ["dataset_id"],
-                                  ["cursor", "key", "updated_at"])
+                                       ["cursor", "key", "updated_at", "boundary"])
+        self.put_boundary = connect.upsert(dialect, tables.boundary, ["dataset_id", "key_hash"],
+                                           ["payload_hash"])
+        self.clear_boundary = sa.delete(tables.boundary).where(
+            tables.boundary.c.dataset_id == sa.bindparam("in_dataset"))
         self.journal = sa.insert(tables.batches)
         self.set_status = (
             sa.update(tables.batches)
@@ -187,15 +193,36 @@ class StateStore:
             return None
         return str(row.aitems_service_id), str(row.aitems_dataset_id)
 
-    def bind(self, dataset: str, service_id: str, aitems_dataset_id: str) -> None:
-        """Record the AiTEMS service and dataset the dataset's deliveries go to, if none is."""
+    def bind(self, dataset: str, service_id: str, aitems_dataset_id: str,
+             identity: Sequence[str]) -> None:
+        """Record the AiTEMS service and dataset the dataset's deliveries go to, where none is
+        recorded, and the key its ledger and boundary identify rows by ([]: the whole row)."""
         dataset_id = self._known_id(dataset)
-        stmt = (sa.update(tables.datasets)
-                .where(tables.datasets.c.id == dataset_id,
-                       tables.datasets.c.aitems_dataset_id.is_(None))
-                .values(aitems_service_id=service_id, aitems_dataset_id=aitems_dataset_id))
+        table = tables.datasets
+        where = table.c.id == dataset_id
         with self._write(f"bind dataset {dataset!r} to AiTEMS dataset {aitems_dataset_id}") as conn:
-            conn.execute(stmt)
+            conn.execute(sa.update(table).where(where, table.c.aitems_dataset_id.is_(None))
+                         .values(aitems_service_id=service_id,
+                                 aitems_dataset_id=aitems_dataset_id))
+            conn.execute(sa.update(table).where(where).values(identity=dumps(list(identity))))
+
+    def has_boundary(self, dataset: str) -> bool:
+        """Whether the dataset's mark records any row at its cursor value."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return False
+        query = sa.select(tables.boundary.c.key_hash).where(
+            tables.boundary.c.dataset_id == dataset_id).limit(1)
+        with self._read(f"probe the mark's boundary of dataset {dataset!r}") as conn:
+            return conn.execute(query).first() is not None
+
+    def identity(self, dataset: str) -> tuple[str, ...] | None:
+        """The key the dataset's ledger and boundary identify rows by (empty: the whole row),
+        or None while none is recorded (never run, reset, or a store older than version 7)."""
+        query = sa.select(tables.datasets.c.identity).where(tables.datasets.c.name == dataset)
+        with self._read(f"look up dataset {dataset!r}") as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        return None if found is None else tuple(loads(found))
 
     def row_hash_of(self, dataset: str) -> str:
         """The row hash the dataset's ledger is written with (one of ``rows.encode.ROW_HASHES``):
@@ -283,19 +310,54 @@ class StateStore:
             row = conn.execute(query).one_or_none()
         return None if row is None else decode_mark(row.cursor, row.key)
 
+    def boundary(self, dataset: str) -> dict[int, int] | None:
+        """The rows the dataset handled at its mark's cursor value (identity hash -> content
+        hash), or None when its mark records none (no mark, or one written before schema
+        version 7 or by `state set`)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return None
+        flag = sa.select(tables.marks.c.boundary).where(tables.marks.c.dataset_id == dataset_id)
+        rows = sa.select(tables.boundary.c.key_hash, tables.boundary.c.payload_hash).where(
+            tables.boundary.c.dataset_id == dataset_id)
+        with self._read(f"read the mark's boundary of dataset {dataset!r}") as conn:
+            if conn.execute(flag).scalar_one_or_none() is None:
+                return None
+            return {int(k): int(p) for k, p in conn.execute(rows)}
+
     def set_mark(self, dataset: str, mark: Mark | None) -> None:
-        """Set (or with None, forget) the dataset's mark."""
+        """Set (or with None, forget) the dataset's mark; it records no boundary."""
         dataset_id = self._known_id(dataset)
         with self._write(f"set the mark of dataset {dataset!r}") as conn:
             self._put_mark(conn, dataset_id, mark)
+            conn.execute(self._statements.clear_boundary, {"in_dataset": dataset_id})
 
-    def _put_mark(self, conn: sa.Connection, dataset_id: int, mark: Mark | None) -> None:
+    def _put_mark(self, conn: sa.Connection, dataset_id: int, mark: Mark | None,
+                  boundary: bool = False) -> None:
         if mark is None:
             conn.execute(sa.delete(tables.marks).where(tables.marks.c.dataset_id == dataset_id))
             return
         cursor, key = encode_mark(mark)
-        conn.execute(self._statements.put_mark, {"dataset_id": dataset_id, "cursor": cursor,
-                                                 "key": key, "updated_at": self._clock()})
+        conn.execute(self._statements.put_mark, {
+            "dataset_id": dataset_id, "cursor": cursor, "key": key, "updated_at": self._clock(),
+            "boundary": 1 if boundary else None})
+
+    def _put_boundary(self, conn: sa.Connection, dataset_id: int,
+                      commits: Sequence[BatchCommit]) -> None:
+        """Record the boundaries of ``commits`` (in order) with their last mark."""
+        entries: dict[int, int] = {}
+        replace = False
+        for commit in commits:
+            if commit.boundary is not None:
+                if commit.boundary.fresh:
+                    entries, replace = {}, True
+                entries.update(commit.boundary.entries)
+        if replace:
+            conn.execute(self._statements.clear_boundary, {"in_dataset": dataset_id})
+        if entries:
+            conn.execute(self._statements.put_boundary, [
+                {"dataset_id": dataset_id, "key_hash": k, "payload_hash": p}
+                for k, p in entries.items()])
 
     def reset(self, dataset: str) -> None:
         """Forget the dataset's mark, ledger, journal and AiTEMS binding (its quarantine stays)."""
@@ -303,11 +365,11 @@ class StateStore:
         if dataset_id is None:
             return
         with self._write(f"reset dataset {dataset!r}") as conn:
-            for table in (tables.marks, tables.ledger, tables.ledger_recent, tables.ledger_log,
-                          tables.batches):
+            for table in (tables.marks, tables.boundary, tables.ledger, tables.ledger_recent,
+                          tables.ledger_log, tables.batches):
                 conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
             conn.execute(sa.update(tables.datasets).where(tables.datasets.c.id == dataset_id)
-                         .values(aitems_service_id=None, aitems_dataset_id=None))
+                         .values(aitems_service_id=None, aitems_dataset_id=None, identity=None))
         self._recent_sizes.pop(dataset_id, None)
 
     # -- ledger -----------------------------------------------------------------------------
@@ -497,7 +559,7 @@ class StateStore:
         now = self._clock()
         batch_ids = [c.batch_id for c in commits if c.batch_id is not None]
         entries = list(chain.from_iterable(c.ledger for c in commits))
-        marks = [c.mark for c in commits if c.mark is not None]
+        moving = [c for c in commits if c.mark is not None]
         rejected = [records.quarantine_row(e, self._known_id(e.dataset), now)
                     for c in commits for e in c.quarantine]
         journal = [{"dataset_id": dataset_id, "run_id": run_id, "status": "sending",
@@ -518,8 +580,12 @@ class StateStore:
                 )
             if entries:
                 self._ledger_log.append(conn, dataset_id, entries)
-            if marks:
-                self._put_mark(conn, dataset_id, marks[-1])
+            if moving:
+                assert moving[-1].mark is not None
+                recorded = moving[-1].boundary is not None
+                self._put_mark(conn, dataset_id, moving[-1].mark, boundary=recorded)
+                if recorded:
+                    self._put_boundary(conn, dataset_id, moving)
             if rejected:
                 conn.execute(sa.insert(tables.quarantine), rejected)
             for chunk in connect.chunks(resolved):

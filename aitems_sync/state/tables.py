@@ -134,6 +134,9 @@ datasets = sa.Table(
     # until a run binds them, and again after `state reset`.
     sa.Column("aitems_service_id", sa.String(128), nullable=True),
     sa.Column("aitems_dataset_id", sa.String(128), nullable=True),
+    # The key its ledger and boundary identify rows by (version 7), a JSON list of column names
+    # ([]: the whole row): NULL until a run records it, and again after `state reset`.
+    sa.Column("identity", sa.String(1024), nullable=True),
 )
 
 runs = sa.Table(
@@ -156,6 +159,23 @@ marks = sa.Table(
     sa.Column("cursor", _JSON, nullable=False),
     sa.Column("key", _JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Version 7: 1 when the rows at the mark's cursor value that were handled (delivered,
+    # skipped or quarantined) are recorded in ``boundary``; NULL for a mark written before (or
+    # by `state set`), after which an interaction dataset reads strictly after (cursor, key).
+    sa.Column("boundary", sa.SmallInteger, nullable=True),
+)
+
+# The mark's boundary (version 7): the identity and content hashes of the rows a dataset handled
+# at its mark's cursor value. A run reads that cursor value again, and skips these, so a row
+# committed later with the same value is read whatever its key. It holds as many entries as
+# rows share one cursor value.
+boundary = sa.Table(
+    "boundary",
+    metadata,
+    sa.Column("dataset_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key_hash", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("payload_hash", sa.BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 def _ledger_level(name: str) -> sa.Table:
@@ -281,6 +301,16 @@ def _add_dataset_binding(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE datasets ADD COLUMN {name} VARCHAR(128)"))
 
 
+def _add_boundary(conn: sa.Connection) -> None:
+    _create(conn, (boundary,))
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("datasets")}
+    if "identity" not in columns:
+        conn.execute(sa.text("ALTER TABLE datasets ADD COLUMN identity VARCHAR(1024)"))
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("marks")}
+    if "boundary" not in columns:
+        conn.execute(sa.text("ALTER TABLE marks ADD COLUMN boundary SMALLINT"))
+
+
 # MySQL commits each DDL statement at once: a step that fails half-way stays half done there.
 # Steps must be able to run again over their own partial work (create_all checks first).
 Migration = Callable[[sa.Connection], None]
@@ -292,6 +322,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (4, _add_dataset_row_hash),
     (5, _add_ledger_recent),
     (6, _add_dataset_binding),
+    (7, _add_boundary),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

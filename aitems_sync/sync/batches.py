@@ -16,7 +16,7 @@ from itertools import accumulate, repeat
 from typing import Any
 
 from aitems_sync.state.marks import Mark
-from aitems_sync.state.records import LedgerEntry, QuarantineEntry
+from aitems_sync.state.records import Boundary, LedgerEntry, QuarantineEntry
 
 #: Bytes of ``{"type":"interaction","value":[]}`` rounded up: the body around the rows.
 ENVELOPE_BYTES = 40
@@ -64,6 +64,7 @@ class Batch:
     end: Mark | None  # where the mark moves when this batch commits
     quarantine: list[QuarantineEntry]
     body_bytes: int
+    boundary: Boundary | None = None  # recorded with the mark when the batch commits
 
     @property
     def empty(self) -> bool:
@@ -202,8 +203,9 @@ class BatchBuilder:
         slot = self._slot.get(key_hash)
         return None if slot is None else self._ledger[slot].payload_hash
 
-    def cut(self, end: Mark | None) -> Batch:
-        """Close the current batch; the mark moves to ``end`` when it commits."""
+    def cut(self, end: Mark | None, boundary: Boundary | None = None) -> Batch:
+        """Close the current batch; the mark moves to ``end`` (recording ``boundary``) when it
+        commits."""
         self.seq += 1
         batch = Batch(
             seq=self.seq,
@@ -215,6 +217,7 @@ class BatchBuilder:
             end=end,
             quarantine=self._quarantine,
             body_bytes=self._bytes,
+            boundary=boundary,
         )
         self._rows, self._ledger, self._keys, self._quarantine = [], [], [], []
         self._slot = {}
@@ -223,3 +226,51 @@ class BatchBuilder:
         self.pending_rows = 0
         return batch
 
+
+
+_NO_CURSOR: Any = object()  # unequal to every cursor value
+
+
+class BoundaryTracker:
+    """Follows the rows routed at the newest cursor value, for the boundary each cut batch
+    records with its mark (:class:`Boundary`): the next run reads that cursor value again and
+    skips those rows, so a row committed later with the same value is read whatever its key.
+
+    Every routed row is noted (sent, skipped or quarantined) with its identity and content
+    hashes. ``after`` is the cursor value of a mark recorded without a boundary, which a run
+    reads strictly after: batches that end at that value record none either, since the rows
+    before the mark's key at it are not known.
+    """
+
+    def __init__(self, after: Any = _NO_CURSOR) -> None:
+        self.cursor = after
+        self.unknown = after is not _NO_CURSOR
+        self.entries: dict[int, int] = {}
+        self.fresh = False
+
+    def note(self, cursor: Any, key_hash: int, content: int) -> None:
+        """A row routed at ``cursor``."""
+        if cursor != self.cursor:
+            self._restart(cursor)
+        self.entries[key_hash] = content
+
+    def note_rows(self, places: Sequence[Sequence[Any]], key_hashes: Sequence[int],
+                  contents: Sequence[int], start: int, end: int) -> None:
+        """Rows ``start..end`` routed in order (``end`` > ``start``): ``note`` for each, by
+        looking only at those that share the last one's cursor value."""
+        last = places[end - 1][0]
+        first = end - 1
+        while first > start and places[first - 1][0] == last:
+            first -= 1
+        if first > start or last != self.cursor:
+            self._restart(last)
+        self.entries.update(zip(key_hashes[first:end], contents[first:end], strict=True))
+
+    def _restart(self, cursor: Any) -> None:
+        self.cursor, self.entries, self.fresh, self.unknown = cursor, {}, True, False
+
+    def take(self) -> Boundary | None:
+        """The boundary of the batch cut now (None while it is unknown), and start the next."""
+        boundary = None if self.unknown else Boundary(self.entries, self.fresh)
+        self.entries, self.fresh = {}, False
+        return boundary

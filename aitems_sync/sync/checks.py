@@ -37,12 +37,15 @@ def check_queries(spec: Spec, sources: Mapping[str, Source], result: ValidationR
             problems.extend(error.problems)
             continue
         lowered = [c.lower() for c in columns]
-        if dataset.cursor not in columns and lowered.count(dataset.cursor.lower()) != 1:
-            problems.append(SpecProblem(
-                str(spec.path), None, f"datasets.{dataset.name}.cursor",
-                f"{dataset.cursor!r} is not a result column of the query "
-                f"(it returns: {', '.join(columns)})",
-            ))
+        missing = [(f"datasets.{dataset.name}.{where}", name)
+                   for where, name in [("cursor", dataset.cursor),
+                                       *((f"key[{i}]", k) for i, k in enumerate(dataset.key))]
+                   if name not in columns and lowered.count(name.lower()) != 1]
+        if missing:
+            problems.extend(SpecProblem(
+                str(spec.path), None, where,
+                f"{name!r} is not a result column of the query (it returns: {', '.join(columns)})",
+            ) for where, name in missing)
             continue
         result.checks.append(f"dataset {dataset.name}: query columns match the fields")
     if problems:

@@ -28,11 +28,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from aitems_sync.aitems.delivery import Target, Uploader
 from aitems_sync.errors import AitemsSyncError, InvalidRowsError
+from aitems_sync.rows.encode import row_hash
 from aitems_sync.source.extract import Extraction, Source
 from aitems_sync.spec.model import BatchPolicy, DatasetSpec
 from aitems_sync.state.records import KEY_HASH, PAYLOAD_HASH
 from aitems_sync.state.store import LedgerEntry, Mark, QuarantineEntry, StateStore
-from aitems_sync.sync.batches import Batch, BatchBuilder, NewRows, cursor_position
+from aitems_sync.sync.batches import (
+    Batch,
+    BatchBuilder,
+    BoundaryTracker,
+    NewRows,
+    cursor_position,
+)
 from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer
 from aitems_sync.sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
@@ -162,11 +169,13 @@ class DatasetSync:
         self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes, _mark_at)
         self.near = _NearLedger()
         self.is_interaction = dataset.type == "interaction"
-        # User and item rows at the mark's cursor value are read again and the ledger skips
-        # those delivered, so a row committed later at that value is never lost whatever its
-        # key. (Interaction datasets keep no ledger there: they still read after (cursor, key).)
-        self.rereads_mark = not self.is_interaction
         self.old_mark: Mark | None = None
+        # The rows handled at the mark's cursor value (identity -> content hash), which this
+        # run reads again and skips; None when the mark records none (see _start).
+        self.seen: dict[int, int] | None = None
+        self.seen_map: dict[int, int] = {}  # the same, empty when None
+        self.rereads_mark = True
+        self.tracker = BoundaryTracker()
         self.last_place: Place | None = None  # the last row routed
 
     # -- the run ---------------------------------------------------------------------------
@@ -175,7 +184,7 @@ class DatasetSync:
         started = time.monotonic()
         try:
             self._report_leftovers()
-            self.old_mark = self.state.get_mark(self.dataset.name)
+            self._start()
             mark = None if self.settings.options.full_refresh else self.old_mark
             # Interaction rows outside the lookback window are excluded by the mark alone: such
             # a dataset keeps no ledger, and consults one only if a failed run left entries.
@@ -196,6 +205,25 @@ class DatasetSync:
             self._after_stream()
         finally:
             self.report.seconds = round(time.monotonic() - started, 3)
+
+    def _start(self) -> None:
+        """Read the mark and its boundary, and decide how the mark's cursor value is read.
+
+        The mark's own cursor value is read again (``rereads_mark``) and the rows its boundary
+        records are skipped, so a row committed later at that value is never lost whatever its
+        key. User and item datasets do so at every mark: their ledger skips a delivered row
+        anyway, and a mark without a boundary (written by an older version or by `state set`)
+        at worst quarantines an invalid row at it once more. An interaction dataset reads
+        strictly after a mark without a boundary, and its batches record none until the
+        cursor value moves past the mark's, as the rows before the mark's key are not known.
+        """
+        self.old_mark = self.state.get_mark(self.dataset.name)
+        self.seen = self.state.boundary(self.dataset.name) if self.old_mark else None
+        self.rereads_mark = not self.is_interaction or self.seen is not None
+        if (self.old_mark is not None and not self.rereads_mark
+                and not self.settings.options.full_refresh):
+            self.tracker = BoundaryTracker(after=self.old_mark.cursor)
+        self.seen_map = self.seen or {}
 
     def _earlier_log(self) -> int:
         """How many ledger entries earlier runs left in the log. Half the merge threshold or
@@ -230,7 +258,7 @@ class DatasetSync:
                     self.progress(self.report)
             else:
                 if self.builder.pending_rows:
-                    self._emit(self.builder.cut(self._last_mark()))
+                    self._emit(self._cut())
         except BaseException as error:
             # Batches cut before the failure are sound: commit what AiTEMS acknowledged, in
             # order (a failed upload among them abandons the rest), then report the failure.
@@ -368,6 +396,7 @@ class DatasetSync:
         stop, builder, report, near_get = self.stop, self.builder, self.report, self.near.get
         mark_every, positions = self.settings.options.mark_every, chunk.positions
         rereads = self.settings.options.full_refresh and self.is_interaction
+        note, seen_get = self.tracker.note, self.seen_map.get
         rows = zip(chunk.encoded, chunk.key_hashes, chunk.payloads, chunk.keys, chunk.places,
                    strict=True)
         for index, (encoded, key_hash, payload, key, place) in enumerate(rows):
@@ -381,11 +410,12 @@ class DatasetSync:
                 near = near_get(key_hash)
                 held = builder.holds(key_hash)
                 if held is None:
-                    held = near if near is not None else ledger.get(key_hash)
+                    held = near if near is not None else seen_get(key_hash)
+                    if held is None:
+                        held = ledger.get(key_hash)
                 # A full refresh re-reads interactions the mark already covers; without a
                 # ledger entry the mark is the record that they were delivered.
-                if held == payload or (rereads and _at_or_before(_mark_at(place),
-                                                                  self.old_mark)):
+                if held == payload or (rereads and self._covered_by_mark(place)):
                     report.unchanged += 1
                     builder.skip()
                 else:
@@ -396,11 +426,12 @@ class DatasetSync:
                     entry = LedgerEntry(key_hash, payload,
                                         None if positions is None else positions[index])
                     if not builder.offer(encoded, entry, key, place):
-                        self._emit(builder.cut(self._last_mark()))
+                        self._emit(self._cut())
                         builder.add(encoded, entry, key, place)
+                note(place[0], key_hash, payload)  # after a cut: the row is in the next batch
             self.last_place = place
             if builder.pending_rows >= mark_every:
-                self._emit(builder.cut(self._last_mark()))
+                self._emit(self._cut())
         return True
 
     def _all_new(self, chunk: Prepared, ledger: dict[int, int]) -> bool:
@@ -411,7 +442,7 @@ class DatasetSync:
             return False
         keys = set(chunk.key_hashes)
         return (len(keys) == len(chunk.key_hashes) and not self.builder.holds_any(keys)
-                and not self.near.holds_any(keys))
+                and not self.near.holds_any(keys) and (not self.seen or keys.isdisjoint(self.seen)))
 
     def _route_new(self, chunk: Prepared) -> bool:
         """Add a chunk of new rows to batches a batch's worth at a time (``_route`` does the
@@ -427,13 +458,33 @@ class DatasetSync:
                 return False
             taken = builder.extend(rows, start, mark_every - builder.pending_rows)
             if taken:
+                self.tracker.note_rows(chunk.places, chunk.key_hashes, chunk.payloads, start,
+                                       start + taken)
                 start += taken
                 report.read += taken
                 report.new += taken
                 self.last_place = chunk.places[start - 1]
             if start < end or builder.pending_rows >= mark_every:
-                self._emit(builder.cut(self._last_mark()))
+                self._emit(self._cut())
         return True
+
+    def _covered_by_mark(self, place: Place) -> bool:
+        """Whether the mark before this run covers a row a full refresh reads again: a row
+        before its cursor value, or at it and before its key when it records no boundary (with
+        one, the boundary decides)."""
+        mark = self.old_mark
+        if mark is None:
+            return False
+        try:
+            if self.seen is not None:
+                return bool(place[0] < mark.cursor)
+            return bool((place[0], *place[1:]) <= (mark.cursor, *mark.key))
+        except TypeError:
+            return False
+
+    def _cut(self) -> Batch:
+        """Cut the batch being built at the last row routed, with the boundary it records."""
+        return self.builder.cut(self._last_mark(), self.tracker.take())
 
     def _last_mark(self) -> Mark | None:
         """The mark of the last row routed: where a batch cut now moves the mark."""
@@ -451,7 +502,14 @@ class DatasetSync:
     def _reject(self, raw: tuple[Any, ...], key_hash: int | None, place: Place,
                 ledger: dict[int, int]) -> None:
         """Quarantine an invalid row (``key_hash``: its coerced key's, where it has one), or
-        stop the dataset when on_invalid is fail."""
+        stop the dataset when on_invalid is fail. One the mark's boundary records (the same raw
+        values, read again at the mark's cursor value) was quarantined already: skipped."""
+        content = row_hash(repr(raw).encode(), self.preparer.row_hash)
+        self.tracker.note(place[0], content, content)
+        if self.seen_map.get(content) == content:
+            self.report.unchanged += 1
+            self.builder.skip()
+            return
         errors = [{"path": e.path, "message": e.message}
                   for e in self.preparer.shaper.explain(raw)]
         key = dict(zip(self.dataset.key_fields, place[1:], strict=False))
@@ -514,13 +572,6 @@ def _mark_at(place: Sequence[Any]) -> Mark:
     return Mark(cursor=place[0], key=tuple(place[1:]))
 
 
-def _at_or_before(mark: Mark, limit: Mark | None) -> bool:
-    if limit is None:
-        return False
-    try:
-        return bool((mark.cursor, *mark.key) <= (limit.cursor, *limit.key))
-    except TypeError:
-        return False
 
 
 def _describe_key(key: dict[str, Any]) -> str:

@@ -85,7 +85,7 @@ def run(
             pid=os.getpid(),
         )
         for dataset in unbound:
-            state.bind(dataset.name, spec.aitems.service_id, dataset.dataset_id)
+            state.bind(dataset.name, spec.aitems.service_id, dataset.dataset_id, dataset.key)
         for crashed in state.mark_crashed_runs(but=run_id):
             log.warning("run %s ended without recording its end (killed, or lost with its "
                         "machine): recorded as crashed", crashed,
@@ -101,13 +101,19 @@ def run(
 def check_bindings(spec: Spec, datasets: Sequence[DatasetSpec], state: StateStore
                    ) -> list[DatasetSpec]:
     """Refuse, with every problem at once, datasets whose marks and ledger the state store keeps
-    for another AiTEMS service or dataset than the spec names now: the ledger would skip rows
-    the new dataset never received. Returns the datasets not bound yet."""
+    for another AiTEMS service or dataset than the spec names now (the ledger would skip rows
+    the new dataset never received), or whose ledger identifies rows by another key (it would
+    not recognize the rows it holds). Returns the datasets whose binding or key is to be
+    recorded."""
     problems, unbound = [], []
     for dataset in datasets:
         bound = state.binding(dataset.name)
+        identity = state.identity(dataset.name)
         wanted = (spec.aitems.service_id, dataset.dataset_id)
-        if bound is None:
+        if bound is None or identity != dataset.key:
+            problem = _key_change(spec, dataset, identity, state)
+            if problem is not None:
+                problems.append(problem)
             unbound.append(dataset)
         if bound is None or bound == wanted:
             continue
@@ -121,6 +127,29 @@ def check_bindings(spec: Spec, datasets: Sequence[DatasetSpec], state: StateStor
     if problems:
         raise SpecError(problems)
     return unbound
+
+
+def _key_change(spec: Spec, dataset: DatasetSpec, identity: tuple[str, ...] | None,
+                state: StateStore) -> SpecProblem | None:
+    """The problem with changing the key a dataset's ledger and boundary were written with, if
+    they hold anything. A store older than version 7 recorded none: interaction ledgers were
+    written by the whole row then, and user and item ledgers by their key, which is fixed."""
+    if identity is None:
+        identity = () if dataset.type == "interaction" else dataset.key
+    if identity == dataset.key or not (state.has_ledger(dataset.name)
+                                       or state.has_boundary(dataset.name)):
+        return None
+    def shown(key: tuple[str, ...]) -> str:
+        return f"key [{', '.join(key)}]" if key else "the whole row"
+
+    return SpecProblem(
+        str(spec.path), None, f"datasets.{dataset.name}.key",
+        f"the state store recognizes the rows of dataset {dataset.name} it delivered by "
+        f"{shown(identity)}, but the spec identifies them by {shown(dataset.key)}: it would not "
+        "recognize them and could send them again. Put the old key back; or, to change it, run "
+        f"`aitems-sync state show {dataset.name}`, `aitems-sync state reset {dataset.name}` and "
+        f"`aitems-sync state set {dataset.name} --cursor <the mark's cursor value>`: the next "
+        "run then sends the rows after that value, and those at it again")
 
 
 class _Halt:

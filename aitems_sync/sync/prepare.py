@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from aitems_sync.rows.encode import row_encoder, row_hash
+from aitems_sync.rows.encode import identity_hash, row_encoder, row_hash
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec
 from aitems_sync.sync.batches import cursor_position
@@ -46,7 +46,9 @@ class Prepared:
     encoded: list[bytes | None]
     key_hashes: list[int]
     payloads: list[int]
-    keys: list[Any]  # the key value(s) of each valid row (None for interactions and invalid rows)
+    # The key value(s) of each valid row (None for invalid rows, and for interactions without a
+    # key of their own).
+    keys: list[Any]
     places: list[Place]
     positions: list[float | None] | None  # interactions: each row's numeric cursor position
     invalid: dict[int, tuple[tuple[Any, ...], int | None]]
@@ -76,11 +78,15 @@ class Preparer:
         self.shaper = Shaper(dataset, layout.columns, timezone)
         self.is_interaction = dataset.type == "interaction"
         names = self.shaper.field_names
-        self.key_positions = [names.index(k) for k in dataset.key_fields]
+        # Where a user or item row's key is among its fields (an interaction's need not be).
+        self.key_positions = [] if self.is_interaction else [
+            names.index(k) for k in dataset.key_fields]
         self.encode = row_encoder(names, None if self.is_interaction else self.key_positions,
                                   row_hash)
         self.place_of = _place_getter(layout.cursor_index, layout.key_indices)
         self.key_of = _key_getter(None if self.is_interaction else self.key_positions)
+        # An interaction dataset with a key is identified by its key columns as read.
+        self.keyed = self.is_interaction and bool(dataset.key)
 
     def prepare(self, chunk: Sequence[Sequence[Any]]) -> Prepared:
         """The chunk's rows shaped, validated, encoded and hashed."""
@@ -105,11 +111,23 @@ class Preparer:
             payloads.append(payload)
             keys.append(key_of(values))
         places = [self.place_of(raw) for raw in chunk]
+        if self.keyed:
+            self._identify(encoded, key_hashes, keys, places)
         positions = None
         if self.is_interaction:
             at, timezone = self.layout.cursor_index, self.timezone
             positions = [cursor_position(raw[at], timezone) for raw in chunk]
         return Prepared(encoded, key_hashes, payloads, keys, places, positions, invalid)
+
+    def _identify(self, encoded: list[bytes | None], key_hashes: list[int], keys: list[Any],
+                  places: list[Place]) -> None:
+        """Key hashes and key values of an interaction dataset's valid rows, by its key."""
+        scheme, single = self.row_hash, len(self.dataset.key) == 1
+        for index, row in enumerate(encoded):
+            if row is not None:
+                values = places[index][1:]
+                key_hashes[index] = identity_hash(values, scheme)
+                keys[index] = values[0] if single else list(values)
 
     def _rejected_key_hash(self, raw: Sequence[Any]) -> int | None:
         """The key hash an invalid row would have, so its quarantine record can note what the

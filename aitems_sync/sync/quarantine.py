@@ -17,7 +17,7 @@ from datetime import tzinfo
 from typing import Any
 
 from aitems_sync.aitems.delivery import Target, Uploader, deliver
-from aitems_sync.rows.encode import encode_row
+from aitems_sync.rows.encode import encode_row, identity_hash
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import LedgerEntry, QuarantineRecord, StateStore
@@ -126,6 +126,8 @@ def _reshape(dataset: DatasetSpec, shaper: Shaper, record: QuarantineRecord, row
     positions = None if dataset.type == "interaction" else [
         shaper.field_names.index(k) for k in dataset.key_fields]
     encoded, key_hash, payload = encode_row(shaper.field_names, values, positions, row_hash)
+    if dataset.type == "interaction" and dataset.key:
+        key_hash = identity_hash([record.raw.get(k) for k in dataset.key], row_hash)
     return _Candidate(record, encoded, LedgerEntry(key_hash, payload))
 
 

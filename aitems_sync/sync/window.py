@@ -38,6 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import orjson
 
@@ -307,7 +308,7 @@ class Window:
             if self.keep_ledger:
                 ledger = [batch.ledger[i] for i in delivery.delivered]
             quarantine.extend(self._server_rejections(batch, delivery))
-        return BatchCommit(slot.batch_id, ledger, batch.end, quarantine)
+        return BatchCommit(slot.batch_id, ledger, batch.end, quarantine, batch.boundary)
 
     def _account(self, slot: _Slot) -> None:
         """Count a committed batch in the report."""
@@ -377,13 +378,21 @@ class Window:
         entries = []
         for (index, answer), key_hash in zip(delivery.rejected, hashes, strict=True):
             sent = orjson.loads(batch.rows[index])
-            key = {k: sent.get(k) for k in self.dataset.key_fields}
+            key = self._key_of(sent, batch.keys[index])
             entries.append(QuarantineEntry(
                 dataset=self.dataset.name, run_id=self.run_id, key=key, raw=sent,
                 errors=[{"path": "$", "message": answer}], origin="server",
                 ledger_hash=None if self.dataset.type == "interaction" else ledger.get(key_hash),
             ))
         return entries
+
+    def _key_of(self, sent: dict[str, Any], key: Any) -> dict[str, Any]:
+        """A sent row's key, by name: from the row, or the key values an interaction dataset
+        with a key of its own kept (its columns need not be fields)."""
+        names = self.dataset.key_fields
+        if self.dataset.type != "interaction" or not self.dataset.key:
+            return {name: sent.get(name) for name in names}
+        return dict(zip(names, key if len(names) > 1 else [key], strict=True))
 
     def _note_ambiguous(self, slot: _Slot, reason: str) -> None:
         batch = slot.batch
