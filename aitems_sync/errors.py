@@ -105,7 +105,9 @@ class ApiError(AitemsSyncError):
     """AiTEMS (or its API gateway) answered with an error, or did not answer.
 
     ``status`` is None when no HTTP answer arrived. ``body`` is the raw answer, cut to a few
-    hundred characters, kept for the operator and for quarantine records.
+    hundred characters, kept for the operator and for quarantine records. ``ambiguous`` is True
+    when an attempt of the request may have been stored by AiTEMS although none succeeded (a
+    lost answer, then a final error): what it carried may be there.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class ApiError(AitemsSyncError):
         status: int | None = None,
         error_code: str | None = None,
         body: str = "",
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(message)
         self.method = method
@@ -124,6 +127,7 @@ class ApiError(AitemsSyncError):
         self.status = status
         self.error_code = error_code
         self.body = body
+        self.ambiguous = ambiguous
 
 
 class RetriableApiError(ApiError):
@@ -140,10 +144,6 @@ class RetriesExhaustedError(ApiError):
 
     ``ambiguous`` is True when one of the failed attempts may have been stored by AiTEMS.
     """
-
-    def __init__(self, message: str, *, ambiguous: bool = False, **kw: object) -> None:
-        super().__init__(message, **kw)  # type: ignore[arg-type]
-        self.ambiguous = ambiguous
 
 
 class FatalApiError(ApiError):

@@ -316,3 +316,11 @@ def kill_and_resume(chaos: Chaos, seed: int, *, max_rows: int = 50, in_flight: i
     tally = check_delivery(chaos, [rerun.report])
     no_batch_left_sending(chaos)
     return KillResult(seed, killed_after, alive, tally, time.monotonic() - started)
+
+
+def history(spec: Path) -> list[dict[str, Any]]:
+    """`aitems-sync --json history` of the spec's state store."""
+    result = CliRunner().invoke(main_group, ["--config", str(spec), "--json", "history"])
+    assert result.exit_code == 0, result.output
+    runs: list[dict[str, Any]] = json.loads(result.stdout)
+    return runs

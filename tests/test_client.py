@@ -416,7 +416,19 @@ def test_exhausted_retries_after_a_504_are_ambiguous(
     client = new_client(emulator.base_url, fake, attempts=2)
     with pytest.raises(RetriesExhaustedError, match="may be delivered twice") as caught:
         client.upload(SERVICE, USERS, "user", USER_ROWS)
-    assert caught.value.ambiguous is True  # type: ignore[attr-defined]
+    assert caught.value.ambiguous is True
+
+
+@pytest.mark.parametrize(("first", "ambiguous"), [(504, True), (503, False)])
+def test_a_final_error_after_an_attempt_that_may_have_landed_is_ambiguous(
+    client: AitemsClient, emulator: EmulatorServer, first: int, ambiguous: bool
+) -> None:
+    """A 504 then a 400: the first attempt may have been stored, so the batch's failure is
+    ambiguous; after a 503 (nothing stored) it is not."""
+    emulator.set_faults(Faults(statuses=[first, 400]))
+    with pytest.raises(BadRequestError) as caught:
+        client.upload(SERVICE, USERS, "user", USER_ROWS)
+    assert caught.value.ambiguous is ambiguous
 
 
 def test_drop_after_store_makes_the_successful_retry_ambiguous(
@@ -436,7 +448,7 @@ def test_read_timeout_is_retried_and_ambiguous(
     with pytest.raises(RetriesExhaustedError, match="no answer within the read timeout") as caught:
         client.upload(SERVICE, USERS, "user", USER_ROWS)
     assert caught.value.status is None
-    assert caught.value.ambiguous is True  # type: ignore[attr-defined]
+    assert caught.value.ambiguous is True
 
 
 def test_closed_port_is_retriable_then_exhausted_and_not_ambiguous(

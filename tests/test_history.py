@@ -4,25 +4,13 @@ SIGTERM as `interrupted`; neither stays `running` or shows `ok`."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
-from typing import Any
 
-from click.testing import CliRunner
-
-from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer, Faults
-from tests.chaos import Chaos
+from tests.chaos import Chaos, history
 
 ROWS = 2000
-
-
-def history(spec: Path) -> list[dict[str, Any]]:
-    result = CliRunner().invoke(main_group, ["--config", str(spec), "--json", "history"])
-    assert result.exit_code == 0, result.output
-    runs: list[dict[str, Any]] = json.loads(result.stdout)
-    return runs
 
 
 def test_a_killed_run_is_recorded_as_crashed_with_what_it_committed(

@@ -4,6 +4,7 @@ runs, leases, migrations, and the value codec they store with."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -474,7 +475,7 @@ def test_pruning_judges_a_key_by_its_newest_entry_across_levels(
 # -- journal -----------------------------------------------------------------------------------
 
 
-def test_sending_batch_is_unfinished_until_marked_ambiguous(store: StateStore) -> None:
+def test_sending_batch_is_unfinished_until_a_run_that_ends_reports_it(store: StateStore) -> None:
     first = Mark(cursor=datetime(2024, 1, 1, tzinfo=KST), key=("a",))
     last = Mark(cursor=Decimal("2.5"), key=("z", 2**62))
     batch_id = store.journal_sending("users", "run-1", rows=3, first=first, last=last)
@@ -483,8 +484,21 @@ def test_sending_batch_is_unfinished_until_marked_ambiguous(store: StateStore) -
     assert (unfinished.first, unfinished.last, unfinished.run_id) == (first, last, "run-1")
     assert unfinished.created_at == T0
     store.mark_ambiguous("users", [batch_id])
+    # Found by a run that may die too: still unfinished, now ambiguous.
+    assert [b.status for b in store.unfinished_batches("users")] == ["ambiguous"]
+    store.begin_run("run-2", datasets=["users"], host="h", pid=1)
+    store.end_run("run-2", status="ok", summary={}, reported=[batch_id])
     assert store.unfinished_batches("users") == []
-    assert [b.status for b in store.batches("users", status="ambiguous")] == ["ambiguous"]
+    assert [b.status for b in store.batches("users")] == ["reported"]
+
+
+def test_a_batch_whose_answer_proves_it_unsent_is_failed_and_not_unfinished(
+    store: StateStore
+) -> None:
+    batch_id = store.journal_sending("users", "run-1", rows=3, first=None, last=None)
+    store.commit_batches("users", run_id="run-1", commits=(), failed=[batch_id])
+    assert store.unfinished_batches("users") == []
+    assert [b.status for b in store.batches("users")] == ["failed"]
 
 
 def test_committed_batch_is_not_unfinished(store: StateStore) -> None:
@@ -720,6 +734,65 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         version = conn.execute(sa.text("SELECT version FROM schema_version")).scalar()
     assert version == LATEST_VERSION
     engine.dispose()
+
+
+def _as_version_6(conn: sa.Connection) -> None:
+    """Take the store back to what version 6 left: no boundary, no recorded key, and a journal
+    whose statuses are sending, committed and ambiguous only."""
+    conn.execute(sa.text("DROP TABLE boundary"))
+    conn.execute(sa.text("ALTER TABLE marks DROP COLUMN boundary"))
+    conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN identity"))
+    old = "status IN ('sending', 'committed', 'ambiguous')"
+    if conn.dialect.name != "sqlite":
+        conn.execute(sa.text("ALTER TABLE batches DROP CONSTRAINT batch_status"))
+        conn.execute(sa.text(f"ALTER TABLE batches ADD CONSTRAINT batch_status CHECK ({old})"))
+    else:
+        table_sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'batches'"))
+        create = re.sub(r"status IN \([^)]*\)", old, table_sql.scalar_one())
+        counter = conn.execute(sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'batches'"))
+        seq = counter.scalar_one()
+        conn.execute(sa.text("DROP INDEX ix_batches_dataset_status"))
+        conn.execute(sa.text("ALTER TABLE batches RENAME TO batches_now"))
+        conn.execute(sa.text(create))
+        conn.execute(sa.text("INSERT INTO batches SELECT * FROM batches_now"))
+        conn.execute(sa.text("DROP TABLE batches_now"))
+        conn.execute(sa.text("UPDATE sqlite_sequence SET seq = :n WHERE name = 'batches'"),
+                     {"n": seq})
+        conn.execute(sa.text("CREATE INDEX ix_batches_dataset_status ON batches "
+                             "(dataset_id, status)"))
+    conn.execute(sa.text("UPDATE schema_version SET version = 6"))
+
+
+def test_a_version_6_store_gets_boundaries_keys_and_every_journal_outcome(
+    store_url: str
+) -> None:
+    with StateStore.open(store_url) as store:
+        ids = [store.journal_sending("users", "r", rows=1, first=None, last=None)
+               for _ in range(3)]
+        store.commit_batch("users", run_id="r", batch_id=ids[0], ledger=[], mark=None)
+        store.mark_ambiguous("users", [ids[1]])
+        store.set_mark("users", Mark(cursor=5, key=("u5",)))
+        store.reset("items")
+        for _ in range(2):
+            store.journal_sending("items", "r", rows=1, first=None, last=None)
+        store.reset("items")  # the newest batch ids are gone
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        _as_version_6(conn)
+
+    with StateStore.open(store_url) as store:
+        before = [(b.batch_id, b.status) for b in store.batches("users")]
+        store.commit_batches("users", run_id="r", commits=(), failed=[ids[2]])
+        after = [b.status for b in store.batches("users")]
+        mark, boundary, identity = (store.get_mark("users"), store.boundary("users"),
+                                    store.identity("users"))
+        newest = store.journal_sending("users", "r", rows=1, first=None, last=None)
+    engine.dispose()
+
+    assert before == [(ids[2], "sending"), (ids[1], "ambiguous"), (ids[0], "committed")]
+    assert after == ["failed", "ambiguous", "committed"]
+    assert (mark, boundary, identity) == (Mark(cursor=5, key=("u5",)), None, None)
+    assert newest > ids[2] + 2  # ids never go back, the migration's rebuild included
 
 
 def test_a_dataset_hashed_in_a_way_this_version_does_not_know_is_refused(store_url: str) -> None:

@@ -44,7 +44,12 @@ from aitems_sync.aitems.errormap import (
     may_have_landed,
     request_was_sent,
 )
-from aitems_sync.errors import FatalApiError, RetriableApiError, RetriesExhaustedError
+from aitems_sync.errors import (
+    ApiError,
+    FatalApiError,
+    RetriableApiError,
+    RetriesExhaustedError,
+)
 from aitems_sync.spec.model import AitemsConfig, RetryPolicy
 
 if TYPE_CHECKING:
@@ -322,6 +327,9 @@ class AitemsClient:
                     raise self._exhausted(err, attempt, elapsed, wait, ambiguous) from err
                 self._log_retry(err, attempt, limit, wait)
                 self._sleep(wait)
+            except ApiError as err:  # final: a 4xx; an earlier attempt may still have landed
+                err.ambiguous = err.ambiguous or ambiguous
+                raise
 
     def _attempt(self, method: str, url: str, shown: str, body: bytes | None) -> requests.Response:
         """One signed HTTP attempt; raises the mapped ApiError for anything but a 2xx."""

@@ -73,6 +73,7 @@ def deliver(uploader: Uploader, target: Target, rows: Sequence[bytes]) -> Delive
                 rows if len(indices) == len(rows) else [rows[i] for i in indices],
             )
         except (PayloadTooLargeError, BadRequestError) as error:
+            outcome.ambiguous = outcome.ambiguous or error.ambiguous
             if len(indices) == 1:
                 outcome.rejected.append((indices[0], _server_answer(error)))
                 continue

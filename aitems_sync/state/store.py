@@ -256,14 +256,21 @@ class StateStore:
         with self._write(f"record the start of run {run_id}") as conn:
             conn.execute(sa.insert(tables.runs), row)
 
-    def end_run(self, run_id: str, *, status: str, summary: Mapping[str, Any]) -> None:
-        """Record the end of a run, its status and its summary (JSON-able; Decimal as text)."""
+    def end_run(self, run_id: str, *, status: str, summary: Mapping[str, Any],
+                reported: Sequence[int] = ()) -> None:
+        """Record the end of a run, its status and its summary (JSON-able; Decimal as text),
+        and that the ambiguous batches ``reported`` (batch ids) are reported now."""
         values = {"finished_at": self._clock(), "status": status, "summary": dumps(dict(summary))}
+        batch = tables.batches
         with self._write(f"record the end of run {run_id}") as conn:
             runs = tables.runs
             done = conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(values))
             if done.rowcount != 1:
                 raise StateError(f"run {run_id} is not in the state store's history")
+            for chunk in connect.chunks(reported):
+                conn.execute(sa.update(batch).where(batch.c.batch_id.in_(chunk),
+                                                    batch.c.status.in_(["sending", "ambiguous"]))
+                             .values(status="reported", updated_at=values["finished_at"]))
 
     def mark_crashed_runs(self, *, but: str) -> list[str]:
         """Record as ``crashed`` every run still ``running`` that holds no live lease (killed,
@@ -541,13 +548,15 @@ class StateStore:
         commits: Sequence[BatchCommit],
         sending: Sequence[Sending] = (),
         resolved: Sequence[int] = (),
+        failed: Sequence[int] = (),
         fenced: bool = False,
     ) -> list[int]:
         """Commit acknowledged batches and journal the next ones: ONE transaction, one fsync.
 
         ``commits`` are applied in order, as :meth:`commit_batch` would one by one (the last
         mark given wins, and so does a key's last ledger entry); each of ``sending`` gets a
-        journal row ``sending``. Returns the new batch ids, in the order of ``sending``.
+        journal row ``sending``; the batches ``failed`` (ids), still ``sending``, become
+        ``failed``. Returns the new batch ids, in the order of ``sending``.
         Committing a group at once is what makes a backfill's commits cheap: the engine groups
         the batches acknowledged while its previous commit was being written.
 
@@ -578,6 +587,8 @@ class StateStore:
                     "the dataset reset while this run was sending?); nothing was committed, so "
                     "its rows are read again on the next run"
                 )
+            if failed:
+                self._set_status(conn, dataset_id, failed, "failed", now, only_sending=True)
             if entries:
                 self._ledger_log.append(conn, dataset_id, entries)
             if moving:
@@ -621,8 +632,11 @@ class StateStore:
         return changed
 
     def unfinished_batches(self, dataset: str) -> list[BatchRecord]:
-        """The dataset's batches still ``sending``: they may or may not have reached AiTEMS."""
-        return self.batches(dataset, status="sending", limit=None, oldest_first=True)
+        """The dataset's batches that may or may not have reached AiTEMS and no run that
+        completed has reported: ``sending`` (left by a dead run) or ``ambiguous`` (found by a
+        run that did not complete either)."""
+        return self.batches(dataset, status=("sending", "ambiguous"), limit=None,
+                            oldest_first=True)
 
     def mark_ambiguous(self, dataset: str, batch_ids: Sequence[int]) -> None:
         """Turn ``sending`` batches into ``ambiguous`` (found unfinished by a later run)."""
@@ -633,9 +647,9 @@ class StateStore:
             self._set_status(conn, dataset_id, batch_ids, "ambiguous", self._clock(),
                              only_sending=True)
 
-    def batches(self, dataset: str | None = None, *, status: str | None = None,
+    def batches(self, dataset: str | None = None, *, status: str | Sequence[str] | None = None,
                 limit: int | None = 100, oldest_first: bool = False) -> list[BatchRecord]:
-        """Journalled batches, newest first, optionally of one dataset and one status."""
+        """Journalled batches, newest first, optionally of one dataset and some statuses."""
         batch_id = tables.batches.c.batch_id
         order = batch_id.asc() if oldest_first else batch_id.desc()
         query = sa.select(tables.batches, tables.datasets.c.name).join(tables.datasets)
@@ -643,7 +657,8 @@ class StateStore:
         if dataset is not None:
             query = query.where(tables.datasets.c.name == dataset)
         if status is not None:
-            query = query.where(tables.batches.c.status == status)
+            statuses = [status] if isinstance(status, str) else list(status)
+            query = query.where(tables.batches.c.status.in_(statuses))
         with self._read("list journalled batches") as conn:
             return [records.batch_record(row) for row in conn.execute(query)]
 

@@ -208,6 +208,12 @@ ledger_log = sa.Table(
     sa.Index("ix_ledger_log_dataset_seq", "dataset_id", "seq"),
 )
 
+#: A journalled batch's outcome: ``sending`` until it commits (``committed``) or its answer
+#: proves nothing unacknowledged was stored (``failed``); ``ambiguous`` once a later run found it
+#: ``sending`` (its run died with it on the wire), until a run that completes has reported it
+#: (``reported``).
+BATCH_STATUSES = ("sending", "committed", "failed", "ambiguous", "reported")
+
 batches = sa.Table(
     "batches",
     metadata,
@@ -221,7 +227,10 @@ batches = sa.Table(
     sa.Column("last", _JSON, nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
-    sa.CheckConstraint("status IN ('sending', 'committed', 'ambiguous')", name="batch_status"),
+    # Version 7 adds `failed` (the answer proved nothing unacknowledged was stored) and
+    # `reported` (ambiguous, and reported by a run that completed).
+    sa.CheckConstraint(f"status IN ({', '.join(map(repr, BATCH_STATUSES))})",
+                       name="batch_status"),
     sa.Index("ix_batches_dataset_status", "dataset_id", "status"),
     sqlite_autoincrement=True,
 )
@@ -303,12 +312,42 @@ def _add_dataset_binding(conn: sa.Connection) -> None:
 
 def _add_boundary(conn: sa.Connection) -> None:
     _create(conn, (boundary,))
+    _widen_batch_statuses(conn)
     columns = {c["name"] for c in sa.inspect(conn).get_columns("datasets")}
     if "identity" not in columns:
         conn.execute(sa.text("ALTER TABLE datasets ADD COLUMN identity VARCHAR(1024)"))
     columns = {c["name"] for c in sa.inspect(conn).get_columns("marks")}
     if "boundary" not in columns:
         conn.execute(sa.text("ALTER TABLE marks ADD COLUMN boundary SMALLINT"))
+
+
+def _widen_batch_statuses(conn: sa.Connection) -> None:
+    """Let the journal hold every status of :data:`BATCH_STATUSES`. SQLite cannot change a
+    table's constraint: the table is rebuilt (its AUTOINCREMENT counter carried over)."""
+    check = f"status IN ({', '.join(map(repr, BATCH_STATUSES))})"
+    if conn.dialect.name != "sqlite":
+        found = {c["name"]: str(c["sqltext"])
+                 for c in sa.inspect(conn).get_check_constraints("batches")}
+        if "failed" in found.get("batch_status", ""):
+            return  # created with the current definition, or a step run before
+        if "batch_status" in found:
+            conn.execute(sa.text("ALTER TABLE batches DROP CONSTRAINT batch_status"))
+        conn.execute(sa.text(f"ALTER TABLE batches ADD CONSTRAINT batch_status CHECK ({check})"))
+        return
+    table_sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'batches'"))
+    if "'failed'" in table_sql.scalar_one():
+        return  # created with the current definition
+    seq = conn.execute(sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'batches'"))
+    counter = seq.scalar_one_or_none()
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_batches_dataset_status"))
+    conn.execute(sa.text("ALTER TABLE batches RENAME TO batches_before_7"))
+    _create(conn, (batches,))
+    names = ", ".join(c.name for c in batches.columns)
+    conn.execute(sa.text(f"INSERT INTO batches ({names}) SELECT {names} FROM batches_before_7"))
+    conn.execute(sa.text("DROP TABLE batches_before_7"))
+    if counter is not None:
+        conn.execute(sa.text("UPDATE sqlite_sequence SET seq = max(seq, :n) "
+                             "WHERE name = 'batches'"), {"n": counter})
 
 
 # MySQL commits each DDL statement at once: a step that fails half-way stays half done there.

@@ -94,7 +94,9 @@ def run(
              report, progress or _no_progress).sync(selected)
     finally:
         leases.release()
-        state.end_run(run_id, status=report.status, summary=report.to_dict())
+        reported = [a.batch_id for d in report.datasets for a in d.ambiguous
+                    if a.batch_id is not None]
+        state.end_run(run_id, status=report.status, summary=report.to_dict(), reported=reported)
     return report
 
 

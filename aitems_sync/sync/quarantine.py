@@ -20,7 +20,7 @@ from aitems_sync.aitems.delivery import Target, Uploader, deliver
 from aitems_sync.rows.encode import encode_row, identity_hash
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec, Spec
-from aitems_sync.state.store import LedgerEntry, QuarantineRecord, StateStore
+from aitems_sync.state.store import BatchCommit, LedgerEntry, QuarantineRecord, StateStore
 from aitems_sync.sync.leases import FencedUploader, Leases
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,14 @@ def _send(chunk: Sequence[_Candidate], dataset: DatasetSpec, target: Target, sta
                                      fenced=True)
     delivery = deliver(uploader, target, rows)
     delivered = [chunk[i] for i in delivery.delivered]
-    state.commit_batch(dataset.name, run_id=run_id, batch_id=batch_id,
-                       ledger=[c.entry for c in delivered], mark=None,
-                       resolved=[c.record.id for c in delivered], fenced=True)
+    error = delivery.error
+    # A failed batch stays `sending` (the next run reports it) unless its answer proves the
+    # rest was not stored.
+    failed = [] if error is None or getattr(error, "ambiguous", False) else [batch_id]
+    state.commit_batches(
+        dataset.name, run_id=run_id, fenced=True, failed=failed,
+        commits=[BatchCommit(batch_id if error is None else None, [c.entry for c in delivered])],
+        resolved=[c.record.id for c in delivered])
     report.batches += 1
     report.sent += len(delivered)
     report.refused += len(delivery.rejected)

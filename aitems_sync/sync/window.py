@@ -334,19 +334,24 @@ class Window:
 
         Every earlier batch committed, but this one did not, so the mark stays before it; the
         entries keep the acknowledged rows (split halves, or whole later batches) off the wire
-        when the re-run reads them again. Nothing is written after the lease was lost.
+        when the re-run reads them again. A failed batch is journalled ``failed`` when its
+        answer proves the rest was not stored (connection refused, a 4xx), and stays
+        ``sending`` when it may have been: the next run reports it ambiguous. Nothing is
+        written after the lease was lost.
         """
         error = delivery.error
-        if error is not None and getattr(error, "ambiguous", False):
+        maybe_landed = error is not None and getattr(error, "ambiguous", False)
+        if maybe_landed:
             self._note_ambiguous(slot, FAILED_MAYBE_LANDED)
-        if not delivery.delivered:
+        failed = [] if error is None or maybe_landed or slot.batch_id is None else [
+            slot.batch_id]
+        if not delivery.delivered and not failed:
             return
         ledger = [slot.batch.ledger[i] for i in delivery.delivered]
         self.check_lease()
-        # The journal row stays `sending` when the batch failed: the next run reports it.
-        self.state.commit_batch(self.dataset.name, run_id=self.run_id,
-                                batch_id=slot.batch_id if error is None else None,
-                                ledger=ledger, mark=None, fenced=True)
+        self.state.commit_batches(
+            self.dataset.name, run_id=self.run_id, fenced=True, failed=failed,
+            commits=[BatchCommit(slot.batch_id if error is None else None, ledger)])
         self.report.sent += len(delivery.delivered)
         self.report.requests += delivery.requests
         if delivery.ambiguous:
