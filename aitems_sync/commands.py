@@ -61,13 +61,15 @@ def run(
     extract_worker: bool = False,
     stop: threading.Event | None = None,
     progress: engine.Progress | None = None,
+    report: RunReport | None = None,
 ) -> RunReport:
     """Sync the new and changed rows of the ``datasets`` named (all when none) once.
 
     Returns the report whatever happened to each dataset (``exit_code`` says how it went);
     raises UsageError for an unknown dataset and LockHeldError (exit 75) when another run holds
     a dataset's lease. Setting ``stop`` stops reading, finishes what is on the wire, commits and
-    returns. See ``RunOptions`` for ``lease_ttl``, ``wait`` and ``parallel``.
+    returns. See ``RunOptions`` for ``lease_ttl``, ``wait`` and ``parallel``, and
+    ``engine.run`` for ``report``.
     """
     selected = select_datasets(spec, datasets)  # a usage error before anything is opened
     options = RunOptions(full_refresh=full_refresh, wait=wait, parallel=parallel,
@@ -79,7 +81,7 @@ def run(
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2)) as client:
         report = engine.run(spec, selected, state=state, uploader=client, sources=sources,
-                            options=options, stop=stop, progress=progress)
+                            options=options, stop=stop, progress=progress, report=report)
     if spec.metrics.pushgateway:
         # Imported here for start-up time: prometheus_client is needed only by runs that push.
         from aitems_sync.sync.metrics import push_run_metrics

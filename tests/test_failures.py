@@ -476,7 +476,9 @@ def test_exiting_before_the_uploads_finish_leaves_them_ambiguous_for_the_next_ru
 
     assert stopped.code == 143
     assert took < 1.2  # well before the 1.5 s answers
-    assert stopped.report == {}  # exited at once: no summary
+    # Exited at once, with its report: nothing committed after the signal.
+    assert stopped.report["users"]["status"] == "interrupted"
+    assert stopped.report["users"]["ambiguous"] == []  # the next run reports those on the wire
     assert len(on_the_wire) == 4
     chaos.wait_for_uploads(4)  # the emulator stores them after its latency
     emulator.set_faults(Faults())

@@ -19,6 +19,7 @@ from aitems_sync.cli import admin, render
 from aitems_sync.cli.context import Context, ErrorMappingGroup
 from aitems_sync.cli.logfmt import JsonFormatter
 from aitems_sync.sync import signals
+from aitems_sync.sync.report import RunReport
 
 log = logging.getLogger(__name__)
 
@@ -128,24 +129,34 @@ def run(ctx: Context, datasets: tuple[str, ...], full_refresh: bool,
     """
     spec = ctx.spec()
     _freeze_imports()
-    with signals.stop_on_signals(grace) as stop, ExitStack() as display:
+    report = RunReport(run_id="")
+
+    def show_at_once(_code: int) -> None:  # a second signal, or the grace period over
+        _show_run(ctx, report)
+        sys.stdout.flush()
+
+    with signals.stop_on_signals(grace) as stop, ExitStack() as display, \
+            signals.on_abort(show_at_once):
         progress = None
         if ctx.show_progress:
             # Imported here for start-up time: tqdm only for a person at a terminal.
             from aitems_sync.cli.progress import terminal_progress
 
             progress = display.enter_context(terminal_progress(sys.stderr))
-        report = commands.run(spec, datasets, full_refresh=full_refresh,
-                              stop=stop.event, lease_ttl=lease_ttl, wait=wait,
-                              parallel=parallel, progress=progress,
-                              extract_worker=extract_worker)
+        commands.run(spec, datasets, full_refresh=full_refresh, stop=stop.event,
+                     lease_ttl=lease_ttl, wait=wait, parallel=parallel, progress=progress,
+                     extract_worker=extract_worker, report=report)
         if stop.exit_code is not None:
             report.interrupted_exit_code = stop.exit_code
+    _show_run(ctx, report)
+    sys.exit(report.exit_code)
+
+
+def _show_run(ctx: Context, report: RunReport) -> None:
     if ctx.json_output:
         click.echo(json.dumps(report.to_dict(), default=str))
     else:
         click.echo(render.run_summary(report))
-    sys.exit(report.exit_code)
 
 
 @main_group.command()

@@ -572,8 +572,6 @@ def _mark_at(place: Sequence[Any]) -> Mark:
     return Mark(cursor=place[0], key=tuple(place[1:]))
 
 
-
-
 def _describe_key(key: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in key.items())
 

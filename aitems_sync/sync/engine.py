@@ -22,7 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aitems_sync.aitems.delivery import Target, Uploader, UploadOutcome
-from aitems_sync.errors import AitemsSyncError, AuthError, InvalidRowsError, SpecError, SpecProblem
+from aitems_sync.errors import (
+    AitemsSyncError,
+    AuthError,
+    InvalidRowsError,
+    SpecError,
+    SpecProblem,
+    StateError,
+)
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import StateStore
@@ -36,6 +43,11 @@ log = logging.getLogger(__name__)
 
 #: Told a dataset's report after every chunk of rows, from the thread syncing that dataset.
 Progress = Callable[[DatasetReport], None]
+
+#: Seconds a run that ends keeps trying to give its leases back and record its end while the
+#: state store does not answer (a failover, a lock held too long). After that its leases expire
+#: by themselves, and the next run records it as crashed.
+FINISH_SECONDS = 30.0
 
 
 def _no_progress(_report: DatasetReport) -> None:
@@ -58,10 +70,14 @@ def run(
     stop: threading.Event | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
+    report: RunReport | None = None,
 ) -> RunReport:
     """Sync the selected datasets once and report what happened; see ``RunReport.exit_code``.
 
     ``progress`` is called with a dataset's report after every chunk of rows (for a display).
+    ``report``: the report to fill in (and return), for a caller that must show it even if the
+    process exits at once (:func:`aitems_sync.sync.signals.on_abort`); its ``run_id``, if set,
+    is the run's.
 
     Raises LockHeldError (exit 75) when another run holds one of the datasets, before any work
     (with ``options.wait``, only once the wait is over). If ``stop`` is set while waiting, every
@@ -70,34 +86,78 @@ def run(
     """
     selected = list(datasets)
     unbound = check_bindings(spec, selected, state)
-    run_id = run_id or new_run_id()
+    report = report or RunReport(run_id="")
+    run_id = report.run_id = run_id or report.run_id or new_run_id()
     stop = stop or threading.Event()
-    report = RunReport(run_id=run_id)
     leases = Leases(state, [d.name for d in selected], run_id, options.lease_ttl)
     if not leases.acquire(wait=options.wait, stop=stop):
         report.datasets = [DatasetReport(d.name, status=INTERRUPTED,
                                          error="not run: stopped by a signal while waiting "
                                                "for the lease") for d in selected]
         return report
+    begun = False
     try:
         state.begin_run(
             run_id, datasets=[d.name for d in selected], host=socket.gethostname(),
             pid=os.getpid(),
         )
+        begun = True
         for dataset in unbound:
             state.bind(dataset.name, spec.aitems.service_id, dataset.dataset_id, dataset.key)
         for crashed in state.mark_crashed_runs(but=run_id):
             log.warning("run %s ended without recording its end (killed, or lost with its "
                         "machine): recorded as crashed", crashed,
                         extra={"event": "run_crashed", "run_id": crashed})
-        _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
-             report, progress or _no_progress).sync(selected)
+        syncing = _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
+                       report, progress or _no_progress)
+        with signals.on_abort(lambda code: _abort(state, leases, report, syncing.done, code)):
+            syncing.sync(selected)
     finally:
-        leases.release()
-        reported = [a.batch_id for d in report.datasets for a in d.ambiguous
-                    if a.batch_id is not None]
-        state.end_run(run_id, status=report.status, summary=report.to_dict(), reported=reported)
+        _finish(state, leases, report, recorded=begun)
     return report
+
+
+def _reported(report: RunReport) -> list[int]:
+    """The journalled batches the report calls ambiguous."""
+    return [a.batch_id for d in report.datasets for a in d.ambiguous if a.batch_id is not None]
+
+
+def _finish(state: StateStore, leases: Leases, report: RunReport, *, recorded: bool) -> None:
+    """Give the leases back and record the run's end (when its start was recorded), trying
+    again while the state store does not answer, for up to FINISH_SECONDS."""
+    deadline = time.monotonic() + FINISH_SECONDS
+    pause = 0.25
+    while not leases.release() and time.monotonic() + pause < deadline:
+        time.sleep(pause)
+        pause = min(2 * pause, 4.0)
+    while recorded:
+        try:
+            state.end_run(report.run_id, status=report.status, summary=report.to_dict(),
+                          reported=_reported(report))
+            return
+        except StateError as error:
+            if time.monotonic() + pause >= deadline:
+                log.error("could not record the end of run %s (%s): the next run records it as "
+                          "crashed", report.run_id, error,
+                          extra={"event": "run_not_recorded", "run_id": report.run_id})
+                return
+            time.sleep(pause)
+            pause = min(2 * pause, 4.0)
+
+
+def _abort(state: StateStore, leases: Leases, report: RunReport, done: set[str],
+           code: int) -> None:
+    """The run exits at once (a second signal, the grace period over): its report says so,
+    and where the state store answers in time its leases go back and its end is recorded."""
+    report.interrupted_exit_code = code
+    for dataset in report.datasets:
+        if dataset.dataset not in done:
+            dataset.status = INTERRUPTED
+            dataset.error = ("stopped at once with uploads on the wire: the next run reports "
+                             "them as ambiguous and sends them again")
+    leases.release()
+    state.end_run(report.run_id, status=report.status, summary=report.to_dict(),
+                  reported=_reported(report))
 
 
 def check_bindings(spec: Spec, datasets: Sequence[DatasetSpec], state: StateStore
@@ -141,17 +201,18 @@ def _key_change(spec: Spec, dataset: DatasetSpec, identity: tuple[str, ...] | No
     if identity == dataset.key or not (state.has_ledger(dataset.name)
                                        or state.has_boundary(dataset.name)):
         return None
-    def shown(key: tuple[str, ...]) -> str:
-        return f"key [{', '.join(key)}]" if key else "the whole row"
-
     return SpecProblem(
         str(spec.path), None, f"datasets.{dataset.name}.key",
         f"the state store recognizes the rows of dataset {dataset.name} it delivered by "
-        f"{shown(identity)}, but the spec identifies them by {shown(dataset.key)}: it would not "
+        f"{_shown(identity)}, but the spec identifies them by {_shown(dataset.key)}: it would not "
         "recognize them and could send them again. Put the old key back; or, to change it, run "
         f"`aitems-sync state show {dataset.name}`, `aitems-sync state reset {dataset.name}` and "
         f"`aitems-sync state set {dataset.name} --cursor <the mark's cursor value>`: the next "
         "run then sends the rows after that value, and those at it again")
+
+
+def _shown(key: tuple[str, ...]) -> str:
+    return f"key [{', '.join(key)}]" if key else "the whole row"
 
 
 class _Halt:
@@ -192,6 +253,7 @@ class _Run:
         self.spec, self.state, self.uploader, self.sources = spec, state, uploader, sources
         self.options, self.halt, self.leases, self.report = options, halt, leases, report
         self.progress = progress
+        self.done: set[str] = set()  # the datasets whose sync has ended
 
     def sync(self, selected: Sequence[DatasetSpec]) -> None:
         reports = [DatasetReport(d.name) for d in selected]
@@ -210,6 +272,12 @@ class _Run:
 
     def one(self, dataset: DatasetSpec, report: DatasetReport) -> None:
         """Sync one dataset into ``report``; its failure is recorded, never raised."""
+        try:
+            self._one(dataset, report)
+        finally:
+            self.done.add(dataset.name)
+
+    def _one(self, dataset: DatasetSpec, report: DatasetReport) -> None:
         reason = self.halt.reason()
         if reason is not None:
             report.status, message = reason

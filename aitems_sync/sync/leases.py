@@ -145,21 +145,27 @@ class Leases:
                 with self._lock:
                     self._renewed[name] = started
 
-    def release(self) -> None:
-        """Stop renewing and give every lease back (a failure is logged: they expire anyway)."""
+    def release(self) -> bool:
+        """Stop renewing and give every lease back; False when the state store refused some
+        (logged), which a later call tries again (else they expire anyway)."""
         self._done.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
-        self._give_back()
+        return self._give_back()
 
-    def _give_back(self) -> None:
+    def _give_back(self) -> bool:
         with self._lock:
             held, self._held = self._held, []
+        kept = []
         for name in held:
             try:
                 self._state.release_lease(name, owner=self._owner)
             except AitemsSyncError as error:
                 log.warning("could not release the lease on %s: %s", name, error)
+                kept.append(name)
+        with self._lock:
+            self._held.extend(kept)
+        return not kept
 
 
 class FencedUploader:

@@ -146,8 +146,8 @@ def _send(chunk: Sequence[_Candidate], dataset: DatasetSpec, target: Target, sta
     delivery = deliver(uploader, target, rows)
     delivered = [chunk[i] for i in delivery.delivered]
     error = delivery.error
-    # A failed batch stays `sending` (the next run reports it) unless its answer proves the
-    # rest was not stored.
+    # A failed batch is `failed` when its answer proves the rest was not stored; otherwise it
+    # stays `sending`, and the next run reports it ambiguous.
     failed = [] if error is None or getattr(error, "ambiguous", False) else [batch_id]
     state.commit_batches(
         dataset.name, run_id=run_id, fenced=True, failed=failed,

@@ -3,7 +3,9 @@
 The first signal sets an event the engine checks before every row; the uploads on the wire then
 have ``grace`` seconds to finish and commit. A second signal, or the end of the grace period,
 exits at once: still safe, since the journal shows the batches that were on the wire and the next
-run reports them as ambiguous and sends them again.
+run reports them as ambiguous and sends them again. Before it exits, the hooks registered with
+:func:`on_abort` get :data:`ABORT_SECONDS` in all (the engine records the run as interrupted and
+gives its leases back, the CLI prints the report).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +38,13 @@ HEED_SIGNALS_SECONDS = 0.05
 #: Seconds the uploads on the wire get after the first signal; below Kubernetes' default
 #: terminationGracePeriodSeconds (30), so the run exits with its own code before SIGKILL.
 DEFAULT_GRACE = 25.0
+
+#: Seconds the :func:`on_abort` hooks get, in all, when a run exits at once: enough for a few
+#: writes to the state store and a report, short beside a pod's termination grace period.
+ABORT_SECONDS = 3.0
+
+#: What to do before exiting at once, newest first (each told the exit code).
+_abort_hooks: list[Callable[[int], None]] = []
 
 
 @dataclass
@@ -78,11 +87,35 @@ def stop_on_signals(grace: float = DEFAULT_GRACE) -> Iterator[StopRequest]:
             signal.signal(signum, handler)
 
 
+@contextmanager
+def on_abort(hook: Callable[[int], None]) -> Iterator[None]:
+    """Run ``hook(exit_code)`` if the process exits at once (a second signal, the grace period
+    over) while in this block. Hooks run newest first, on a helper thread, within
+    :data:`ABORT_SECONDS` in all; one that is still running then is abandoned."""
+    _abort_hooks.insert(0, hook)
+    try:
+        yield
+    finally:
+        _abort_hooks.remove(hook)
+
+
 def _exit_now(code: int, why: str) -> None:
     log.error("%s: exiting now; the next run reports the batches that were on the wire as "
               "ambiguous and sends them again", why, extra={"event": "abort"})
+    hooks = threading.Thread(target=_run_hooks, args=(list(_abort_hooks), code), daemon=True,
+                             name="abort-hooks")
+    hooks.start()
+    hooks.join(ABORT_SECONDS)
     logging.shutdown()
     os._exit(code)
+
+
+def _run_hooks(hooks: list[Callable[[int], None]], code: int) -> None:
+    for hook in hooks:
+        try:
+            hook(code)
+        except Exception as error:  # exiting anyway: the next hook still runs
+            log.error("while exiting at once: %s", error, extra={"event": "abort"})
 
 
 def join(thread: threading.Thread) -> None:

@@ -335,9 +335,9 @@ class Window:
         Every earlier batch committed, but this one did not, so the mark stays before it; the
         entries keep the acknowledged rows (split halves, or whole later batches) off the wire
         when the re-run reads them again. A failed batch is journalled ``failed`` when its
-        answer proves the rest was not stored (connection refused, a 4xx), and stays
-        ``sending`` when it may have been: the next run reports it ambiguous. Nothing is
-        written after the lease was lost.
+        answer proves the rest was not stored (connection refused, a 4xx); when it may have
+        been, this run reports it ambiguous and it stays ``sending`` until the run's end is
+        recorded. Nothing is written after the lease was lost.
         """
         error = delivery.error
         maybe_landed = error is not None and getattr(error, "ambiguous", False)
