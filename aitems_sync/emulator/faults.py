@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +17,12 @@ from aitems_sync.emulator.rows import Problem, Rejection
 
 @dataclass
 class Faults:
-    """Faults injected into uploads. Mutable: the server consumes ``statuses`` and
+    """Faults injected into uploads. Mutable: the server consumes ``delays``, ``statuses`` and
     ``drop_after_store`` as it applies them."""
 
     latency: float = 0.0
     latency_jitter: float = 0.0
+    delays: list[float] = field(default_factory=list)  # extra seconds for the next uploads
     statuses: list[int] = field(default_factory=list)
     status_rate: float = 0.0
     status_choices: tuple[int, ...] = (429, 500, 503, 504)
@@ -38,10 +40,17 @@ class Faults:
 
 
 _FAULT_TYPES: dict[str, tuple[type, ...]] = {
-    "latency": (int, float), "latency_jitter": (int, float), "statuses": (list,),
+    "latency": (int, float), "latency_jitter": (int, float), "delays": (list,),
+    "statuses": (list,),
     "status_rate": (int, float), "status_choices": (list,), "retry_after": (int, float, type(None)),
     "max_body_bytes": (int, type(None)), "drop_after_store": (int,), "drop_rate": (int, float),
     "seed": (int, type(None)),
+}
+
+#: What the items of each list fault must be: whole numbers (statuses), or seconds (delays).
+_LIST_ITEM: dict[str, Callable[[Any], bool]] = {
+    "statuses": lambda v: type(v) is int, "status_choices": lambda v: type(v) is int,
+    "delays": lambda v: type(v) in (int, float) and v >= 0,
 }
 
 
@@ -55,7 +64,7 @@ def patch_faults(current: Faults, patch: Any) -> Faults:
         if allowed is None:
             problems.append(Problem(None, name, f"unknown fault {name!r}"))
         elif isinstance(value, bool) or not isinstance(value, allowed) or (
-            isinstance(value, list) and not all(type(v) is int for v in value)
+            isinstance(value, list) and not all(_LIST_ITEM[name](v) for v in value)
         ):
             problems.append(Problem(None, name, f"fault {name} has the wrong type"))
     if problems:
@@ -81,10 +90,12 @@ class FaultState:
             self._rng = random.Random(faults.seed)
 
     def delay(self) -> float:
-        """Seconds to wait before answering this upload."""
+        """Seconds to wait before storing and answering this upload."""
         with self._lock:
             f = self.faults
-            return f.latency + (self._rng.uniform(0, f.latency_jitter) if f.latency_jitter else 0)
+            extra = float(f.delays.pop(0)) if f.delays else 0.0
+            return extra + f.latency + (
+                self._rng.uniform(0, f.latency_jitter) if f.latency_jitter else 0)
 
     def too_large(self, size: int) -> bool:
         """Whether a body of this many bytes gets 413."""

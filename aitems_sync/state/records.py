@@ -38,6 +38,17 @@ POSITION = itemgetter(2)
 
 
 @dataclass(frozen=True)
+class LateBatch:
+    """A batch that may have reached AiTEMS after its run lost the lease (see
+    ``tables.late_batches``): its first row's mark and its rows' key hashes."""
+
+    id: int
+    run_id: str
+    first: Mark | None
+    key_hashes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Boundary:
     """The rows a batch handled (sent, skipped or quarantined) at its end mark's cursor value:
     identity hash -> content hash. ``fresh``: that cursor value is new with this batch, so they

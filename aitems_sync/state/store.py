@@ -25,11 +25,19 @@ import sqlalchemy as sa
 from aitems_sync.errors import LeaseLostError, LockHeldError, StateError
 from aitems_sync.rows.encode import ROW_HASH, ROW_HASHES
 from aitems_sync.state import connect, records, tables
-from aitems_sync.state.marks import CursorValue, Mark, decode_mark, encode_mark, mark_to_json
+from aitems_sync.state.marks import (
+    CursorValue,
+    Mark,
+    decode_mark,
+    encode_mark,
+    mark_from_json,
+    mark_to_json,
+)
 from aitems_sync.state.records import (
     BatchCommit,
     BatchRecord,
     Boundary,
+    LateBatch,
     LeaseHolder,
     LedgerEntry,
     QuarantineEntry,
@@ -45,6 +53,7 @@ __all__ = [
     "BatchRecord",
     "Boundary",
     "CursorValue",
+    "LateBatch",
     "LeaseHolder",
     "LedgerEntry",
     "Mark",
@@ -373,7 +382,7 @@ class StateStore:
             return
         with self._write(f"reset dataset {dataset!r}") as conn:
             for table in (tables.marks, tables.boundary, tables.ledger, tables.ledger_recent,
-                          tables.ledger_log, tables.batches):
+                          tables.ledger_log, tables.batches, tables.late_batches):
                 conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
             conn.execute(sa.update(tables.datasets).where(tables.datasets.c.id == dataset_id)
                          .values(aitems_service_id=None, aitems_dataset_id=None, identity=None))
@@ -637,6 +646,47 @@ class StateStore:
         run that did not complete either)."""
         return self.batches(dataset, status=("sending", "ambiguous"), limit=None,
                             oldest_first=True)
+
+    # -- batches that landed late -------------------------------------------------------------
+
+    def note_late(self, dataset: str, run_id: str, *, first: Mark | None,
+                  key_hashes: Sequence[int]) -> None:
+        """Record a batch that may have reached AiTEMS after ``run_id`` lost the dataset's
+        lease. Not fenced: it only asks the next run to send those keys again."""
+        row = {"dataset_id": self._known_id(dataset), "run_id": run_id,
+               "first": mark_to_json(first), "keys": dumps(list(key_hashes)),
+               "created_at": self._clock()}
+        with self._write(f"record a late batch of dataset {dataset!r}") as conn:
+            conn.execute(sa.insert(tables.late_batches), row)
+
+    def late_batches(self, dataset: str) -> list[LateBatch]:
+        """The dataset's batches that may have landed late, oldest first."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return []
+        late = tables.late_batches
+        query = sa.select(late).where(late.c.dataset_id == dataset_id).order_by(late.c.id)
+        with self._read(f"read the late batches of dataset {dataset!r}") as conn:
+            return [LateBatch(row.id, row.run_id, mark_from_json(row.first),
+                              tuple(loads(row.keys))) for row in conn.execute(query)]
+
+    def forget(self, dataset: str, run_id: str, key_hashes: Sequence[int]) -> None:
+        """Delete the keys' ledger entries (every level and the log), while ``run_id`` holds
+        the dataset's lease: the next time they are read they are sent."""
+        dataset_id = self._known_id(dataset)
+        with self._write(f"forget {len(key_hashes)} keys of dataset {dataset!r}") as conn:
+            self._hold_lease(conn, dataset_id, dataset, run_id)
+            for table in (tables.ledger, tables.ledger_recent, tables.ledger_log):
+                for chunk in connect.chunks(key_hashes):
+                    conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id,
+                                                        table.c.key_hash.in_(chunk)))
+
+    def drop_late(self, dataset: str, ids: Sequence[int]) -> None:
+        """Forget late batches whose keys a run has sent again."""
+        late = tables.late_batches
+        with self._write(f"drop late batches of dataset {dataset!r}") as conn:
+            for chunk in connect.chunks(ids):
+                conn.execute(sa.delete(late).where(late.c.id.in_(chunk)))
 
     def mark_ambiguous(self, dataset: str, batch_ids: Sequence[int]) -> None:
         """Turn ``sending`` batches into ``ambiguous`` (found unfinished by a later run)."""

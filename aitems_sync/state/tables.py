@@ -208,6 +208,21 @@ ledger_log = sa.Table(
     sa.Index("ix_ledger_log_dataset_seq", "dataset_id", "seq"),
 )
 
+# Batches that may have reached AiTEMS after their run lost its lease (version 7): a stalled
+# run's request that left, or landed, only after another run took the dataset over, and may
+# have put older versions of its keys over newer ones. The next run forgets those keys' ledger
+# entries and reads again from ``first``, so their newest versions are sent again.
+late_batches = sa.Table(
+    "late_batches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("dataset_id", sa.Integer, _dataset_fk(), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("first", _JSON, nullable=True),  # the batch's first row's mark
+    sa.Column("keys", _JSON, nullable=False),  # its key hashes, a JSON list
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 #: A journalled batch's outcome: ``sending`` until it commits (``committed``) or its answer
 #: proves nothing unacknowledged was stored (``failed``); ``ambiguous`` once a later run found it
 #: ``sending`` (its run died with it on the wire), until a run that completes has reported it
@@ -311,7 +326,7 @@ def _add_dataset_binding(conn: sa.Connection) -> None:
 
 
 def _add_boundary(conn: sa.Connection) -> None:
-    _create(conn, (boundary,))
+    _create(conn, (boundary, late_batches))
     _widen_batch_statuses(conn)
     columns = {c["name"] for c in sa.inspect(conn).get_columns("datasets")}
     if "identity" not in columns:

@@ -237,34 +237,45 @@ class BoundaryTracker:
     skips those rows, so a row committed later with the same value is read whatever its key.
 
     Every routed row is noted (sent, skipped or quarantined) with its identity and content
-    hashes. ``after`` is the cursor value of a mark recorded without a boundary, which a run
-    reads strictly after: batches that end at that value record none either, since the rows
-    before the mark's key at it are not known.
+    hashes; without ``valid_rows`` (user and item datasets, whose ledger already skips a valid
+    row delivered) a valid row's only moves the cursor value, and the boundary holds the invalid
+    rows. ``after`` is the cursor value of a mark recorded without a boundary, which a run reads
+    strictly after: batches that end at that value record none either, since the rows before
+    the mark's key at it are not known.
     """
 
-    def __init__(self, after: Any = _NO_CURSOR) -> None:
+    def __init__(self, after: Any = _NO_CURSOR, *, valid_rows: bool = True) -> None:
         self.cursor = after
         self.unknown = after is not _NO_CURSOR
+        self.valid_rows = valid_rows
         self.entries: dict[int, int] = {}
         self.fresh = False
 
     def note(self, cursor: Any, key_hash: int, content: int) -> None:
-        """A row routed at ``cursor``."""
+        """A row routed at ``cursor``, kept in the boundary."""
         if cursor != self.cursor:
             self._restart(cursor)
         self.entries[key_hash] = content
 
+    def note_valid(self, cursor: Any, key_hash: int, content: int) -> None:
+        """A valid row routed at ``cursor``: kept with ``valid_rows`` (see the class)."""
+        if cursor != self.cursor:
+            self._restart(cursor)
+        if self.valid_rows:
+            self.entries[key_hash] = content
+
     def note_rows(self, places: Sequence[Sequence[Any]], key_hashes: Sequence[int],
                   contents: Sequence[int], start: int, end: int) -> None:
-        """Rows ``start..end`` routed in order (``end`` > ``start``): ``note`` for each, by
-        looking only at those that share the last one's cursor value."""
+        """Valid rows ``start..end`` routed in order (``end`` > ``start``): ``note_valid`` for
+        each, by looking only at those that share the last one's cursor value."""
         last = places[end - 1][0]
         first = end - 1
         while first > start and places[first - 1][0] == last:
             first -= 1
         if first > start or last != self.cursor:
             self._restart(last)
-        self.entries.update(zip(key_hashes[first:end], contents[first:end], strict=True))
+        if self.valid_rows:
+            self.entries.update(zip(key_hashes[first:end], contents[first:end], strict=True))
 
     def _restart(self, cursor: Any) -> None:
         self.cursor, self.entries, self.fresh, self.unknown = cursor, {}, True, False

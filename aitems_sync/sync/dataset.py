@@ -32,7 +32,7 @@ from aitems_sync.rows.encode import row_hash
 from aitems_sync.source.extract import Extraction, Source
 from aitems_sync.spec.model import BatchPolicy, DatasetSpec
 from aitems_sync.state.records import KEY_HASH, PAYLOAD_HASH
-from aitems_sync.state.store import LedgerEntry, Mark, QuarantineEntry, StateStore
+from aitems_sync.state.store import LateBatch, LedgerEntry, Mark, QuarantineEntry, StateStore
 from aitems_sync.sync.batches import (
     Batch,
     BatchBuilder,
@@ -156,6 +156,7 @@ class DatasetSync:
         uploader: Uploader, source: Source, stop: StopFlag, report: DatasetReport,
         check_lease: Callable[[], None] = _no_check,
         progress: Callable[[DatasetReport], None] | None = None,
+        trusted: Callable[[], bool] | None = None,
     ) -> None:
         self.dataset = dataset
         self.settings = settings
@@ -165,6 +166,7 @@ class DatasetSync:
         self.stop = stop
         self.report = report
         self.check_lease = check_lease
+        self.trusted = trusted
         self.progress = progress
         self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes, _mark_at)
         self.near = _NearLedger()
@@ -175,8 +177,12 @@ class DatasetSync:
         self.seen: dict[int, int] | None = None
         self.seen_map: dict[int, int] = {}  # the same, empty when None
         self.rereads_mark = True
-        self.tracker = BoundaryTracker()
+        self.tracker = BoundaryTracker(valid_rows=self.is_interaction)
         self.last_place: Place | None = None  # the last row routed
+        # Batches of earlier runs that may have landed late (user and item datasets): this run
+        # reads again from the first of them, and cuts before the old mark move no mark.
+        self.late: list[LateBatch] = []
+        self.floor: Mark | None = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -185,7 +191,7 @@ class DatasetSync:
         try:
             self._report_leftovers()
             self._start()
-            mark = None if self.settings.options.full_refresh else self.old_mark
+            mark = None if self.settings.options.full_refresh else self._repair(self.old_mark)
             # Interaction rows outside the lookback window are excluded by the mark alone: such
             # a dataset keeps no ledger, and consults one only if a failed run left entries.
             self.keeps_ledger = not self.is_interaction or self.dataset.lookback > timedelta(0)
@@ -222,8 +228,33 @@ class DatasetSync:
         self.rereads_mark = not self.is_interaction or self.seen is not None
         if (self.old_mark is not None and not self.rereads_mark
                 and not self.settings.options.full_refresh):
-            self.tracker = BoundaryTracker(after=self.old_mark.cursor)
+            self.tracker = BoundaryTracker(after=self.old_mark.cursor,
+                                           valid_rows=self.is_interaction)
         self.seen_map = self.seen or {}
+
+    def _repair(self, mark: Mark | None) -> Mark | None:
+        """Where to read from, given batches of earlier runs that may have reached AiTEMS after
+        their run lost the lease (and put older versions of their keys over newer ones): their
+        keys' ledger entries are forgotten and the read starts at the first of them, so those
+        keys' newest versions are sent again. Batches cut before the old mark move no mark."""
+        if self.is_interaction or self.settings.dry_run or mark is None:
+            return mark  # interactions: a late batch only doubles events, reported ambiguous
+        self.late = self.state.late_batches(self.dataset.name)
+        starts = [b.first.cursor for b in self.late if b.first is not None]
+        if not starts:
+            return mark
+        keys = sorted({k for b in self.late for k in b.key_hashes})
+        self.state.forget(self.dataset.name, self.settings.run_id, keys)
+        try:
+            start = min(mark.cursor, *starts)
+        except TypeError:
+            return None  # cursor values that do not compare: read everything
+        log.warning("dataset %s: %d batches of earlier runs may have reached AiTEMS after their "
+                    "run lost its lease; sending the newest version of their %d keys again, "
+                    "reading from cursor %s", self.dataset.name, len(self.late), len(keys),
+                    start, extra={"event": "late_repair", "dataset": self.dataset.name})
+        self.floor = mark
+        return Mark(start, mark.key)
 
     def _earlier_log(self) -> int:
         """How many ledger entries earlier runs left in the log. Half the merge threshold or
@@ -332,6 +363,7 @@ class DatasetSync:
             logged=self.logged, on_covered=self._covered,
             merge_every=self.settings.options.merge_every,
             merge_first=self.logged >= self.settings.options.merge_every // 2,
+            trusted=None if self.is_interaction else self.trusted,
         )
 
     def _after_stream(self) -> None:
@@ -341,6 +373,8 @@ class DatasetSync:
             self._prune_ledger()
         if report.status == INTERRUPTED:
             return
+        if self.late:
+            self.state.drop_late(dataset.name, [b.id for b in self.late])
         if report.invalid and dataset.max_invalid.exceeded(report.invalid, report.read):
             report.status = INVALID
             report.error = (
@@ -396,7 +430,7 @@ class DatasetSync:
         stop, builder, report, near_get = self.stop, self.builder, self.report, self.near.get
         mark_every, positions = self.settings.options.mark_every, chunk.positions
         rereads = self.settings.options.full_refresh and self.is_interaction
-        note, seen_get = self.tracker.note, self.seen_map.get
+        note, seen_get = self.tracker.note_valid, self.seen_map.get
         rows = zip(chunk.encoded, chunk.key_hashes, chunk.payloads, chunk.keys, chunk.places,
                    strict=True)
         for index, (encoded, key_hash, payload, key, place) in enumerate(rows):
@@ -483,8 +517,12 @@ class DatasetSync:
             return False
 
     def _cut(self) -> Batch:
-        """Cut the batch being built at the last row routed, with the boundary it records."""
-        return self.builder.cut(self._last_mark(), self.tracker.take())
+        """Cut the batch being built at the last row routed, with the boundary it records; one
+        that ends before the floor (a read started behind the mark) moves neither."""
+        end, boundary = self._last_mark(), self.tracker.take()
+        if self.floor is not None and end is not None and _before(end, self.floor):
+            end, boundary = None, None
+        return self.builder.cut(end, boundary)
 
     def _last_mark(self) -> Mark | None:
         """The mark of the last row routed: where a batch cut now moves the mark."""
@@ -506,7 +544,10 @@ class DatasetSync:
         values, read again at the mark's cursor value) was quarantined already: skipped."""
         content = row_hash(repr(raw).encode(), self.preparer.row_hash)
         self.tracker.note(place[0], content, content)
-        if self.seen_map.get(content) == content:
+        # Read again at the mark's cursor value, or behind the mark after a late batch: the
+        # run that read it first quarantined it.
+        if self.seen_map.get(content) == content or (
+                self.floor is not None and _before(_mark_at(place), self.floor)):
             self.report.unchanged += 1
             self.builder.skip()
             return
@@ -570,6 +611,14 @@ class DatasetSync:
 def _mark_at(place: Sequence[Any]) -> Mark:
     """The high-water mark a row's place stands for."""
     return Mark(cursor=place[0], key=tuple(place[1:]))
+
+
+def _before(mark: Mark, floor: Mark) -> bool:
+    """Whether ``mark`` sorts before ``floor`` (values that do not compare: taken as before)."""
+    try:
+        return bool((mark.cursor, *mark.key) < (floor.cursor, *floor.key))
+    except TypeError:
+        return True
 
 
 def _describe_key(key: dict[str, Any]) -> str:

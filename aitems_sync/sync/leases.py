@@ -107,6 +107,11 @@ class Leases:
                 self._renewed[name] = started
         return None
 
+    def trusted(self, dataset: str) -> bool:
+        """Whether no other run can have taken the dataset over yet (``check`` would pass)."""
+        age = time.monotonic() - self._renewed.get(dataset, -math.inf)
+        return dataset not in self._lost and age < self._ttl * TRUSTED_SHARE
+
     def check(self, dataset: str) -> None:
         """Raise LeaseLostError if this run lost the dataset's lease, or has not renewed it for
         so long that another run may take it over any moment: it must not send or commit then."""

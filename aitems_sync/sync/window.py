@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from aitems_sync.aitems.delivery import Delivery, Target, Uploader, deliver
-from aitems_sync.errors import AitemsSyncError
+from aitems_sync.errors import AitemsSyncError, LeaseLostError
 from aitems_sync.spec.model import DatasetSpec
 from aitems_sync.state.records import KEY_HASH
 from aitems_sync.state.store import (
@@ -122,7 +122,7 @@ class Window:
         state: StateStore, uploader: Uploader, report: DatasetReport,
         check_lease: Callable[[], None], on_covered: Callable[[int, bool], None],
         keep_ledger: bool = True, logged: int = 0, merge_every: int = MERGE_EVERY,
-        merge_first: bool = False,
+        merge_first: bool = False, trusted: Callable[[], bool] | None = None,
     ) -> None:
         self.dataset = dataset
         self.run_id = run_id
@@ -132,6 +132,7 @@ class Window:
         self.uploader = uploader
         self.report = report
         self.check_lease = check_lease
+        self.trusted = trusted
         self.on_covered = on_covered
         self.keep_ledger = keep_ledger
         self.merge_every = merge_every
@@ -271,7 +272,7 @@ class Window:
         )
         for slot, batch_id in zip(to_send, ids, strict=True):
             slot.batch_id = batch_id
-            slot.future = self._pool.submit(deliver, self.uploader, self.target, slot.batch.rows)
+            slot.future = self._pool.submit(self._deliver, slot.batch)
             slot.future.add_done_callback(self._notify)
         for slot in done:
             self._slots.popleft()
@@ -287,6 +288,26 @@ class Window:
             self._merge()
         elif done and not self.keep_ledger:
             self.on_covered(self._committed_seq, False)
+
+    def _deliver(self, batch: Batch) -> Delivery:
+        """Upload a batch (on an upload thread). With ``trusted``: when the lease is no longer
+        trusted once the answer is in, the request may have left, or landed, after another run
+        took the dataset over, and put older versions of its keys over the newer ones that run
+        sent: the batch is recorded for the next run to send its keys' newest versions again."""
+        delivery = deliver(self.uploader, self.target, batch.rows)
+        unsent = isinstance(delivery.error, LeaseLostError) and not delivery.delivered
+        if self.trusted is not None and not unsent and not self.trusted():
+            log.warning("dataset %s: a batch of %d rows (cursor %s ..) may have reached AiTEMS "
+                        "after this run lost its lease; the next run sends the newest version "
+                        "of its keys again", self.dataset.name, len(batch.rows), show(batch.first),
+                        extra={"event": "late_batch", "dataset": self.dataset.name})
+            try:
+                self.state.note_late(self.dataset.name, self.run_id, first=batch.first,
+                                     key_hashes=[entry.key_hash for entry in batch.ledger])
+            except AitemsSyncError as error:
+                log.error("dataset %s: could not record the late batch: %s", self.dataset.name,
+                          error, extra={"event": "late_batch", "dataset": self.dataset.name})
+        return delivery
 
     def _merge(self) -> None:
         """Merge the ledger's log, then tell the reader which batches the ledger now holds."""
