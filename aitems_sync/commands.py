@@ -99,11 +99,15 @@ def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False
 
 
 def quarantine_retry(spec: Spec, datasets: Sequence[str] = ()) -> list[RetryReport]:
-    """Re-shape quarantined rows with the current spec and send those that now pass."""
+    """Re-shape quarantined rows with the current spec and send those that now pass.
+
+    Refused (SpecError, exit 2) like a run when the state store's ledger of a dataset belongs
+    to another AiTEMS dataset or key (``engine.check_bindings``)."""
     selected = select_datasets(spec, datasets)
     reports = []
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems) as client:
+        engine.check_bindings(spec, selected, state)
         for dataset in selected:
             reports.append(retry_quarantine(
                 spec, dataset, state=state, uploader=client,

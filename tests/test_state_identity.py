@@ -99,10 +99,11 @@ def test_a_changed_dataset_id_is_refused_until_the_dataset_is_reset(
 
     refused_run = cli(spec, "run")
     refused_plan = cli(spec, "plan")
+    refused_retry = cli(spec, "quarantine", "retry", "users")
     after_reset = cli(spec, "state", "reset", "users", "--yes")
     planned = cli(spec, "--json", "plan", "users")
 
-    for refused in (refused_run, refused_plan):
+    for refused in (refused_run, refused_plan, refused_retry):
         assert refused.exit_code == 2
         assert "datasets.users.dataset_id: the state store's mark and ledger of dataset users " \
                "were delivered to AiTEMS dataset dsusers0001 of service svcdemo0001, but the " \
