@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from aitems_sync.errors import LeaseLostError, LockHeldError, StateError
 from aitems_sync.rows.encode import ROW_HASH
 from aitems_sync.state.store import (
+    INLINE_BOUNDARY,
     BatchCommit,
     Boundary,
     CursorValue,
@@ -932,22 +933,37 @@ def test_a_dataset_is_bound_once_to_its_aitems_dataset_until_reset(store: StateS
     assert store.identity("users") == ("USER_ID",)
 
 
+@pytest.mark.parametrize("size", [1, INLINE_BOUNDARY, INLINE_BOUNDARY + 1, 500])
 def test_the_marks_boundary_is_replaced_when_its_cursor_value_moves_and_grows_while_not(
-    store: StateStore
+    store_url: str, size: int
 ) -> None:
-    def commit(cursor: int, entries: dict[int, int], fresh: bool) -> None:
+    """Kept in the marks row while small and in its own table past INLINE_BOUNDARY entries,
+    through every switch between the two; a second store reads what the first wrote."""
+    def commit(store: StateStore, cursor: int, entries: dict[int, int], fresh: bool) -> None:
         store.commit_batches("users", run_id="r", commits=[BatchCommit(
             None, mark=Mark(cursor=cursor, key=("k",)), boundary=Boundary(entries, fresh))])
 
-    commit(5, {1: 1, 2: 2}, fresh=True)
-    at_five = store.boundary("users")
-    commit(5, {3: 3}, fresh=False)
-    grown = store.boundary("users")
-    commit(6, {4: 4}, fresh=True)
-    moved = store.boundary("users")
-    store.set_mark("users", Mark(cursor=7, key=("k",)))
+    first = {n: n + 1 for n in range(size)}
+    more = {-n: n for n in range(1, size + 1)}
+    with StateStore.open(store_url) as store:
+        commit(store, 5, first, fresh=True)
+        at_five = store.boundary("users")
+        commit(store, 5, more, fresh=False)
+    with StateStore.open(store_url) as reader:
+        grown = reader.boundary("users")
+    with StateStore.open(store_url) as store:  # adds to what it has not read itself
+        commit(store, 5, {10**6: 7}, fresh=False)
+        grown_again = store.boundary("users")
+        commit(store, 6, {4: 4}, fresh=True)
+        moved = store.boundary("users")
+        store.set_mark("users", Mark(cursor=7, key=("k",)))
+        by_hand = store.boundary("users")
+        commit(store, 8, first, fresh=True)
+        after_hand = store.boundary("users")
 
-    assert at_five == {1: 1, 2: 2}
-    assert grown == {1: 1, 2: 2, 3: 3}
+    assert at_five == first
+    assert grown == {**first, **more}
+    assert grown_again == {**first, **more, 10**6: 7}
     assert moved == {4: 4}
-    assert store.boundary("users") is None  # a mark set by hand records none
+    assert by_hand is None  # a mark set by hand records none
+    assert after_hand == first

@@ -79,6 +79,12 @@ RECENT_LIMIT = 2_000_000
 #: touch.
 MERGE_EVERY = 50_000
 
+#: Boundary entries kept in the marks row itself (``tables.marks.boundary``): written with the
+#: mark, no statement of their own, which is the usual case (one row at the mark's cursor
+#: value); more go to the ``boundary`` table.
+INLINE_BOUNDARY = 64
+_IN_TABLE = "table"
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -133,6 +139,10 @@ class StateStore:
         self._recent_limit = recent_limit
         # dataset id -> keys in its ledger_recent, at most (counted at the first merge).
         self._recent_sizes: dict[int, int] = {}
+        # dataset id -> its boundary as last written (a dict kept in the marks row, or
+        # _IN_TABLE): the lease holder is its one writer, so a commit that adds to it need not
+        # read it back. Dropped when a write fails.
+        self._boundaries: dict[int, dict[int, int] | str] = {}
         self._statements = _Statements(self._dialect)
         self.url_for_display = display
 
@@ -167,8 +177,13 @@ class StateStore:
     @contextmanager
     def _write(self, what: str) -> Iterator[sa.Connection]:
         """One write transaction; committed when the block ends, rolled back if it raises."""
-        with self._guard(what), self._writer.begin() as conn:
-            yield conn
+        with self._guard(what):
+            try:
+                with self._writer.begin() as conn:
+                    yield conn
+            except BaseException:
+                self._boundaries.clear()  # what the rolled-back write remembered is unsure
+                raise
 
     @contextmanager
     def _read(self, what: str) -> Iterator[sa.Connection]:
@@ -217,13 +232,7 @@ class StateStore:
 
     def has_boundary(self, dataset: str) -> bool:
         """Whether the dataset's mark records any row at its cursor value."""
-        dataset_id = self._dataset_id(dataset)
-        if dataset_id is None:
-            return False
-        query = sa.select(tables.boundary.c.key_hash).where(
-            tables.boundary.c.dataset_id == dataset_id).limit(1)
-        with self._read(f"probe the mark's boundary of dataset {dataset!r}") as conn:
-            return conn.execute(query).first() is not None
+        return bool(self.boundary(dataset))
 
     def identity(self, dataset: str) -> tuple[str, ...] | None:
         """The key the dataset's ledger and boundary identify rows by (empty: the whole row),
@@ -333,34 +342,52 @@ class StateStore:
         dataset_id = self._dataset_id(dataset)
         if dataset_id is None:
             return None
-        flag = sa.select(tables.marks.c.boundary).where(tables.marks.c.dataset_id == dataset_id)
-        rows = sa.select(tables.boundary.c.key_hash, tables.boundary.c.payload_hash).where(
-            tables.boundary.c.dataset_id == dataset_id)
         with self._read(f"read the mark's boundary of dataset {dataset!r}") as conn:
-            if conn.execute(flag).scalar_one_or_none() is None:
+            stored = self._stored_boundary(conn, dataset_id)
+            if stored is None:
                 return None
+            if isinstance(stored, dict):
+                return dict(stored)
+            rows = sa.select(tables.boundary.c.key_hash, tables.boundary.c.payload_hash).where(
+                tables.boundary.c.dataset_id == dataset_id)
             return {int(k): int(p) for k, p in conn.execute(rows)}
+
+    def _stored_boundary(self, conn: sa.Connection,
+                         dataset_id: int) -> dict[int, int] | str | None:
+        """The boundary as the marks row holds it (None: none recorded), remembered."""
+        query = sa.select(tables.marks.c.boundary).where(tables.marks.c.dataset_id == dataset_id)
+        text = conn.execute(query).scalar_one_or_none()
+        if text is None:
+            self._boundaries.pop(dataset_id, None)
+            return None
+        stored = loads(text)
+        found: dict[int, int] | str = (
+            _IN_TABLE if stored == _IN_TABLE else {int(k): int(p) for k, p in stored})
+        self._boundaries[dataset_id] = found
+        return found
 
     def set_mark(self, dataset: str, mark: Mark | None) -> None:
         """Set (or with None, forget) the dataset's mark; it records no boundary."""
         dataset_id = self._known_id(dataset)
+        self._boundaries.pop(dataset_id, None)
         with self._write(f"set the mark of dataset {dataset!r}") as conn:
             self._put_mark(conn, dataset_id, mark)
             conn.execute(self._statements.clear_boundary, {"in_dataset": dataset_id})
 
     def _put_mark(self, conn: sa.Connection, dataset_id: int, mark: Mark | None,
-                  boundary: bool = False) -> None:
+                  boundary: str | None = None) -> None:
         if mark is None:
             conn.execute(sa.delete(tables.marks).where(tables.marks.c.dataset_id == dataset_id))
             return
         cursor, key = encode_mark(mark)
         conn.execute(self._statements.put_mark, {
             "dataset_id": dataset_id, "cursor": cursor, "key": key, "updated_at": self._clock(),
-            "boundary": 1 if boundary else None})
+            "boundary": boundary})
 
-    def _put_boundary(self, conn: sa.Connection, dataset_id: int,
-                      commits: Sequence[BatchCommit]) -> None:
-        """Record the boundaries of ``commits`` (in order) with their last mark."""
+    def _put_mark_and_boundary(self, conn: sa.Connection, dataset_id: int, mark: Mark,
+                               commits: Sequence[BatchCommit]) -> None:
+        """Move the mark, recording the boundaries of ``commits`` (in order) with it: in the
+        marks row while they are few, else in the ``boundary`` table."""
         entries: dict[int, int] = {}
         replace = False
         for commit in commits:
@@ -368,12 +395,23 @@ class StateStore:
                 if commit.boundary.fresh:
                     entries, replace = {}, True
                 entries.update(commit.boundary.entries)
-        if replace:
+        known = self._boundaries.get(dataset_id)
+        if known is None:
+            known = self._stored_boundary(conn, dataset_id) or {}
+        if not replace and isinstance(known, dict):
+            entries, replace = {**known, **entries}, True  # what the row held, and these
+        if replace and known == _IN_TABLE:
             conn.execute(self._statements.clear_boundary, {"in_dataset": dataset_id})
-        if entries:
+        if replace and len(entries) <= INLINE_BOUNDARY:
+            self._put_mark(conn, dataset_id, mark, dumps(sorted(entries.items())))
+            self._boundaries[dataset_id] = entries
+            return
+        if entries:  # a new table, or more rows for the one there
             conn.execute(self._statements.put_boundary, [
                 {"dataset_id": dataset_id, "key_hash": k, "payload_hash": p}
                 for k, p in entries.items()])
+        self._put_mark(conn, dataset_id, mark, dumps(_IN_TABLE))
+        self._boundaries[dataset_id] = _IN_TABLE
 
     def reset(self, dataset: str) -> None:
         """Forget the dataset's mark, ledger, journal and AiTEMS binding (its quarantine stays)."""
@@ -602,10 +640,11 @@ class StateStore:
                 self._ledger_log.append(conn, dataset_id, entries)
             if moving:
                 assert moving[-1].mark is not None
-                recorded = moving[-1].boundary is not None
-                self._put_mark(conn, dataset_id, moving[-1].mark, boundary=recorded)
-                if recorded:
-                    self._put_boundary(conn, dataset_id, moving)
+                if moving[-1].boundary is None:
+                    self._boundaries.pop(dataset_id, None)
+                    self._put_mark(conn, dataset_id, moving[-1].mark)
+                else:
+                    self._put_mark_and_boundary(conn, dataset_id, moving[-1].mark, moving)
             if rejected:
                 conn.execute(sa.insert(tables.quarantine), rejected)
             for chunk in connect.chunks(resolved):

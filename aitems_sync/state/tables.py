@@ -159,16 +159,18 @@ marks = sa.Table(
     sa.Column("cursor", _JSON, nullable=False),
     sa.Column("key", _JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
-    # Version 7: 1 when the rows at the mark's cursor value that were handled (delivered,
-    # skipped or quarantined) are recorded in ``boundary``; NULL for a mark written before (or
-    # by `state set`), after which an interaction dataset reads strictly after (cursor, key).
-    sa.Column("boundary", sa.SmallInteger, nullable=True),
+    # Version 7: the rows at the mark's cursor value that were handled (delivered, skipped or
+    # quarantined), as a JSON list of [identity hash, content hash] while they are a few (the
+    # usual one, written with the mark at no cost), or "table" when they are in ``boundary``;
+    # NULL for a mark written before (or by `state set`), after which an interaction dataset
+    # reads strictly after (cursor, key).
+    sa.Column("boundary", sa.Text, nullable=True),
 )
 
-# The mark's boundary (version 7): the identity and content hashes of the rows a dataset handled
-# at its mark's cursor value. A run reads that cursor value again, and skips these, so a row
-# committed later with the same value is read whatever its key. It holds as many entries as
-# rows share one cursor value.
+# The mark's boundary when it is too large to keep in the marks row (version 7): the identity and
+# content hashes of the rows a dataset handled at its mark's cursor value. A run reads that
+# cursor value again, and skips these, so a row committed later with the same value is read
+# whatever its key. It holds as many entries as rows share one cursor value.
 boundary = sa.Table(
     "boundary",
     metadata,
@@ -333,7 +335,7 @@ def _add_boundary(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE datasets ADD COLUMN identity VARCHAR(1024)"))
     columns = {c["name"] for c in sa.inspect(conn).get_columns("marks")}
     if "boundary" not in columns:
-        conn.execute(sa.text("ALTER TABLE marks ADD COLUMN boundary SMALLINT"))
+        conn.execute(sa.text("ALTER TABLE marks ADD COLUMN boundary TEXT"))
 
 
 def _widen_batch_statuses(conn: sa.Connection) -> None:

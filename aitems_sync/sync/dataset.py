@@ -289,7 +289,9 @@ class DatasetSync:
                     self.progress(self.report)
             else:
                 if self.builder.pending_rows:
-                    self._emit(self._cut())
+                    last = self._cut()
+                    if not self._changes_nothing(last):
+                        self._emit(last)
         except BaseException as error:
             # Batches cut before the failure are sound: commit what AiTEMS acknowledged, in
             # order (a failed upload among them abandons the rest), then report the failure.
@@ -515,6 +517,13 @@ class DatasetSync:
             return bool((place[0], *place[1:]) <= (mark.cursor, *mark.key))
         except TypeError:
             return False
+
+    def _changes_nothing(self, batch: Batch) -> bool:
+        """Whether committing the run's last batch would change nothing: no rows, nothing
+        quarantined, and the mark where it was (a run that read only the rows at the mark's
+        cursor value again, and skipped them: a no-op run then writes nothing)."""
+        return (batch.empty and not batch.quarantine and batch.end == self.old_mark
+                and self.floor is None)
 
     def _cut(self) -> Batch:
         """Cut the batch being built at the last row routed, with the boundary it records; one
