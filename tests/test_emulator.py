@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -608,3 +611,19 @@ def test_the_whole_upload_check_accepts_exactly_the_uploads_without_row_problems
     checker = compile_checker(_SCHEMA)
 
     assert all_fit(checker, rows, key) == (row_problems(checker, rows, key) == [])
+
+
+def test_a_client_that_resets_mid_request_costs_a_log_line_not_a_traceback(
+    emulator: EmulatorServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    host, port = emulator.base_url.split("//")[1].split("/")[0].split(":")
+    for _ in range(5):
+        client = socket.create_connection((host, int(port)))
+        client.sendall(b"POST /api/v1/services/x/datasets/y HTTP/1.1\r\nContent-Length: 100\r\n")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST: the server's read fails with ConnectionResetError
+    time.sleep(0.3)
+    answer = urllib.request.urlopen(emulator.base_url.rsplit("/api", 1)[0] + "/_emulator/faults")
+
+    assert answer.status == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err

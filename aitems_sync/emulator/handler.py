@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 import socketserver
+import sys
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -92,6 +93,14 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (killed, or timed out) is a line in the log,
+        not a traceback on stderr; anything else is logged with its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.info("client %s went away: %s", client_address, error)
+            return
+        log.exception("error while serving %s", client_address)
 
 
 class EmulatorHandler(BaseHTTPRequestHandler):
