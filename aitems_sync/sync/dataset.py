@@ -156,7 +156,7 @@ class DatasetSync:
         uploader: Uploader, source: Source, stop: StopFlag, report: DatasetReport,
         check_lease: Callable[[], None] = _no_check,
         progress: Callable[[DatasetReport], None] | None = None,
-        trusted: Callable[[], bool] | None = None,
+        overtaken: Callable[[], bool] | None = None,
     ) -> None:
         self.dataset = dataset
         self.settings = settings
@@ -166,7 +166,7 @@ class DatasetSync:
         self.stop = stop
         self.report = report
         self.check_lease = check_lease
-        self.trusted = trusted
+        self.overtaken = overtaken
         self.progress = progress
         self.builder = BatchBuilder(settings.batch.max_rows, settings.batch.max_bytes, _mark_at)
         self.near = _NearLedger()
@@ -365,7 +365,7 @@ class DatasetSync:
             logged=self.logged, on_covered=self._covered,
             merge_every=self.settings.options.merge_every,
             merge_first=self.logged >= self.settings.options.merge_every // 2,
-            trusted=None if self.is_interaction else self.trusted,
+            overtaken=None if self.is_interaction else self.overtaken,
         )
 
     def _after_stream(self) -> None:

@@ -291,7 +291,7 @@ class _Run:
             DatasetSync(dataset, settings, self.state, FencedUploader(self.uploader, check_lease),
                         self.sources[dataset.source], self.halt, report,
                         check_lease=check_lease, progress=self.progress,
-                        trusted=lambda: self.leases.trusted(dataset.name)).run()
+                        overtaken=lambda: self.leases.overtaken(dataset.name)).run()
         except AuthError as error:
             self.halt.fail_run(error)  # the same keys fail every dataset: stop the run
             _record_failure(report, error, FAILED)

@@ -112,6 +112,19 @@ class Leases:
         age = time.monotonic() - self._renewed.get(dataset, -math.inf)
         return dataset not in self._lost and age < self._ttl * TRUSTED_SHARE
 
+    def overtaken(self, dataset: str) -> bool:
+        """Whether a request answered now may have landed after another run took the dataset
+        over: the lease is no longer trusted, and the state store shows another owner (or none,
+        or cannot say). A lease that lapsed with nobody taking it over is still this run's:
+        nobody else can have sent anything newer."""
+        if self.trusted(dataset):
+            return False
+        try:
+            holder = self._state.lease_holder(dataset)
+        except AitemsSyncError:
+            return True
+        return holder is None or holder.owner != self._owner
+
     def check(self, dataset: str) -> None:
         """Raise LeaseLostError if this run lost the dataset's lease, or has not renewed it for
         so long that another run may take it over any moment: it must not send or commit then."""

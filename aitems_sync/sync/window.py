@@ -122,7 +122,7 @@ class Window:
         state: StateStore, uploader: Uploader, report: DatasetReport,
         check_lease: Callable[[], None], on_covered: Callable[[int, bool], None],
         keep_ledger: bool = True, logged: int = 0, merge_every: int = MERGE_EVERY,
-        merge_first: bool = False, trusted: Callable[[], bool] | None = None,
+        merge_first: bool = False, overtaken: Callable[[], bool] | None = None,
     ) -> None:
         self.dataset = dataset
         self.run_id = run_id
@@ -132,7 +132,7 @@ class Window:
         self.uploader = uploader
         self.report = report
         self.check_lease = check_lease
-        self.trusted = trusted
+        self.overtaken = overtaken
         self.on_covered = on_covered
         self.keep_ledger = keep_ledger
         self.merge_every = merge_every
@@ -290,13 +290,13 @@ class Window:
             self.on_covered(self._committed_seq, False)
 
     def _deliver(self, batch: Batch) -> Delivery:
-        """Upload a batch (on an upload thread). With ``trusted``: when the lease is no longer
-        trusted once the answer is in, the request may have left, or landed, after another run
-        took the dataset over, and put older versions of its keys over the newer ones that run
-        sent: the batch is recorded for the next run to send its keys' newest versions again."""
+        """Upload a batch (on an upload thread). With ``overtaken``: when, once the answer is
+        in, another run may have taken the dataset over, the request may have left, or landed,
+        after that run sent newer versions of its keys, and put the older ones back: the batch
+        is recorded for the next run to send its keys' newest versions again."""
         delivery = deliver(self.uploader, self.target, batch.rows)
         unsent = isinstance(delivery.error, LeaseLostError) and not delivery.delivered
-        if self.trusted is not None and not unsent and not self.trusted():
+        if self.overtaken is not None and not unsent and self.overtaken():
             log.warning("dataset %s: a batch of %d rows (cursor %s ..) may have reached AiTEMS "
                         "after this run lost its lease; the next run sends the newest version "
                         "of its keys again", self.dataset.name, len(batch.rows), show(batch.first),
