@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aitems_sync.redact import redact
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -43,6 +45,7 @@ class AitemsSyncError(Exception):
     exit_code: int = EXIT_FAILED
 
     def __init__(self, message: str) -> None:
+        message = redact(message)  # a driver's or a URL's words may hold a credential
         super().__init__(message)
         self.message = message
 

@@ -19,15 +19,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "aitems_sync"
 #: API: it names everything, lazily, and nothing inside the package imports it but for
 #: ``__version__``.
 ALLOWED: dict[str, set[str]] = {
-    "errors": set(),
-    "spec": {"errors"},
+    "redact": set(),  # the masking of credentials, under everything
+    "errors": {"redact"},
+    "spec": {"errors", "redact"},
     "rows": {"spec", "errors"},
-    "source": {"spec", "errors"},
+    "source": {"spec", "errors", "redact"},
     "aitems": {"spec", "errors"},
-    "state": {"rows", "spec", "errors"},  # the ledger keeps rows' hashes, by their scheme
+    "state": {"rows", "spec", "errors", "redact"},  # the ledger keeps rows' hashes, by scheme
     "sync": {"source", "rows", "state", "aitems", "spec", "errors"},
     "commands": {"sync", "source", "rows", "state", "aitems", "spec", "errors"},
-    "cli": {"commands", "sync", "spec", "errors", "emulator", "__init__"},
+    "cli": {"commands", "sync", "spec", "errors", "emulator", "__init__", "redact"},
     "emulator": {"aitems", "errors"},  # signature v2, shared with the client
     "__main__": {"cli"},
 }

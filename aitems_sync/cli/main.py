@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
@@ -18,6 +20,7 @@ from aitems_sync import __version__, commands
 from aitems_sync.cli import admin, render
 from aitems_sync.cli.context import Context, ErrorMappingGroup
 from aitems_sync.cli.logfmt import JsonFormatter
+from aitems_sync.redact import redact
 from aitems_sync.sync import signals
 from aitems_sync.sync.report import RunReport
 
@@ -37,6 +40,38 @@ def _setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class _Redacting(io.TextIOBase):
+    """A text stream that masks the spec's credentials in everything written to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, buffer, ...
+        return getattr(self.stream, name)
+
+
+def _redact_output(ctx: click.Context) -> None:
+    """Pass everything written to stdout and stderr (output, errors, log lines, tracebacks
+    with --debug) through :func:`aitems_sync.redact.redact`, until the command ends."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)
+
+    def restore() -> None:
+        sys.stdout, sys.stderr = saved
+
+    ctx.call_on_close(restore)
 
 
 @click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,6 +107,7 @@ def main_group(
     debug: bool,
 ) -> None:
     """Keep NAVER Cloud AiTEMS datasets fed from SQL databases, incrementally."""
+    _redact_output(ctx)
     _setup_logging("debug" if debug else log_level, log_format)
     ctx.obj = Context(config=config, json_output=json_output, debug=debug,
                       log_format=log_format)

@@ -35,6 +35,7 @@ from sqlalchemy.sql.operators import custom_op
 from sqlalchemy.types import NullType
 
 from aitems_sync.errors import SourceError
+from aitems_sync.redact import url_for_display
 from aitems_sync.source.lookback import CursorValue, lookback_start
 from aitems_sync.spec.columns import ColumnMatchError, match_column
 from aitems_sync.spec.model import SourceConfig
@@ -588,10 +589,7 @@ def _go_on() -> int:
 
 
 def _safe_url(url: str) -> str:
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(unparseable url)"
+    return url_for_display(url)
 
 
 def _scrub(message: str, url: str) -> str:

@@ -54,6 +54,7 @@ import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from aitems_sync import redact
 from aitems_sync.spec.document import Document, KeyPath
 from aitems_sync.spec.model import (
     DEFAULT_ENDPOINT,
@@ -95,7 +96,7 @@ def build_spec(data: Any, doc: Document, path: Path) -> Spec:
         for name, body in _map(root.get("datasets")).items()
     }
     db_url = _db_url(doc.folder)
-    return Spec(
+    spec = Spec(
         path=path,
         aitems=_aitems(doc, _map(root.get("aitems")), ("aitems",)),
         state_url=_get(doc, root, (), "state", db_url(DEFAULT_STATE_URL), db_url),
@@ -103,6 +104,18 @@ def build_spec(data: Any, doc: Document, path: Path) -> Spec:
         datasets=MappingProxyType(datasets),
         metrics=_metrics(doc, _map(root.get("metrics")), ("metrics",)),
     )
+    _register_secrets(spec)
+    return spec
+
+
+def _register_secrets(spec: Spec) -> None:
+    """Mask the spec's credentials in everything shown from now on (:mod:`aitems_sync.redact`):
+    the AiTEMS keys, and the passwords and secret parameters of its URLs."""
+    redact.register([spec.aitems.access_key, spec.aitems.secret_key])
+    urls = [spec.aitems.endpoint, spec.state_url, spec.metrics.pushgateway,
+            *(source.url for source in spec.sources.values())]
+    for url in urls:
+        redact.register_url(url)
 
 
 def _map(value: Any) -> dict[str, Any]:

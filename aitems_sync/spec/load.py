@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from aitems_sync import redact
 from aitems_sync.errors import SpecError, SpecProblem
 from aitems_sync.spec.build import build_spec
 from aitems_sync.spec.document import Document, KeyPath
@@ -223,7 +224,9 @@ class _Reader:
     def read_file(self, name: str, path: KeyPath) -> str:
         file = self.doc.folder / name  # an absolute name replaces the folder
         try:
-            return file.read_text(encoding="utf-8").rstrip("\r\n")
+            content = file.read_text(encoding="utf-8").rstrip("\r\n")
+            redact.register([content])  # a mounted secret: never shown
+            return content
         except FileNotFoundError:
             self.doc.add(path, f"file {file} (from ${{file:{name}}}) does not exist")
         except OSError as error:

@@ -44,6 +44,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from aitems_sync.errors import StateError
+from aitems_sync.redact import url_for_display
 from aitems_sync.state.records import KEY_HASH, PAYLOAD_HASH, POSITION
 from aitems_sync.state.tables import ledger, ledger_log, ledger_recent, migrate, migration_lock
 from aitems_sync.state.values import dumps
@@ -72,7 +73,7 @@ def open_engine(url: str) -> tuple[sa.Engine, str]:
             "the state store URL is not a SQLAlchemy URL; write it like "
             "sqlite:///state/aitems-sync.db or postgresql+psycopg://user@host/db"
         ) from None
-    display = parsed.render_as_string(hide_password=True)
+    display = url_for_display(url)
     _insert_module(parsed.get_backend_name())  # refuse an unsupported database before DDL
     existing = _existing_sqlite_file(parsed, display)
     engine: sa.Engine | None = None

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from aitems_sync.errors import LeaseLostError, LockHeldError, StateError
+from aitems_sync.redact import redact
 from aitems_sync.rows.encode import ROW_HASH, ROW_HASHES
 from aitems_sync.state import connect, records, tables
 from aitems_sync.state.marks import (
@@ -278,7 +279,8 @@ class StateStore:
                 reported: Sequence[int] = ()) -> None:
         """Record the end of a run, its status and its summary (JSON-able; Decimal as text),
         and that the ambiguous batches ``reported`` (batch ids) are reported now."""
-        values = {"finished_at": self._clock(), "status": status, "summary": dumps(dict(summary))}
+        values = {"finished_at": self._clock(), "status": status,
+                  "summary": redact(dumps(dict(summary)))}
         batch = tables.batches
         with self._write(f"record the end of run {run_id}") as conn:
             runs = tables.runs
