@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer
+from aitems_sync.state.store import QuarantineEntry, StateStore
 from tests.shop import T0, Shop, customer_rows, write_spec
 
 AGE_MINIMUM = "    json_schema: {properties: {AGE: {minimum: 0}}}"
@@ -191,3 +192,43 @@ def test_state_set_forward_on_events_needs_no_confirmation(both_synced: Path) ->
 
     assert result.exit_code == 0, result.output
     assert "events: mark set to 40 (int)" in result.stdout
+
+
+def _strict(text: str) -> Any:
+    """JSON as any standard parser reads it: NaN and Infinity are refused."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"non-standard JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_quarantine_show_and_export_write_standard_json(synced: Path, tmp_path: Path) -> None:
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        store.add_quarantine([QuarantineEntry(
+            "users", "r", {"USER_ID": "u9"},
+            {"USER_ID": "u9", "AGE": float("nan"), "SCORE": float("-inf"), "PHOTO": b"\x00\xff"},
+            [{"path": "$.AGE", "message": "not a number"}])])
+        [record] = [r for r in store.quarantined("users") if r.key == {"USER_ID": "u9"}]
+
+    shown = cli(synced, "quarantine", "show", str(record.id))
+    exported = cli(synced, "quarantine", "export", "users")
+
+    assert shown.exit_code == 0 and exported.exit_code == 0, shown.output + exported.output
+    raw = _strict(shown.stdout)["raw"]
+    assert raw == {"USER_ID": "u9", "AGE": "NaN", "SCORE": "-Infinity",
+                   "PHOTO": {"base64": "AP8="}}
+    lines = [_strict(line) for line in exported.stdout.splitlines()]
+    assert raw in [line["raw"] for line in lines]
+
+
+def test_an_existing_state_file_is_made_private_with_its_wal(synced: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    state.chmod(0o666)
+
+    assert cli(synced, "run", "users").exit_code == 0
+
+    files = [f for f in (state, tmp_path / "state.db-wal", tmp_path / "state.db-shm")
+             if f.exists()]
+    assert files[0] == state
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+        f.name: "0o600" for f in files}

@@ -16,7 +16,7 @@ from aitems_sync.cli.context import Context
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, default=str, ensure_ascii=False))
+    click.echo(json.dumps(data, default=str, ensure_ascii=False, allow_nan=False))
 
 
 @click.group()
@@ -111,7 +111,8 @@ def quarantine_show(ctx: Context, entry_id: int) -> None:
 def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
     """Every quarantined row (of DATASET, or all) as JSON lines."""
     for record in commands.quarantine_list(ctx.spec(), dataset):
-        output.write(json.dumps(record.to_dict(), default=str, ensure_ascii=False) + "\n")
+        output.write(json.dumps(record.to_dict(), default=str, ensure_ascii=False,
+                                allow_nan=False) + "\n")
 
 
 @quarantine.command("retry")

@@ -122,7 +122,22 @@ def _existing_sqlite_file(url: URL, display: str) -> bool:
             "from a backup; to start afresh on purpose (every row is then sent again), delete "
             "it, and the next run creates a new store"
         )
+    _make_private(path)
     return True
+
+
+def _make_private(path: Path) -> None:
+    """Let only the owner read an existing store (its quarantine holds source rows) and its WAL
+    and shared-memory files, which SQLite creates with the database file's mode: 0600, as a new
+    store is made. A file this user may not change keeps its mode (logged)."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            log.warning("could not make %s private (mode 0600): %s", file, error.strerror)
 
 
 def _is_sqlite_file(url: URL) -> bool:

@@ -6,6 +6,8 @@ columns go through :mod:`aitems_sync.state.values`, so raw values keep their exa
 
 from __future__ import annotations
 
+import base64
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -127,13 +129,20 @@ class QuarantineRecord:
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None or isinstance(value, str | int | float | bool):
-            out[name] = value
-        else:
-            out[name] = str(value)
-    return out
+    """Values as standard JSON takes them: a non-finite number as its name (``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``), bytes as ``{"base64": ...}``, anything else that is not a
+    JSON value as its text (decimals, datetimes, UUIDs)."""
+    return {name: _plain_value(value) for name, value in values.items()}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return str(value)
 
 
 @dataclass(frozen=True)
