@@ -146,3 +146,18 @@ def test_demo_runs_end_to_end_and_shows_only_the_delta_second(tmp_path: Path) ->
     assert re.search(r"users\s+ok\s+41\s+5\s+25\s+11\s+0\s+30\s", second)
     assert re.search(r"events\s+ok\s+501\s+500", second)  # the mark's own row, read again
     assert re.search(r"events\s+41 uploads\s+40500 rows received", second)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--lease-ttl", "1e400"], ["run", "--lease-ttl", "nan"], ["run", "--grace", "nan"],
+    ["run", "--wait=nan"], ["run", "--parallel", "0"],
+    ["emulator", "--port", "99999"], ["emulator", "--fail-statuses", "abc"],
+    ["emulator", "--fail-statuses", "200"], ["emulator", "--latency", "nan"],
+    ["emulator", "--fail-rate", "2"], ["emulator", "--max-body-bytes", "0"],
+])
+def test_a_number_no_call_could_take_is_a_usage_error(args: list[str]) -> None:
+    result = CliRunner().invoke(main_group, ["--config", str(EXAMPLE), *args])
+
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for" in result.output
+    assert "Traceback" not in result.output

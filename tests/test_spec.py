@@ -522,3 +522,55 @@ def test_schema_defaults_match_the_loader_defaults() -> None:
     assert parse_invalid_limit(dataset["max_invalid"]["default"]) == InvalidLimit(ratio=0.01)
     assert dataset["on_invalid"]["default"] == "quarantine"
     assert defs["metrics"]["properties"]["job"]["default"] == MetricsConfig.job
+
+
+# --- Hostile input: a located error, never a traceback --------------------------------------------
+
+MINIMAL = """\
+version: 1
+aitems: {{service_id: svc1, access_key: a, secret_key: b{aitems}}}
+sources: {{shop: {{url: "sqlite:///shop.db"}}}}
+datasets:
+  users:
+    type: user
+    dataset_id: ds1
+    query: SELECT id AS USER_ID, updated_at FROM customers
+    cursor: updated_at{dataset}
+    fields: [{{name: USER_ID, type: string}}]
+"""
+
+
+@pytest.mark.parametrize(("aitems", "dataset", "key", "fragment"), [
+    (", timeout: 300000000000", "", "aitems.timeout", "must be at most 30d"),
+    (", retry: {backoff: 99999999d}", "", "aitems.retry.backoff", "must be at most 30d"),
+    (", endpoint: 'http://exa mple.com/api/v1'", "", "aitems.endpoint",
+     "has a host name that cannot be one"),
+    ("", "\n    lookback: 999999999d", "datasets.users.lookback", "must be at most 366d"),
+])
+def test_values_past_what_the_libraries_take_are_spec_errors(
+    tmp_path: Path, aitems: str, dataset: str, key: str, fragment: str
+) -> None:
+    [problem] = problems_of(write(tmp_path, MINIMAL.format(aitems=aitems, dataset=dataset)))
+
+    assert problem.key == key
+    assert problem.line is not None
+    assert fragment in problem.message
+
+
+def test_a_nul_byte_in_the_spec_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "sync.yaml"
+    path.write_text(MINIMAL.format(aitems="", dataset="").replace("svc1", "svc\x001"))
+
+    [problem] = problems_of(path)
+
+    assert problem.line == 2
+    assert "U+0000 is not allowed in YAML" in problem.message
+
+
+def test_a_spec_nested_fifty_thousand_deep_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sync.yaml"
+    path.write_text("version: " + "[" * 50_000)
+
+    [problem] = problems_of(path)
+
+    assert "nests lists or mappings too deeply" in problem.message

@@ -74,6 +74,31 @@ def _redact_output(ctx: click.Context) -> None:
     ctx.call_on_close(restore)
 
 
+class Seconds(click.FloatRange):
+    """A finite number in a range (``nan`` and ``1e400`` are refused, as an option that
+    takes seconds or a share would pass them to calls that fail on them); ``max`` may be
+    infinite to allow ``inf`` itself."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number) or (math.isinf(number) and not math.isinf(self.max or 0)):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def _statuses(text: str) -> tuple[int, ...]:
+    """``--fail-statuses``: comma-separated HTTP error statuses."""
+    try:
+        statuses = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of statuses, such "
+                                 "as 429,500,503") from None
+    if not statuses or any(not 400 <= status <= 599 for status in statuses):
+        raise click.BadParameter("each status must be from 400 to 599")
+    return statuses
+
+
 @click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -133,11 +158,11 @@ def validate(ctx: Context, connect: bool) -> None:
 @click.option("--full-refresh", is_flag=True,
               help="Re-read every row, not only those past the mark; the ledger still skips "
                    "what was delivered.")
-@click.option("--lease-ttl", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lease-ttl", type=Seconds(min=0, min_open=True, max=86_400), default=None,
               metavar="SECONDS",
               help="Seconds a dataset's lease lasts without renewal (default 60; renewed every "
                    "third of it): a killed run's datasets are free again after this.")
-@click.option("--wait", type=click.FloatRange(min=0), is_flag=False, flag_value=math.inf,
+@click.option("--wait", type=Seconds(min=0, max=math.inf), is_flag=False, flag_value=math.inf,
               default=None, metavar="[TIMEOUT]",
               help="When another run holds a dataset's lease, wait for it (polling, and "
                    "logging who holds it) instead of exiting 75 at once; with TIMEOUT seconds, "
@@ -145,7 +170,7 @@ def validate(ctx: Context, connect: bool) -> None:
                    "--wait=TIMEOUT.")
 @click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N", help="Sync up to N datasets at once, each in its own thread.")
-@click.option("--grace", type=click.FloatRange(min=0), default=signals.DEFAULT_GRACE,
+@click.option("--grace", type=Seconds(min=0, max=86_400), default=signals.DEFAULT_GRACE,
               show_default=True, metavar="SECONDS",
               help="After SIGTERM or SIGINT, how long the uploads on the wire may take to "
                    "finish and commit before the run exits anyway.")
@@ -218,7 +243,8 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
 
 @main_group.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8787, show_default=True, help="Port to listen on (0: any free).")
+@click.option("--port", type=click.IntRange(0, 65_535), default=8787, show_default=True,
+              help="Port to listen on (0: any free).")
 @click.option(
     "--seed",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -236,29 +262,33 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Persist the emulator's data to this SQLite file.",
 )
-@click.option("--latency", type=float, default=0.0, help="Seconds added to every upload answer.")
-@click.option("--latency-jitter", type=float, default=0.0, help="Random extra latency, seconds.")
-@click.option("--fail-rate", type=float, default=0.0,
-              help="Share of uploads answered with an error.")
+@click.option("--latency", type=Seconds(min=0, max=3600), default=0.0,
+              help="Seconds added to every upload answer.")
+@click.option("--latency-jitter", type=Seconds(min=0, max=3600), default=0.0,
+              help="Random extra latency, seconds.")
+@click.option("--fail-rate", type=Seconds(min=0, max=1), default=0.0,
+              help="Share of uploads answered with an error (0 to 1).")
 @click.option(
     "--fail-statuses",
     default="429,500,503,504",
     show_default=True,
-    help="Statuses drawn from for --fail-rate.",
+    callback=lambda _ctx, _param, value: _statuses(value),
+    help="Statuses drawn from for --fail-rate (comma-separated, 400 to 599).",
 )
-@click.option("--retry-after", type=float, default=1.0, show_default=True,
+@click.option("--retry-after", type=Seconds(min=0, max=3600), default=1.0, show_default=True,
               help="Retry-After seconds sent with injected 429s.")
-@click.option("--max-body-bytes", type=int, default=None,
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=None,
               help="Answer 413 to upload bodies larger than this.")
-@click.option("--drop-rate", type=float, default=0.0,
-              help="Share of uploads stored and then answered by closing the connection.")
+@click.option("--drop-rate", type=Seconds(min=0, max=1), default=0.0,
+              help="Share of uploads stored and then answered by closing the connection "
+                   "(0 to 1).")
 @click.option("--no-record", is_flag=True,
               help="Keep only counts of received rows, not the rows (for benchmarks).")
 def emulator(
     host: str, port: int, seed: Path | None, access_keys: tuple[str, ...],
     state_path: Path | None, latency: float, latency_jitter: float, fail_rate: float,
-    fail_statuses: str, retry_after: float, max_body_bytes: int | None, drop_rate: float,
-    no_record: bool,
+    fail_statuses: tuple[int, ...], retry_after: float, max_body_bytes: int | None,
+    drop_rate: float, no_record: bool,
 ) -> None:
     """Serve a local AiTEMS on loopback for development, demos and tests."""
     # Imported here for start-up time: no other command needs the emulator.
@@ -274,7 +304,7 @@ def emulator(
         latency=latency,
         latency_jitter=latency_jitter,
         status_rate=fail_rate,
-        status_choices=tuple(int(s) for s in fail_statuses.split(",") if s.strip()),
+        status_choices=fail_statuses,
         retry_after=retry_after,
         max_body_bytes=max_body_bytes,
         drop_rate=drop_rate,

@@ -159,11 +159,20 @@ def _count(low: int, high: int | None = None) -> Callable[[Any], int]:
     return convert
 
 
+#: The longest duration a spec may give a timeout or a backoff (30 days): past it, the socket
+#: and thread calls that take them overflow.
+MAX_SECONDS = 30 * 86_400.0
+#: The longest lookback (366 days).
+MAX_LOOKBACK = timedelta(days=366)
+
+
 def _seconds(minimum: float = 0.0) -> Callable[[Any], float]:
     def convert(value: Any) -> float:
         seconds = duration_seconds(value)
         if seconds < minimum or (minimum > 0 and seconds == 0):
             raise ValueError("must be more than 0")
+        if seconds > MAX_SECONDS:
+            raise ValueError("must be at most 30d")
         return seconds
 
     return convert
@@ -178,6 +187,9 @@ def _http_url(value: Any) -> str:
         raise ValueError(hint) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(hint)
+    if not re.fullmatch(r"[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+", parts.hostname):
+        raise ValueError("has a host name that cannot be one (a space, or a character a host "
+                         "name does not have); write it like https://aitems.apigw.ntruss.com/api/v1")
     return str(value).rstrip("/")
 
 
@@ -297,7 +309,10 @@ def _dataset(
 
 
 def _lookback(value: Any) -> timedelta:
-    return timedelta(seconds=duration_seconds(value))
+    seconds = duration_seconds(value)
+    if seconds > MAX_LOOKBACK.total_seconds():
+        raise ValueError("must be at most 366d")
+    return timedelta(seconds=seconds)
 
 
 def _fields(doc: Document, raw: Any, p: KeyPath) -> list[tuple[int, Field]]:

@@ -84,7 +84,10 @@ def load_spec(path: Path | str, env: Mapping[str, str] | None = None) -> Spec:
 def read_document(path: Path, doc: Document, env: Mapping[str, str]) -> Any:
     """The file's data with strings interpolated; raises SpecError if it is not readable YAML."""
     text = _read_text(path, doc.file)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as error:  # a NUL byte or another control character
+        raise SpecError([_reader_problem(doc.file, text, error)]) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -92,10 +95,23 @@ def read_document(path: Path, doc: Document, env: Mapping[str, str]) -> Any:
         return _Reader(loader, doc, env).value(root, ())
     except yaml.MarkedYAMLError as error:
         raise SpecError([_yaml_problem(doc.file, error)]) from None
-    except yaml.YAMLError as error:  # e.g. a control character the reader refuses
+    except yaml.YAMLError as error:
         raise SpecError([SpecProblem(doc.file, None, "", f"not valid YAML: {error}")]) from None
+    except RecursionError:
+        raise SpecError([SpecProblem(
+            doc.file, None, "", "the spec nests lists or mappings too deeply to be read (a "
+            "spec needs a few levels); look for a run of unclosed [ or {")]) from None
     finally:
         loader.dispose()
+
+
+def _reader_problem(file: str, text: str, error: yaml.reader.ReaderError) -> SpecProblem:
+    """Where the character YAML refuses is, and which it is."""
+    before = text[:error.position]
+    line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+    return SpecProblem(file, line, "", f"column {column}: the character U+{error.character:04X} "
+                       "is not allowed in YAML (a NUL byte or another control character); "
+                       "remove it")
 
 
 def _read_text(path: Path, file: str) -> str:
