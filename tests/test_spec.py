@@ -4,6 +4,7 @@ problem of a broken spec reported at once with file, line and key (tests/specs/*
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import textwrap
 from datetime import timedelta
@@ -574,3 +575,50 @@ def test_a_spec_nested_fifty_thousand_deep_is_refused(tmp_path: Path) -> None:
     [problem] = problems_of(path)
 
     assert "nests lists or mappings too deeply" in problem.message
+
+
+def test_a_spec_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "sync.yaml"
+    os.mkfifo(path)  # nobody writes to it: reading would wait for ever
+
+    [problem] = problems_of(path)
+
+    assert "is not a regular file" in problem.message
+
+
+@pytest.mark.parametrize(("target", "fragment"), [
+    ("/dev/zero", "is not a regular file"),
+    ("big.txt", "is larger than 256 KiB"),
+])
+def test_a_file_reference_reads_only_a_small_regular_file(
+    tmp_path: Path, target: str, fragment: str
+) -> None:
+    (tmp_path / "big.txt").write_text("x" * (256 * 1024 + 1))
+    text = MINIMAL.format(aitems="", dataset="").replace("secret_key: b",
+                                                        f"secret_key: '${{file:{target}}}'")
+
+    [problem] = problems_of(write(tmp_path, text))
+
+    assert problem.key == "aitems.secret_key"
+    assert fragment in problem.message
+
+
+def test_a_yaml_alias_bomb_stops_at_a_bound(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{n}: &a{n} [*a{n - 1}, *a{n - 1}, *a{n - 1}, *a{n - 1}, *a{n - 1}, *a{n - 1}, "
+              f"*a{n - 1}, *a{n - 1}, *a{n - 1}]" for n in range(1, 10)]
+    path = tmp_path / "sync.yaml"
+    path.write_text("\n".join(lines) + "\n")
+
+    [problem] = problems_of(path)
+
+    assert "more than 100,000 values once its YAML aliases are expanded" in problem.message
+
+
+def test_a_json_schema_that_refers_to_the_network_is_a_spec_error(tmp_path: Path) -> None:
+    text = MINIMAL.format(aitems="", dataset="\n    json_schema: {$ref: 'http://host/x.json'}")
+
+    [problem] = problems_of(write(tmp_path, text))
+
+    assert problem.key == "datasets.users.json_schema"
+    assert "refers outside itself" in problem.message

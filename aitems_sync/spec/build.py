@@ -417,6 +417,24 @@ def _key(doc: Document, m: dict[str, Any], p: KeyPath, kind: str) -> tuple[str, 
     return tuple(str(n) for n in raw)
 
 
+def _outside_refs(schema: Any) -> list[str]:
+    """The ``$ref`` / ``$dynamicRef`` values of a schema that point outside the document."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str) and (
+                        not value.startswith("#")):
+                    found.append(value)
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 def _json_schema(doc: Document, value: Any, p: KeyPath) -> Mapping[str, Any] | None:
     """The user's extra schema, inline or read from a JSON or YAML file; None on a problem."""
     path = (*p, "json_schema")
@@ -438,6 +456,12 @@ def _json_schema(doc: Document, value: Any, p: KeyPath) -> Mapping[str, Any] | N
             raise ValueError(f"names a file that is not readable JSON or YAML: {error}") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"is not a JSON Schema: {where} must hold a mapping")
+    outside = _outside_refs(loaded)
+    if outside:
+        raise ValueError(
+            f"refers outside itself ($ref {outside[0]!r}): a json_schema is never fetched from "
+            "the network or another file at run time; put the definitions under $defs and refer "
+            "to them as #/$defs/NAME")
     from jsonschema import Draft202012Validator  # here: see the module docstring
     from jsonschema.exceptions import SchemaError
 

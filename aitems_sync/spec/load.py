@@ -29,10 +29,12 @@ part of every run's start-up, and a valid spec needs only the verdict.
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,7 +121,10 @@ def _read_text(path: Path, file: str) -> str:
         return SpecError([SpecProblem(file, None, "", message)])
 
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return read_small_file(path, MAX_SPEC_BYTES).decode("utf-8-sig")
+    except NotASmallFile as problem:
+        raise fail(f"{problem}: a spec is a YAML file of at most {MAX_SPEC_BYTES // 1024} KiB"
+                   ) from None
     except FileNotFoundError:
         raise fail(
             f"spec file not found (looked for {path}); pass --config PATH or set "
@@ -131,6 +136,38 @@ def _read_text(path: Path, file: str) -> str:
         raise fail(f"cannot read the spec file: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise fail(f"the spec is not UTF-8 text (byte {error.start})") from None
+
+
+#: The largest spec file read; a spec is a few KiB.
+MAX_SPEC_BYTES = 1024 * 1024
+#: The largest ``${file:}`` content (a key, a password, a certificate).
+MAX_FILE_BYTES = 256 * 1024
+#: The most values a spec may hold once YAML aliases are expanded: an alias bomb (a few lines
+#: that expand to billions of values) stops here.
+MAX_VALUES = 100_000
+
+
+class NotASmallFile(Exception):
+    """The path is not a regular file, or is larger than allowed (the message says which)."""
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them. A FIFO or a device is never read
+    (opened without blocking and refused), nor more than ``limit + 1`` bytes of anything."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise NotASmallFile("is not a regular file (a pipe, a socket or a device)")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            data = stream.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise NotASmallFile(f"is larger than {limit // 1024} KiB")
+    return data
 
 
 def _yaml_problem(file: str, error: yaml.MarkedYAMLError) -> SpecProblem:
@@ -160,8 +197,15 @@ class _Reader:
         self.doc = doc
         self.env = env
         self.open: set[int] = set()  # nodes being read: an alias to one of them is a cycle
+        self.values = 0
 
     def value(self, node: Node, path: KeyPath) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise SpecError([SpecProblem(
+                self.doc.file, node.start_mark.line + 1, "",
+                f"the spec holds more than {MAX_VALUES:,} values once its YAML aliases are "
+                "expanded (an alias of an alias of ...); write the values out instead")])
         self.doc.lines.setdefault(path, node.start_mark.line + 1)
         if id(node) in self.open:
             self.doc.add(path, "a YAML alias refers to the collection that holds it")
@@ -240,9 +284,12 @@ class _Reader:
     def read_file(self, name: str, path: KeyPath) -> str:
         file = self.doc.folder / name  # an absolute name replaces the folder
         try:
-            content = file.read_text(encoding="utf-8").rstrip("\r\n")
+            content = read_small_file(file, MAX_FILE_BYTES).decode("utf-8").rstrip("\r\n")
             redact.register([content])  # a mounted secret: never shown
             return content
+        except NotASmallFile as problem:
+            self.doc.add(path, f"{file} (from ${{file:{name}}}) {problem}; a ${{file:}} "
+                         f"reference reads a regular file of at most {MAX_FILE_BYTES // 1024} KiB")
         except FileNotFoundError:
             self.doc.add(path, f"file {file} (from ${{file:{name}}}) does not exist")
         except OSError as error:
