@@ -6,7 +6,6 @@ it, even when the run that found it is killed too."""
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -15,16 +14,12 @@ import pytest
 from aitems_sync.emulator.server import EmulatorServer, Faults
 from aitems_sync.state.store import Mark
 from tests.chaos import Chaos, history
+from tests.test_client import closed_port
 
 ROWS = 500
 
 
 
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def statuses(chaos: Chaos, dataset: str = "users") -> list[str]:

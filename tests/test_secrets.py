@@ -6,7 +6,6 @@ database) nor anywhere in the state store."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from aitems_sync.emulator.server import EmulatorServer, load_seed
 from aitems_sync.redact import redact, register, url_for_display
 from tests.conftest import DEMO_SEED
 from tests.shop import T0, Shop, customer_rows
+from tests.test_client import closed_port
 
 ACCESS = "MARKacc-3f9e21"
 SECRET = "MARKsec-7a41c0"  # read from a file: ${file:secret_key.txt}
@@ -52,11 +52,6 @@ datasets:
       - {{name: GENDER, type: [string, "null"], categorical: true}}
 """
 
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -74,10 +74,10 @@ def _redact_output(ctx: click.Context) -> None:
     ctx.call_on_close(restore)
 
 
-class Seconds(click.FloatRange):
-    """A finite number in a range (``nan`` and ``1e400`` are refused, as an option that
-    takes seconds or a share would pass them to calls that fail on them); ``max`` may be
-    infinite to allow ``inf`` itself."""
+class FiniteRange(click.FloatRange):
+    """A finite number in a range, for options that take seconds or a share (``nan`` and
+    ``1e400`` are refused: the calls they reach fail on them); ``max`` may be infinite to
+    allow ``inf`` itself."""
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
@@ -158,11 +158,11 @@ def validate(ctx: Context, connect: bool) -> None:
 @click.option("--full-refresh", is_flag=True,
               help="Re-read every row, not only those past the mark; the ledger still skips "
                    "what was delivered.")
-@click.option("--lease-ttl", type=Seconds(min=0, min_open=True, max=86_400), default=None,
+@click.option("--lease-ttl", type=FiniteRange(min=0, min_open=True, max=86_400), default=None,
               metavar="SECONDS",
               help="Seconds a dataset's lease lasts without renewal (default 60; renewed every "
                    "third of it): a killed run's datasets are free again after this.")
-@click.option("--wait", type=Seconds(min=0, max=math.inf), is_flag=False, flag_value=math.inf,
+@click.option("--wait", type=FiniteRange(min=0, max=math.inf), is_flag=False, flag_value=math.inf,
               default=None, metavar="[TIMEOUT]",
               help="When another run holds a dataset's lease, wait for it (polling, and "
                    "logging who holds it) instead of exiting 75 at once; with TIMEOUT seconds, "
@@ -170,7 +170,7 @@ def validate(ctx: Context, connect: bool) -> None:
                    "--wait=TIMEOUT.")
 @click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N", help="Sync up to N datasets at once, each in its own thread.")
-@click.option("--grace", type=Seconds(min=0, max=86_400), default=signals.DEFAULT_GRACE,
+@click.option("--grace", type=FiniteRange(min=0, max=86_400), default=signals.DEFAULT_GRACE,
               show_default=True, metavar="SECONDS",
               help="After SIGTERM or SIGINT, how long the uploads on the wire may take to "
                    "finish and commit before the run exits anyway.")
@@ -262,11 +262,11 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Persist the emulator's data to this SQLite file.",
 )
-@click.option("--latency", type=Seconds(min=0, max=3600), default=0.0,
+@click.option("--latency", type=FiniteRange(min=0, max=3600), default=0.0,
               help="Seconds added to every upload answer.")
-@click.option("--latency-jitter", type=Seconds(min=0, max=3600), default=0.0,
+@click.option("--latency-jitter", type=FiniteRange(min=0, max=3600), default=0.0,
               help="Random extra latency, seconds.")
-@click.option("--fail-rate", type=Seconds(min=0, max=1), default=0.0,
+@click.option("--fail-rate", type=FiniteRange(min=0, max=1), default=0.0,
               help="Share of uploads answered with an error (0 to 1).")
 @click.option(
     "--fail-statuses",
@@ -275,11 +275,11 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
     callback=lambda _ctx, _param, value: _statuses(value),
     help="Statuses drawn from for --fail-rate (comma-separated, 400 to 599).",
 )
-@click.option("--retry-after", type=Seconds(min=0, max=3600), default=1.0, show_default=True,
+@click.option("--retry-after", type=FiniteRange(min=0, max=3600), default=1.0, show_default=True,
               help="Retry-After seconds sent with injected 429s.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None,
               help="Answer 413 to upload bodies larger than this.")
-@click.option("--drop-rate", type=Seconds(min=0, max=1), default=0.0,
+@click.option("--drop-rate", type=FiniteRange(min=0, max=1), default=0.0,
               help="Share of uploads stored and then answered by closing the connection "
                    "(0 to 1).")
 @click.option("--no-record", is_flag=True,
