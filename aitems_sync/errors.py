@@ -7,6 +7,7 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     ├── UsageError                  exit 2   bad command line
     ├── SpecError                   exit 2   the spec file is wrong (all problems at once)
     ├── SourceError                 exit 1   the source database failed
+    │   └── UnreadableRowError               a row's cursor or key the driver cannot read
     ├── StateError                  exit 1   the state store failed
     │   ├── LockHeldError           exit 75  another run holds a dataset's lease
     │   └── LeaseLostError          exit 1   this run can no longer prove it holds one
@@ -87,6 +88,11 @@ class SpecError(AitemsSyncError):
 
 class SourceError(AitemsSyncError):
     """The source database could not be reached or a query failed."""
+
+
+class UnreadableRowError(SourceError):
+    """A row's cursor or key holds a value the source's driver cannot read: the rows before it
+    were delivered, the dataset stops at it."""
 
 
 class StateError(AitemsSyncError):

@@ -20,13 +20,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "aitems_sync"
 #: ``__version__``.
 ALLOWED: dict[str, set[str]] = {
     "redact": set(),  # the masking of credentials, under everything
+    "undecodable": set(),  # a value a driver could not read: made by source, judged by rows
     "errors": {"redact"},
     "spec": {"errors", "redact"},
-    "rows": {"spec", "errors"},
-    "source": {"spec", "errors", "redact"},
+    "rows": {"spec", "errors", "undecodable"},
+    "source": {"spec", "errors", "redact", "undecodable"},
     "aitems": {"spec", "errors"},
-    "state": {"rows", "spec", "errors", "redact"},  # the ledger keeps rows' hashes, by scheme
-    "sync": {"source", "rows", "state", "aitems", "spec", "errors"},
+    # the ledger keeps rows' hashes, by scheme
+    "state": {"rows", "spec", "errors", "redact", "undecodable"},
+    "sync": {"source", "rows", "state", "aitems", "spec", "errors", "undecodable"},
     "commands": {"sync", "source", "rows", "state", "aitems", "spec", "errors"},
     "cli": {"commands", "sync", "spec", "errors", "emulator", "__init__", "redact"},
     "emulator": {"aitems", "errors"},  # signature v2, shared with the client

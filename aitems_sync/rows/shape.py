@@ -33,6 +33,7 @@ from aitems_sync.rows.schema import (
 )
 from aitems_sync.spec.columns import ColumnMatchError, match_column
 from aitems_sync.spec.model import DatasetSpec, FieldType
+from aitems_sync.undecodable import Undecodable
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -329,6 +330,8 @@ def json_path(name: str) -> str:
 def unrepresentable(value: Any) -> str | None:
     """Why orjson cannot write ``value`` as the same JSON value, or None when it can."""
     kind = type(value)
+    if kind is Undecodable:
+        return f"the source's driver could not read the value: {value.describe()}"
     if kind is float and value - value != 0.0:
         return f"{value!r} is not a finite number (JSON has no NaN or Infinity)"
     if kind is int and not JSON_INT_RANGE[0] <= value <= JSON_INT_RANGE[1]:

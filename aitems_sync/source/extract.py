@@ -36,6 +36,7 @@ from sqlalchemy.types import NullType
 
 from aitems_sync.errors import SourceError
 from aitems_sync.redact import url_for_display
+from aitems_sync.source.decode import fetch_part, tolerate_pg_values
 from aitems_sync.source.lookback import CursorValue, lookback_start
 from aitems_sync.spec.columns import ColumnMatchError, match_column
 from aitems_sync.spec.model import SourceConfig
@@ -475,7 +476,8 @@ def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
     """The result's rows in lists of up to ``size`` (the first one up to FIRST_CHUNK_ROWS).
 
     Where the driver has no server-side cursor (SQLite), its own cursor already reads lazily,
-    step by step: the rows come straight from its ``fetchmany`` as plain tuples. SQLAlchemy's
+    step by step: the rows come straight from it as plain tuples (:func:`fetch_part`, which
+    keeps a row with undecodable text). SQLAlchemy's
     rows would add nothing here (the wrapped query's columns have no result processors) but
     their cost: the sqlite3 cursor yields rows much faster than ``partitions`` does
     (benchmarks/bench_parts.py), and that cost was a large share of the reading thread in a
@@ -491,7 +493,7 @@ def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
     cursor, errors = result.cursor, result.context.dialect.loaded_dbapi.Error
     while True:
         try:
-            part = cursor.fetchmany(first)
+            part = fetch_part(cursor, first)
         except errors as exc:
             raise sa.exc.DBAPIError.instance(None, None, exc, errors) from exc
         if not part:
@@ -563,6 +565,8 @@ def _create_engine(name: str, url: str) -> sa.Engine:
         ) from exc
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _heed_signals)
+    if parsed.get_driver_name() == "psycopg":
+        sa.event.listen(engine, "connect", tolerate_pg_values)
     return engine
 
 

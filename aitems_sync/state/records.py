@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from aitems_sync.errors import StateError
 from aitems_sync.state.marks import Mark, mark_from_json
 from aitems_sync.state.values import decode_mapping, dumps, encode_mapping, encode_value, loads
+from aitems_sync.undecodable import Undecodable
 
 
 class LedgerEntry(NamedTuple):
@@ -131,7 +132,8 @@ class QuarantineRecord:
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
     """Values as standard JSON takes them: a non-finite number as its name (``"NaN"``,
     ``"Infinity"``, ``"-Infinity"``), bytes as ``{"base64": ...}``, anything else that is not a
-    JSON value as its text (decimals, datetimes, UUIDs)."""
+    JSON value as its text (decimals, datetimes, UUIDs), and a value the source's driver could
+    not read as ``{"undecodable": raw text, "reason": ...}``."""
     return {name: _plain_value(value) for name, value in values.items()}
 
 
@@ -142,6 +144,8 @@ def _plain_value(value: Any) -> Any:
         return value
     if isinstance(value, bytes | bytearray | memoryview):
         return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Undecodable):
+        return {"undecodable": value.raw, "reason": value.reason}
     return str(value)
 
 

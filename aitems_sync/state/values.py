@@ -19,6 +19,7 @@ a ``Decimal`` and a ``float``), so every value is stored as ``[tag, text]``:
     bytes (and bytearray, memoryview)   ["bytes", base64]    decoded as bytes
     list / tuple         ["list", [...]] / ["tuple", [...]]  items encoded recursively
     dict (str keys)      ["dict", {key: encoded}]
+    Undecodable          ["undecodable", [raw, reason]]   a value the source's driver refused
 
 ``decode_value(encode_value(v))`` equals ``v`` with the same type (for the built-in types above).
 An aware datetime comes back with a fixed offset (``timezone(timedelta(hours=9))``) rather
@@ -37,6 +38,8 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from aitems_sync.undecodable import Undecodable
 
 
 def encode_value(value: Any) -> list[Any]:
@@ -79,6 +82,8 @@ def _encode_other(value: Any) -> list[Any]:
     if isinstance(value, list | tuple):
         tag = "tuple" if isinstance(value, tuple) else "list"
         return [tag, [encode_value(item) for item in value]]
+    if isinstance(value, Undecodable):
+        return ["undecodable", [value.raw, value.reason]]
     if isinstance(value, dict):
         bad = [k for k in value if not isinstance(k, str)]
         if bad:
@@ -110,6 +115,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "list": lambda payload: [decode_value(item) for item in payload],
     "tuple": lambda payload: tuple(decode_value(item) for item in payload),
     "dict": lambda payload: {k: decode_value(v) for k, v in payload.items()},
+    "undecodable": lambda payload: Undecodable(*payload),
 }
 
 

@@ -27,7 +27,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from aitems_sync.aitems.delivery import Target, Uploader
-from aitems_sync.errors import AitemsSyncError, InvalidRowsError
+from aitems_sync.errors import AitemsSyncError, InvalidRowsError, UnreadableRowError
 from aitems_sync.rows.encode import row_hash
 from aitems_sync.source.extract import Extraction, Source
 from aitems_sync.spec.model import BatchPolicy, DatasetSpec
@@ -41,9 +41,10 @@ from aitems_sync.sync.batches import (
     cursor_position,
 )
 from aitems_sync.sync.options import RunOptions
-from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer
+from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer, Unplaceable
 from aitems_sync.sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
 from aitems_sync.sync.window import DryWindow, Window, show
+from aitems_sync.undecodable import Undecodable
 
 if TYPE_CHECKING:  # imported here only when a run starts a worker, for start-up time
     from aitems_sync.sync.worker import ExtractWorker
@@ -285,6 +286,8 @@ class DatasetSync:
                 if not self._route(chunk, ledger):
                     self.report.status = INTERRUPTED
                     break
+                if chunk.unplaceable is not None:
+                    self._stop_before(chunk.unplaceable)
                 if self.progress is not None:
                     self.progress(self.report)
             else:
@@ -305,6 +308,15 @@ class DatasetSync:
         self.window.drain()
         if self.progress is not None:
             self.progress(self.report)  # the last batches committed after the last chunk
+
+    def _stop_before(self, row: Unplaceable) -> None:
+        """Send what was read before a row whose cursor or key cannot be read, then fail the
+        dataset naming that row (the window commits the batches AiTEMS acknowledged)."""
+        if self.builder.pending_rows:
+            last = self._cut()
+            if not self._changes_nothing(last):
+                self._emit(last)
+        raise UnreadableRowError(row.message(self.dataset.name))
 
     def _prepared(self, extraction: Extraction, mark: Mark | None) -> Iterator[Prepared]:
         """The extraction's chunks, prepared: on this thread, and once ``worker_after`` rows
@@ -332,6 +344,8 @@ class DatasetSync:
                     prepared = self.preparer.prepare(chunk)
                     yield prepared
                     read += len(prepared)
+                    if not _bindable(prepared.places[-1]):
+                        continue  # the worker could not be told where to start: read on here
                     start = Start(_mark_at(prepared.places[-1]), sort=sort)
                     if worker is None and read >= after:
                         worker = self._start_worker()
@@ -620,6 +634,12 @@ class DatasetSync:
 def _mark_at(place: Sequence[Any]) -> Mark:
     """The high-water mark a row's place stands for."""
     return Mark(cursor=place[0], key=tuple(place[1:]))
+
+
+def _bindable(place: Place) -> bool:
+    """Whether a row's place can start a read after it: none of its values is Undecodable (an
+    invalid row's, under a whole-row key)."""
+    return Undecodable not in map(type, place)
 
 
 def _before(mark: Mark, floor: Mark) -> bool:

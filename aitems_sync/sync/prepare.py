@@ -20,6 +20,7 @@ from aitems_sync.rows.encode import identity_hash, row_encoder, row_hash
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec
 from aitems_sync.sync.batches import cursor_position
+from aitems_sync.undecodable import Undecodable
 
 #: A row's place in the extraction order: its cursor value, then its key columns' values.
 Place = tuple[Any, ...]
@@ -52,6 +53,8 @@ class Prepared:
     places: list[Place]
     positions: list[float | None] | None  # interactions: each row's numeric cursor position
     invalid: dict[int, tuple[tuple[Any, ...], int | None]]
+    # The row the chunk stops before: its cursor or key could not be read (see Unplaceable).
+    unplaceable: Unplaceable | None = None
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -63,6 +66,42 @@ class Prepared:
             return self.key_hashes
         valid = [h for h, row in zip(self.key_hashes, self.encoded, strict=True) if row is not None]
         return valid + [h for _, h in self.invalid.values() if h is not None]
+
+
+@dataclass(frozen=True)
+class Unplaceable:
+    """A row whose cursor or key the source's driver could not read: it cannot be ordered
+    after a mark nor tracked in the ledger, so the dataset stops before it (the rows before it
+    are delivered) and the operator is told which row and what to change."""
+
+    column: str
+    role: str  # "cursor" or "key"
+    value: Undecodable
+    place: Place  # the row's cursor and key values as read
+
+    def message(self, dataset: str) -> str:
+        """What the run reports: the row, the value, and what to do."""
+        where = ", ".join(f"{show(v)}" for v in self.place[1:])
+        row = f"the row at cursor {show(self.place[0])}" + (f" with key {where}" if where else "")
+        return (
+            f"dataset {dataset}: {row} has a {self.role} value the source's driver cannot read: "
+            f"column {self.column} = {self.value.describe()}; the rows before it were delivered "
+            f"and the mark stays before it. {_fix_hint(self.column, self.value)}, then run again"
+        )
+
+
+def _fix_hint(column: str, value: Undecodable) -> str:
+    if "UTF-8" in value.reason:
+        return ("Fix the value in the database (its text is not valid UTF-8) or leave the row "
+                "out in the query")
+    return (f"Clamp the value in the query (LEAST(GREATEST({column}, '0001-01-01'), "
+            f"'9999-12-31')) or leave such rows out (WHERE {column} BETWEEN '0001-01-01' AND "
+            "'9999-12-31')")
+
+
+def show(value: Any) -> str:
+    """A place's value for a message: an unreadable one as its raw text."""
+    return repr(value.raw) if isinstance(value, Undecodable) else repr(value)
 
 
 class Preparer:
@@ -87,9 +126,18 @@ class Preparer:
         self.key_of = _key_getter(None if self.is_interaction else self.key_positions)
         # An interaction dataset with a key is identified by its key columns as read.
         self.keyed = self.is_interaction and bool(dataset.key)
+        # The columns that place a row: its cursor, and its key where it has one of its own
+        # (a whole-row key's values are fields: an unreadable one makes the row invalid).
+        placing = (layout.cursor_index, *(layout.key_indices if dataset.key else ()))
+        self.placing = [(i, operator.itemgetter(i)) for i in dict.fromkeys(placing)]
 
     def prepare(self, chunk: Sequence[Sequence[Any]]) -> Prepared:
-        """The chunk's rows shaped, validated, encoded and hashed."""
+        """The chunk's rows shaped, validated, encoded and hashed, up to the first row whose
+        cursor or key could not be read (``Prepared.unplaceable``)."""
+        found, unplaceable = self._unplaceable(chunk), None
+        if found is not None:
+            index, unplaceable = found
+            chunk = chunk[:index]
         shape, encode, key_of = self.shaper.shape, self.encode, self.key_of
         encoded: list[bytes | None] = []
         key_hashes: list[int] = []
@@ -117,7 +165,25 @@ class Preparer:
         if self.is_interaction:
             at, timezone = self.layout.cursor_index, self.timezone
             positions = [cursor_position(raw[at], timezone) for raw in chunk]
-        return Prepared(encoded, key_hashes, payloads, keys, places, positions, invalid)
+        return Prepared(encoded, key_hashes, payloads, keys, places, positions, invalid,
+                        unplaceable)
+
+    def _unplaceable(self, chunk: Sequence[Sequence[Any]]) -> tuple[int, Unplaceable] | None:
+        """The first row whose cursor or key is Undecodable, and its index; one C-speed pass
+        per placing column finds that there is none."""
+        first: tuple[int, int] | None = None
+        for column, get in self.placing:
+            if Undecodable in map(type, map(get, chunk)):
+                index = next(i for i, raw in enumerate(chunk) if type(raw[column]) is Undecodable)
+                if first is None or index < first[0]:
+                    first = (index, column)
+        if first is None:
+            return None
+        index, column = first
+        raw = chunk[index]
+        role = "cursor" if column == self.layout.cursor_index else "key"
+        return index, Unplaceable(self.layout.columns[column], role, raw[column],
+                                  tuple(self.place_of(raw)))
 
     def _identify(self, encoded: list[bytes | None], key_hashes: list[int], keys: list[Any],
                   places: list[Place]) -> None:
