@@ -13,6 +13,7 @@ import click
 
 from aitems_sync import commands
 from aitems_sync.cli.context import Context
+from aitems_sync.cli.types import COUNT, ENTRY_ID, OutputFile
 
 
 def _echo_json(data: Any) -> None:
@@ -49,6 +50,7 @@ def state_show(ctx: Context) -> None:
 @click.pass_obj
 def state_reset(ctx: Context, dataset: str, yes: bool) -> None:
     """Forget DATASET's mark, ledger and journal: the next run sends every row again."""
+    commands.dataset_named(ctx.spec(), dataset)  # an unknown name is refused before asking
     if not yes:
         click.confirm(f"Forget the mark and ledger of {dataset}? The next run re-sends every "
                       "row", abort=True)
@@ -81,7 +83,7 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @click.argument("dataset", required=False)
-@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@click.option("--limit", type=COUNT, default=100, show_default=True, help="At most this many.")
 @click.pass_obj
 def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
     """Quarantined rows (of DATASET, or all), oldest first, with their first error."""
@@ -96,7 +98,7 @@ def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
 
 
 @quarantine.command("show")
-@click.argument("entry_id", type=int)
+@click.argument("entry_id", type=ENTRY_ID)
 @click.pass_obj
 def quarantine_show(ctx: Context, entry_id: int) -> None:
     """One quarantined row with its raw values and every error."""
@@ -105,7 +107,7 @@ def quarantine_show(ctx: Context, entry_id: int) -> None:
 
 @quarantine.command("export")
 @click.argument("dataset", required=False)
-@click.option("--output", "-o", type=click.File("w"), default="-",
+@click.option("--output", "-o", type=OutputFile("w"), default="-",
               help="Write JSON lines here (default stdout).")
 @click.pass_obj
 def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
@@ -132,7 +134,7 @@ def quarantine_retry(ctx: Context, datasets: tuple[str, ...]) -> None:
 
 
 @quarantine.command("drop")
-@click.argument("entry_ids", type=int, nargs=-1, required=True)
+@click.argument("entry_ids", type=ENTRY_ID, nargs=-1, required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None:
@@ -144,7 +146,7 @@ def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None
 
 
 @click.command()
-@click.option("--limit", type=int, default=20, show_default=True, help="At most this many runs.")
+@click.option("--limit", type=COUNT, default=20, show_default=True, help="At most this many runs.")
 @click.pass_obj
 def history(ctx: Context, limit: int) -> None:
     """Past runs, newest first, with their status, counts and duration."""

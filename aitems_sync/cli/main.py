@@ -20,6 +20,7 @@ from aitems_sync import __version__, commands
 from aitems_sync.cli import admin, render
 from aitems_sync.cli.context import Context, ErrorMappingGroup
 from aitems_sync.cli.logfmt import JsonFormatter
+from aitems_sync.cli.types import FilePath, FiniteRange, Host
 from aitems_sync.redact import redact
 from aitems_sync.sync import signals
 from aitems_sync.sync.report import RunReport
@@ -74,19 +75,6 @@ def _redact_output(ctx: click.Context) -> None:
     ctx.call_on_close(restore)
 
 
-class FiniteRange(click.FloatRange):
-    """A finite number in a range, for options that take seconds or a share (``nan`` and
-    ``1e400`` are refused: the calls they reach fail on them); ``max`` may be infinite to
-    allow ``inf`` itself."""
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if math.isnan(number) or (math.isinf(number) and not math.isinf(self.max or 0)):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-
 def _statuses(text: str) -> tuple[int, ...]:
     """``--fail-statuses``: comma-separated HTTP error statuses."""
     try:
@@ -103,7 +91,7 @@ def _statuses(text: str) -> tuple[int, ...]:
 @click.option(
     "--config",
     "-c",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     envvar="AITEMS_SYNC_CONFIG",
     default="sync.yaml",
     show_default=True,
@@ -242,12 +230,13 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
 
 
 @main_group.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--host", type=Host(), default="127.0.0.1", show_default=True,
+              help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65_535), default=8787, show_default=True,
               help="Port to listen on (0: any free).")
 @click.option(
     "--seed",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=FilePath(exists=True, dir_okay=False, path_type=Path),
     help="YAML or JSON file of keys, schemas, datasets and services to create at start-up.",
 )
 @click.option(
@@ -259,7 +248,7 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
 @click.option(
     "--state",
     "state_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="Persist the emulator's data to this SQLite file.",
 )
 @click.option("--latency", type=FiniteRange(min=0, max=3600), default=0.0,

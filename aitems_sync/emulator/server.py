@@ -59,8 +59,9 @@ def load_seed(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise UsageError(f"cannot read the emulator seed {path}: {error}") from error
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UsageError(f"cannot read the emulator seed {path}: {error}; it must be a YAML "
+                         "or JSON text file (see examples/emulator-seed.yaml)") from error
     if data is None:
         return {}
     if not isinstance(data, dict):
