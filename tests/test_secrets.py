@@ -1,8 +1,8 @@
 """Credentials never leave the process: marker strings in every credential slot of a spec (the
 AiTEMS keys, a `${file:}` secret, the endpoint's user info, a database password as a URL query
-parameter, the state store's) never appear in any output of any command (human and JSON output,
-text, JSON and debug logs, `--debug` tracebacks, a 401, an unreachable endpoint, an unreachable
-database) nor anywhere in the state store."""
+parameter, the state store's in its user info and its query) never appear in any output of any
+command (human and JSON output, text, JSON and debug logs, `--debug` tracebacks, a 401, an
+unreachable endpoint, an unreachable database) nor anywhere in the state store."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ SECRET = "MARKsec-7a41c0"  # read from a file: ${file:secret_key.txt}
 ENDPOINT_PW = "MARKend-55c1d2"
 SOURCE_PW = "MARKsrc-0b7e44"
 STATE_PW = "MARKsta-9d2a61"
-MARKERS = (ACCESS, SECRET, ENDPOINT_PW, SOURCE_PW, STATE_PW)
+STATE_USER_PW = "MARKstu-4c8b19"  # in the state URL's user info
+MARKERS = (ACCESS, SECRET, ENDPOINT_PW, SOURCE_PW, STATE_PW, STATE_USER_PW)
 
 SPEC = """\
 version: 1
@@ -104,7 +105,9 @@ def test_no_credential_reaches_any_output_or_the_state_store(
     shop.add_customers(customer_rows(30))
     endpoint = emulator.base_url.replace("http://", f"http://probe:{ENDPOINT_PW}@")
     source = with_param(pg_url, "password", SOURCE_PW)
-    state = with_param(pg_url, "sslpassword", STATE_PW)
+    # The test cluster trusts local connections: a password in the URL is sent and ignored.
+    state = with_param(sa.make_url(pg_url).set(password=STATE_USER_PW).render_as_string(False),
+                       "sslpassword", STATE_PW)
     spec = write(tmp_path, endpoint=endpoint, source=source, state=state)
     bad_key = tmp_path / "bad"
     bad_key.mkdir()
@@ -131,6 +134,8 @@ def test_no_credential_reaches_any_output_or_the_state_store(
         ("history", spec, ["--json", "history"]),
         ("state show", spec, ["state", "show"]),
         ("quarantine list", spec, ["quarantine", "list"]),
+        ("quarantine export", spec, ["quarantine", "export", "users"]),
+        ("state show --json", spec, ["--json", "state", "show"]),
         ("a 401", wrong_secret, ["--debug", "run"]),
         ("a 401 --json", wrong_secret, ["--json", "validate", "--connect"]),
         ("unreachable endpoint", unreachable, ["--debug", "--json", "run"]),

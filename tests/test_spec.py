@@ -7,7 +7,7 @@ import dataclasses
 import os
 import re
 import textwrap
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from aitems_sync.errors import SpecError, SpecProblem
+from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.load import load_spec
 from aitems_sync.spec.model import (
     DEFAULT_ENDPOINT,
@@ -621,4 +622,48 @@ def test_a_json_schema_that_refers_to_the_network_is_a_spec_error(tmp_path: Path
     [problem] = problems_of(write(tmp_path, text))
 
     assert problem.key == "datasets.users.json_schema"
-    assert "refers outside itself" in problem.message
+    assert "'http://host/x.json' is not a path relative to the spec" in problem.message
+    assert "never fetched from the network" in problem.message
+
+
+def _users_shaper(spec_path: Path) -> Shaper:
+    dataset = load_spec(spec_path, env={}).datasets["users"]
+    return Shaper(dataset, ["USER_ID", "updated_at"], UTC)
+
+
+def test_a_json_schema_may_refer_to_local_files_which_are_embedded_once(tmp_path: Path) -> None:
+    # sync.yaml -> schemas/user.yaml -> ids.json#/$defs/id -> ../shared.json, which refers back
+    write(tmp_path, "$ref: ids.json#/$defs/id\n", "schemas/user.yaml")
+    write(tmp_path, '{"$defs": {"id": {"properties": {"USER_ID": {"$ref": "../shared.json"}}}}}',
+          "schemas/ids.json")
+    write(tmp_path, '{"pattern": "^u[0-9]+$", "$defs": {"back": {"$ref": "schemas/ids.json"}}}',
+          "shared.json")
+    spec = write(tmp_path, MINIMAL.format(aitems="", dataset="\n    json_schema: "
+                                          "schemas/user.yaml"))
+    shaper = _users_shaper(spec)
+    (tmp_path / "shared.json").unlink()  # validation reads no file: it was embedded at load
+
+    assert shaper.shape(["u42", "2026-01-01"]) is not None
+    assert shaper.shape(["x42", "2026-01-01"]) is None
+    assert "does not match '^u[0-9]+$'" in shaper.explain(["x42", "2026-01-01"])[0].message
+
+
+@pytest.mark.parametrize(("ref", "fragment"), [
+    ("missing.json", "missing.json does not exist"),
+    ("/etc/passwd", "'/etc/passwd' is not a path relative to the spec"),
+    ("file:///etc/x.json", "'file:///etc/x.json' is not a path relative to the spec"),
+    ("urn:x:y", "'urn:x:y' is not a path relative to the spec"),
+    ("bad.json", "bad.json is not readable JSON or YAML"),
+    ("list.json", "list.json does not hold a JSON Schema"),
+])
+def test_a_ref_to_a_file_that_cannot_be_used_is_a_located_spec_error(
+    tmp_path: Path, ref: str, fragment: str
+) -> None:
+    write(tmp_path, "{not json", "bad.json")
+    write(tmp_path, "[1, 2]", "list.json")
+    text = MINIMAL.format(aitems="", dataset=f"\n    json_schema: {{$ref: '{ref}'}}")
+
+    [problem] = problems_of(write(tmp_path, text))
+
+    assert (problem.line, problem.key) == (10, "datasets.users.json_schema")
+    assert fragment in problem.message

@@ -39,7 +39,6 @@ import adds start-up time that a spec without one need not pay.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -50,7 +49,6 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -76,6 +74,12 @@ from aitems_sync.spec.model import (
     duration_seconds,
     invalid_limit,
     size_bytes,
+)
+from aitems_sync.spec.refs import (
+    MissingSchemaFile,
+    RefError,
+    embed_file_refs,
+    read_schema_file,
 )
 
 T = TypeVar("T")
@@ -417,51 +421,29 @@ def _key(doc: Document, m: dict[str, Any], p: KeyPath, kind: str) -> tuple[str, 
     return tuple(str(n) for n in raw)
 
 
-def _outside_refs(schema: Any) -> list[str]:
-    """The ``$ref`` / ``$dynamicRef`` values of a schema that point outside the document."""
-    found: list[str] = []
-    stack = [schema]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key in ("$ref", "$dynamicRef") and isinstance(value, str) and (
-                        not value.startswith("#")):
-                    found.append(value)
-                else:
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(item)
-    return found
-
-
 def _json_schema(doc: Document, value: Any, p: KeyPath) -> Mapping[str, Any] | None:
     """The user's extra schema, inline or read from a JSON or YAML file; None on a problem."""
     path = (*p, "json_schema")
-    where = "json_schema"
+    where, folder = "json_schema", doc.folder
     loaded: Any = value
     if isinstance(value, str):
         file = doc.folder / value
         shown = str(file) if not doc.is_tainted(path) else "the json_schema file"
-        where = f"the json_schema file {shown}"
+        where, folder = f"the json_schema file {shown}", file.parent
         try:
-            text = file.read_text(encoding="utf-8")
-            loaded = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
-        except FileNotFoundError:
-            raise ValueError(
-                f"names a file that does not exist: {shown} (a relative path resolves against "
-                "the spec file's folder)"
-            ) from None
-        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
-            raise ValueError(f"names a file that is not readable JSON or YAML: {error}") from None
+            loaded = read_schema_file(file)
+        except MissingSchemaFile:
+            raise ValueError(f"names a file that does not exist: {shown} (a relative path "
+                             "resolves against the spec file's folder)") from None
+        except RefError as error:
+            detail = str(error) if not doc.is_tainted(path) else "it cannot be read"
+            raise ValueError(f"names a file that cannot be used: {detail}") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"is not a JSON Schema: {where} must hold a mapping")
-    outside = _outside_refs(loaded)
-    if outside:
-        raise ValueError(
-            f"refers outside itself ($ref {outside[0]!r}): a json_schema is never fetched from "
-            "the network or another file at run time; put the definitions under $defs and refer "
-            "to them as #/$defs/NAME")
+    try:
+        loaded = embed_file_refs(loaded, folder)
+    except RefError as error:
+        raise ValueError(f"has a $ref that cannot be used: {error}") from None
     from jsonschema import Draft202012Validator  # here: see the module docstring
     from jsonschema.exceptions import SchemaError
 

@@ -29,12 +29,10 @@ part of every run's start-up, and a valid spec needs only the verdict.
 from __future__ import annotations
 
 import difflib
-import errno
 import functools
 import logging
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +44,7 @@ from aitems_sync import redact
 from aitems_sync.errors import SpecError, SpecProblem
 from aitems_sync.spec.build import build_spec
 from aitems_sync.spec.document import Document, KeyPath
+from aitems_sync.spec.files import MAX_FILE_BYTES, NotASmallFile, read_small_file
 from aitems_sync.spec.model import Spec, spec_schema
 from aitems_sync.spec.verdict import UnsupportedSchema, Verdict, compile_verdict
 
@@ -140,34 +139,9 @@ def _read_text(path: Path, file: str) -> str:
 
 #: The largest spec file read; a spec is a few KiB.
 MAX_SPEC_BYTES = 1024 * 1024
-#: The largest ``${file:}`` content (a key, a password, a certificate).
-MAX_FILE_BYTES = 256 * 1024
 #: The most values a spec may hold once YAML aliases are expanded: an alias bomb (a few lines
 #: that expand to billions of values) stops here.
 MAX_VALUES = 100_000
-
-
-class NotASmallFile(Exception):
-    """The path is not a regular file, or is larger than allowed (the message says which)."""
-
-
-def read_small_file(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, at most ``limit`` of them. A FIFO or a device is never read
-    (opened without blocking and refused), nor more than ``limit + 1`` bytes of anything."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-        if not stat.S_ISREG(info.st_mode):
-            raise NotASmallFile("is not a regular file (a pipe, a socket or a device)")
-        with os.fdopen(os.dup(fd), "rb") as stream:
-            data = stream.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise NotASmallFile(f"is larger than {limit // 1024} KiB")
-    return data
 
 
 def _yaml_problem(file: str, error: yaml.MarkedYAMLError) -> SpecProblem:
