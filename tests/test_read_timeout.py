@@ -146,6 +146,24 @@ def test_a_network_partition_mid_extraction_exits_1_naming_the_source_in_time(
     assert 0 < check_mark_and_deliveries(tmp_path, emulator) < USERS
 
 
+def test_a_pooled_connection_to_a_stopped_backend_is_replaced_after_read_timeout(
+        pg_url: str, stopped: list[int]) -> None:
+    # The pool pings an idle connection before reusing it: that ping waited for ever.
+    Shop(pg_url).add_customers(customer_rows(10))
+    source = Source(SourceConfig("shop", pg_url, read_timeout=1.0))
+    query = "SELECT id AS USER_ID, updated_at FROM customers"
+    source.columns(query)  # its connection is now idle in the pool
+    stopped.extend(frozen_backends(pg_url))
+    started = time.monotonic()
+
+    with source.extract(query, cursor="updated_at", key=["USER_ID"], mark=None) as extraction:
+        rows = [row for chunk in extraction.chunks for row in chunk]
+
+    assert time.monotonic() - started < 1.0 + SLACK
+    assert len(rows) == 10
+    source.close()
+
+
 def test_uploads_slower_than_read_timeout_do_not_trip_it(
         tmp_path: Path, emulator: EmulatorServer) -> None:
     # The reader waits on its upload window (AiTEMS), not on the source: no timer runs.

@@ -24,6 +24,7 @@ the session time zone (the server's by default), which the source's ``timezone``
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -104,12 +105,14 @@ class Source:
         self._engine = engine
         self._owns_engine = engine is None
         self._watchdog = Watchdog(self.name, config.read_timeout)
+        self._idle = _IdleConnections()
 
     @property
     def engine(self) -> sa.Engine:
         """The source's engine, created on first use."""
         if self._engine is None:
             self._engine = _create_engine(self.name, self._url)
+            self._idle.follow(self._engine)
         return self._engine
 
     @property
@@ -255,9 +258,17 @@ class Source:
             watch.release()
 
     def _connect(self) -> sa.Connection:
+        engine = self.engine
+        # The pool pings an idle connection before handing it out: a frozen server would hold
+        # that ping for ever. Past read_timeout the idle connections are ended, and the pool
+        # connects anew (bounded by the connect timeout).
+        watch = self._watchdog.watch_idle(self._idle.connections)
         try:
-            return self.engine.connect()
+            with watch:
+                return engine.connect()
         except sa.exc.DBAPIError as exc:
+            if watch.fired:
+                raise self.timeout_error() from exc
             where = _safe_url(self._url)
             detail = _scrub(_first_line(exc.orig), self._url)
             raise SourceError(
@@ -265,6 +276,8 @@ class Source:
                 "server is running and reachable, the host, port, database name and "
                 "credentials in the url, and the network/firewall"
             ) from exc
+        finally:
+            watch.release()
 
     def _query_error(self, exc: sa.exc.StatementError, watch: Watch | None = None
                      ) -> SourceError:
@@ -613,6 +626,33 @@ def _drop_unread_rows(conn: sa.Connection, result: sa.CursorResult[Any]) -> None
     log.debug("dropping the connection of an unfinished MySQL stream instead of draining it")
     conn.invalidate()
     pending.unbuffered_active = False
+
+
+class _IdleConnections:
+    """The DBAPI connections of an engine's pool that are checked in: the ones it may ping
+    before handing one out (see ``Source._connect``)."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def follow(self, engine: sa.Engine) -> None:
+        sa.event.listen(engine, "checkin", self._checked_in)
+        for event in ("checkout", "close", "close_detached", "detach", "invalidate"):
+            sa.event.listen(engine, event, self._gone)
+
+    def connections(self) -> list[Any]:
+        with self._lock:
+            return list(self._held.values())
+
+    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
+        if dbapi_connection is not None:
+            with self._lock:
+                self._held[id(dbapi_connection)] = dbapi_connection
+
+    def _gone(self, dbapi_connection: Any, *_args: Any) -> None:
+        with self._lock:
+            self._held.pop(id(dbapi_connection), None)
 
 
 def _create_engine(name: str, url: str) -> sa.Engine:

@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -94,6 +94,10 @@ class Watchdog:
         whose socket is found); a connection it cannot end is watched for the warning only."""
         cancel, closer = _canceller(dbapi_connection)
         watch = Watch(self, cancel, closer)
+        self._add(watch)
+        return watch
+
+    def _add(self, watch: Watch) -> None:
         with self._cond:
             self._watches.add(watch)
             if self._thread is None:
@@ -102,6 +106,22 @@ class Watchdog:
                                                  name=f"watchdog-{self.source}")
                 self._thread.start()
             self._cond.notify()
+
+    def watch_idle(self, idle: Callable[[], Iterable[Any]]) -> Watch:
+        """A watch over taking a connection from the pool, which first pings an idle pooled
+        one: when the wait is too long, every connection ``idle()`` returns is ended (the
+        pool then drops the one it pinged and connects anew, bounded by the connect
+        timeout)."""
+        def cancel() -> None:
+            for connection in list(idle()):
+                end, let_go = _canceller(connection)
+                try:
+                    end()
+                finally:
+                    let_go()
+
+        watch = Watch(self, cancel, _nothing)
+        self._add(watch)
         return watch
 
     def forget(self, watch: Watch) -> None:
