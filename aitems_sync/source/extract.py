@@ -24,7 +24,6 @@ the session time zone (the server's by default), which the source's ``timezone``
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from sqlalchemy.types import NullType
 from aitems_sync.errors import SourceError
 from aitems_sync.redact import url_for_display
 from aitems_sync.source.lookback import CursorValue, lookback_start
-from aitems_sync.source.watchdog import Watch, Watchdog
+from aitems_sync.source.watchdog import IdleConnections, Watch, Watchdog
 from aitems_sync.spec.columns import ColumnMatchError, match_column
 from aitems_sync.spec.model import SourceConfig
 
@@ -105,7 +104,7 @@ class Source:
         self._engine = engine
         self._owns_engine = engine is None
         self._watchdog = Watchdog(self.name, config.read_timeout)
-        self._idle = _IdleConnections()
+        self._idle = IdleConnections()
 
     @property
     def engine(self) -> sa.Engine:
@@ -626,33 +625,6 @@ def _drop_unread_rows(conn: sa.Connection, result: sa.CursorResult[Any]) -> None
     log.debug("dropping the connection of an unfinished MySQL stream instead of draining it")
     conn.invalidate()
     pending.unbuffered_active = False
-
-
-class _IdleConnections:
-    """The DBAPI connections of an engine's pool that are checked in: the ones it may ping
-    before handing one out (see ``Source._connect``)."""
-
-    def __init__(self) -> None:
-        self._held: dict[int, Any] = {}
-        self._lock = threading.Lock()
-
-    def follow(self, engine: sa.Engine) -> None:
-        sa.event.listen(engine, "checkin", self._checked_in)
-        for event in ("checkout", "close", "close_detached", "detach", "invalidate"):
-            sa.event.listen(engine, event, self._gone)
-
-    def connections(self) -> list[Any]:
-        with self._lock:
-            return list(self._held.values())
-
-    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
-        if dbapi_connection is not None:
-            with self._lock:
-                self._held[id(dbapi_connection)] = dbapi_connection
-
-    def _gone(self, dbapi_connection: Any, *_args: Any) -> None:
-        with self._lock:
-            self._held.pop(id(dbapi_connection), None)
 
 
 def _create_engine(name: str, url: str) -> sa.Engine:

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+import sqlalchemy as sa
+
 log = logging.getLogger(__name__)
 
 #: The longest pause between two looks at the armed watches (seconds); shorter timeouts are
@@ -165,6 +167,33 @@ class Watchdog:
                         "waited %.0f s (sources.%s.read_timeout)", self.source, waited,
                         self.seconds, self.source,
                         extra={"event": "slow_source", "source": self.source})
+
+
+class IdleConnections:
+    """The DBAPI connections of an engine's pool that are checked in: the ones it may ping
+    before handing one out (see ``Watchdog.watch_idle``)."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def follow(self, engine: sa.Engine) -> None:
+        sa.event.listen(engine, "checkin", self._checked_in)
+        for event in ("checkout", "close", "close_detached", "detach", "invalidate"):
+            sa.event.listen(engine, event, self._gone)
+
+    def connections(self) -> list[Any]:
+        with self._lock:
+            return list(self._held.values())
+
+    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
+        if dbapi_connection is not None:
+            with self._lock:
+                self._held[id(dbapi_connection)] = dbapi_connection
+
+    def _gone(self, dbapi_connection: Any, *_args: Any) -> None:
+        with self._lock:
+            self._held.pop(id(dbapi_connection), None)
 
 
 def _canceller(dbapi_connection: Any) -> tuple[Callable[[], None], Callable[[], None]]:
