@@ -33,8 +33,10 @@ def running_pushgateway() -> Iterator[str]:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
-                                   stdout=log, stderr=log)
+        # Debian's build persists to /var/lib/prometheus by default: every gateway of every
+        # test session would start with the metrics the last one held. In memory only.
+        process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}",
+                                    "--persistence.file="], stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 15
             while True:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aitems_sync.sync.report import RunReport
+from aitems_sync.sync.report import RunReport, null_cursor_message
 
 _COLUMNS = ("dataset", "status", "read", "new", "changed", "unchanged", "invalid", "sent",
             "batches", "ambiguous", "seconds")
@@ -32,6 +32,8 @@ def run_summary(report: RunReport, *, planned: bool = False) -> str:
     for d in report.datasets:
         if d.error:
             lines.append(f"{d.dataset}: {d.error}")
+        if d.null_cursor:
+            lines.append(f"{d.dataset}: warning: {null_cursor_message(d.null_cursor)}")
         for batch in d.ambiguous:
             lines.append(f"{d.dataset}: ambiguous batch of {batch.rows} rows, cursor "
                          f"{batch.first_cursor} .. {batch.last_cursor}: {batch.reason}")

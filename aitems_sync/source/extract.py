@@ -5,8 +5,12 @@ The user's query is wrapped as a subquery ``src``; the incremental predicate and
 for the dialect and the mark is always a bound parameter, never text in the SQL.
 
 Rows whose cursor is NULL are never extracted (they cannot be ordered after a mark): make the
-cursor column NOT NULL, or ``COALESCE`` it in the query. Among rows with the same cursor value,
-NULL key values sort first on every dialect.
+cursor column NOT NULL, or ``COALESCE`` it in the query. ``extract(count_null_cursors=True)``
+counts them, so that they are reported rather than skipped silently. Among rows with the same
+cursor value, NULL key values sort first on every dialect.
+
+Every wait on the database (probe, counts, the query, each fetch) is bounded by the source's
+``read_timeout`` (:mod:`aitems_sync.source.watchdog`).
 
 MySQL/MariaDB: rows stream through PyMySQL's unbuffered cursor, with a long
 ``net_write_timeout`` so that a pause for slow uploads does not cut the stream; an extraction
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -38,6 +43,7 @@ from aitems_sync.errors import SourceError
 from aitems_sync.redact import url_for_display
 from aitems_sync.source.decode import fetch_part, tolerate_pg_values
 from aitems_sync.source.lookback import CursorValue, lookback_start
+from aitems_sync.source.watchdog import IdleConnections, Watch, Watchdog
 from aitems_sync.spec.columns import ColumnMatchError, match_column
 from aitems_sync.spec.model import SourceConfig
 
@@ -98,12 +104,15 @@ class Source:
             ) from exc
         self._engine = engine
         self._owns_engine = engine is None
+        self._watchdog = Watchdog(self.name, config.read_timeout)
+        self._idle = IdleConnections()
 
     @property
     def engine(self) -> sa.Engine:
         """The source's engine, created on first use."""
         if self._engine is None:
             self._engine = _create_engine(self.name, self._url)
+            self._idle.follow(self._engine)
         return self._engine
 
     @property
@@ -122,11 +131,12 @@ class Source:
     def columns(self, query: str) -> list[str]:
         """The query's result column names as the driver reports them, without reading rows."""
         probe = sa.text(f"SELECT * FROM ({_wrap(query)}) AS src WHERE 1 = 0")
-        with self._connect() as conn:
+        with self._connect() as conn, self._watched(conn) as watch:
             try:
-                return list(conn.execute(probe).keys())
+                with watch:
+                    return list(conn.execute(probe).keys())
             except sa.exc.StatementError as exc:
-                raise self._query_error(exc) from exc
+                raise self._query_error(exc, watch) from exc
 
     def extract(
         self,
@@ -139,6 +149,7 @@ class Source:
         chunk_rows: int = 5000,
         sort: bool | None = None,
         inclusive: bool = False,
+        count_null_cursors: bool = False,
     ) -> Extraction:
         """Start streaming the rows after ``mark`` (or all rows), ordered by cursor then key.
 
@@ -160,6 +171,9 @@ class Source:
         the table); False never sorts (the caller wants the first rows at once). The sort
         comes before the first row (a long wait on a large table) and spills about the rows'
         size to SQLite's temporary directory (``SQLITE_TMPDIR``).
+
+        With ``count_null_cursors`` the rows whose cursor is NULL (never read) are counted
+        first, in one statement on the same connection: ``Extraction.null_cursors``.
         """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -177,24 +191,33 @@ class Source:
         except SourceError as exc:
             raise SourceError(f"source {self.name!r}: {exc.message}") from exc
         conn = self._connect()
+        watch = self._watch(conn)
+        nulls = None
         try:
-            _prepare_stream(conn)
-            if dialect == "sqlite" and self._sorts(conn, statement_after, mark, sort):
-                statement = statement_after(mark, sorted_=True)
-                log.debug("source %s: SQLite sorts the table, read in storage order (walking "
-                         "the cursor's index would read it at random)", self.name,
-                         extra={"event": "sorted_read", "source": self.name})
-            if conn.dialect.supports_server_side_cursors:
-                conn = conn.execution_options(stream_results=True, yield_per=chunk_rows)
-            result = conn.execute(statement)
+            with watch:
+                _prepare_stream(conn)
+                if count_null_cursors:
+                    counted = null_cursor_statement(query, names, cursor_index)
+                    nulls = int(conn.execute(counted).scalar_one())
+                if dialect == "sqlite" and self._sorts(conn, statement_after, mark, sort):
+                    statement = statement_after(mark, sorted_=True)
+                    log.debug("source %s: SQLite sorts the table, read in storage order "
+                              "(walking the cursor's index would read it at random)", self.name,
+                              extra={"event": "sorted_read", "source": self.name})
+                if conn.dialect.supports_server_side_cursors:
+                    conn = conn.execution_options(stream_results=True, yield_per=chunk_rows)
+                result = conn.execute(statement)
         except sa.exc.StatementError as exc:
             conn.close()
-            raise self._query_error(exc) from exc
+            watch.release()
+            raise self._query_error(exc, watch) from exc
         except BaseException:
             conn.close()
+            watch.release()
             raise
         log.debug("source %s: extracting after mark=%s, lookback=%s", self.name, mark, lookback)
-        return Extraction(names, cursor_index, key_indices, conn, result, self, chunk_rows)
+        return Extraction(names, cursor_index, key_indices, conn, result, self, chunk_rows,
+                          watch, nulls)
 
     def _sorts(
         self,
@@ -217,14 +240,35 @@ class Source:
 
     def close(self) -> None:
         """Dispose of the engine this source created (an engine passed in belongs to the caller)."""
+        self._watchdog.close()
         if self._engine is not None and self._owns_engine:
             self._engine.dispose()
             self._engine = None
 
-    def _connect(self) -> sa.Connection:
+    def _watch(self, conn: sa.Connection) -> Watch:
+        """Bound every wait on ``conn`` by the source's read_timeout (release it after)."""
+        return self._watchdog.watch(conn.connection.dbapi_connection)
+
+    @contextmanager
+    def _watched(self, conn: sa.Connection) -> Iterator[Watch]:
+        watch = self._watch(conn)
         try:
-            return self.engine.connect()
+            yield watch
+        finally:
+            watch.release()
+
+    def _connect(self) -> sa.Connection:
+        engine = self.engine
+        # The pool pings an idle connection before handing it out: a frozen server would hold
+        # that ping for ever. Past read_timeout the idle connections are ended, and the pool
+        # connects anew (bounded by the connect timeout).
+        watch = self._watchdog.watch_idle(self._idle.connections)
+        try:
+            with watch:
+                return engine.connect()
         except sa.exc.DBAPIError as exc:
+            if watch.fired:
+                raise self.timeout_error() from exc
             where = _safe_url(self._url)
             detail = _scrub(_first_line(exc.orig), self._url)
             raise SourceError(
@@ -232,8 +276,13 @@ class Source:
                 "server is running and reachable, the host, port, database name and "
                 "credentials in the url, and the network/firewall"
             ) from exc
+        finally:
+            watch.release()
 
-    def _query_error(self, exc: sa.exc.StatementError) -> SourceError:
+    def _query_error(self, exc: sa.exc.StatementError, watch: Watch | None = None
+                     ) -> SourceError:
+        if watch is not None and watch.fired:
+            return self.timeout_error()
         detail = _scrub(_first_line(exc.orig), self._url)
         if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
             return SourceError(
@@ -248,6 +297,17 @@ class Source:
                 f"(SQLite's default: {TEMP_DIRS}), then run again"
             )
         return SourceError(f"source {self.name!r}: the query failed: {detail}; {VALIDATE_HINT}")
+
+    def timeout_error(self) -> SourceError:
+        """The error of a query the watchdog ended: the source did not answer in time."""
+        seconds = _duration(self.config.read_timeout)
+        return SourceError(
+            f"source {self.name!r}: no answer for {seconds} while reading rows "
+            f"(sources.{self.name}.read_timeout): the database server or the network to it "
+            "stopped answering, and the query was ended; nothing after the last batch "
+            "delivered was committed. Check the server and the network, then run again (raise "
+            "read_timeout if a query of this source can take that long before its first rows)"
+        )
 
     def _match(self, role: str, wanted: str, names: Sequence[str]) -> int:
         try:
@@ -271,12 +331,17 @@ class Extraction:
     _result: sa.CursorResult[Any] = field(repr=False)
     _source: Source = field(repr=False)
     _chunk_rows: int = field(repr=False)
+    _watch: Watch = field(repr=False)
+    #: Rows whose cursor is NULL, never read (counted with ``count_null_cursors``, else None).
+    null_cursors: int | None = None
 
     def __post_init__(self) -> None:
         # finalize also runs when an extraction is dropped without close(): the connection
         # goes back to the pool either way. Nothing here refers back to self (no cycle).
-        self._finalizer = weakref.finalize(self, _release, self._conn, self._result)
-        self.chunks = _chunks(self._result, self._chunk_rows, self._source, self._finalizer)
+        self._finalizer = weakref.finalize(self, _release, self._conn, self._result,
+                                           self._watch)
+        self.chunks = _chunks(self._result, self._chunk_rows, self._source, self._finalizer,
+                              self._watch)
 
     def close(self) -> None:
         """Stop the query (if still running) and release the connection; safe to call twice."""
@@ -331,6 +396,16 @@ def extraction_statement(
         return statement.where(cur >= _bind("mark_cursor", mark.cursor, dialect))
     _check_mark_key(mark, keys)
     return statement.where(_after(cur, keys, mark, dialect))
+
+
+def null_cursor_statement(query: str, names: Sequence[str], cursor_index: int
+                          ) -> sa.Select[Any]:
+    """``SELECT count(*)`` of the query's rows whose cursor is NULL: the rows no extraction
+    reads. One statement, which the database answers from the cursor's index where it has one
+    (SQLite also folds it to nothing on a NOT NULL column); without one it scans as a delta
+    query on that cursor does anyway."""
+    src = sa.text(_wrap(query)).columns(*[sa.column(n) for n in names]).subquery("src")
+    return sa.select(sa.func.count()).select_from(src).where(src.c[names[cursor_index]].is_(None))
 
 
 def walks_an_index(plan: Sequence[str]) -> bool:
@@ -454,16 +529,17 @@ def _wrap(query: str) -> str:
 
 
 def _chunks(
-    result: sa.CursorResult[Any], size: int, source: Source, release: weakref.finalize[Any, Any]
+    result: sa.CursorResult[Any], size: int, source: Source, release: weakref.finalize[Any, Any],
+    watch: Watch,
 ) -> Iterator[Sequence[Sequence[Any]]]:
     try:
-        for part in _parts(result, size):
+        for part in _parts(result, size, watch):
             yield part
             del part  # not kept while the next one is read (the caller holds it if it needs it)
             if not release.alive:  # closed while the caller held this chunk: stop quietly
                 return
     except sa.exc.StatementError as exc:
-        raise source._query_error(exc) from exc
+        raise source._query_error(exc, watch) from exc
     finally:
         release()
 
@@ -472,8 +548,9 @@ def _chunks(
 FIRST_CHUNK_ROWS = 1000
 
 
-def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
-    """The result's rows in lists of up to ``size`` (the first one up to FIRST_CHUNK_ROWS).
+def _parts(result: sa.CursorResult[Any], size: int, watch: Watch) -> Iterator[Sequence[Any]]:
+    """The result's rows in lists of up to ``size`` (the first one up to FIRST_CHUNK_ROWS),
+    each fetch armed on the ``watch`` (a wait for rows, bounded by read_timeout).
 
     Where the driver has no server-side cursor (SQLite), its own cursor already reads lazily,
     step by step: the rows come straight from it as plain tuples (:func:`fetch_part`, which
@@ -485,15 +562,24 @@ def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
     """
     first = min(size, FIRST_CHUNK_ROWS)
     if result.context.dialect.supports_server_side_cursors:
-        part = result.fetchmany(first)
-        if part:
+        with watch:
+            part = result.fetchmany(first)
+        if not part:
+            return
+        yield part
+        parts = result.partitions(size)
+        while True:
+            with watch:
+                part = next(parts, [])
+            if not part:
+                return
             yield part
-            yield from result.partitions(size)
-        return
+            del part  # see _chunks
     cursor, errors = result.cursor, result.context.dialect.loaded_dbapi.Error
     while True:
         try:
-            part = fetch_part(cursor, first)
+            with watch:
+                part = fetch_part(cursor, first)
         except errors as exc:
             raise sa.exc.DBAPIError.instance(None, None, exc, errors) from exc
         if not part:
@@ -503,10 +589,13 @@ def _parts(result: sa.CursorResult[Any], size: int) -> Iterator[Sequence[Any]]:
         first = size
 
 
-def _release(conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
+def _release(conn: sa.Connection, result: sa.CursorResult[Any], watch: Watch) -> None:
     try:
-        _drop_unread_rows(conn, result)
-        result.close()
+        if watch.fired:  # the watchdog shut its socket: nothing can be read or closed on it
+            conn.invalidate()
+        else:
+            _drop_unread_rows(conn, result)
+            result.close()
     except sa.exc.SQLAlchemyError:
         log.debug("closing an extraction's result failed", exc_info=True)
     finally:
@@ -514,6 +603,7 @@ def _release(conn: sa.Connection, result: sa.CursorResult[Any]) -> None:
             conn.close()
         except sa.exc.SQLAlchemyError:
             log.debug("closing an extraction's connection failed", exc_info=True)
+        watch.release()
 
 
 def _prepare_stream(conn: sa.Connection) -> None:
@@ -590,6 +680,14 @@ def _heed_signals(dbapi_conn: Any, _record: Any) -> None:
 
 def _go_on() -> int:
     return 0
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as the spec writes durations: ``90s``, ``30m``, ``1h``."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _safe_url(url: str) -> str:

@@ -17,6 +17,7 @@ Defaults (also in the descriptions of ``spec.schema.json``):
                                  max_elapsed: 10m``
 ``state``                        ``sqlite:///state/aitems-sync.db`` (next to the spec)
 ``sources.*.timezone``           ``UTC``
+``sources.*.read_timeout``       ``30m`` (a query's wait for its next rows)
 ``datasets.*.source``            the only source, when exactly one is defined
 ``datasets.*.key``               ``[USER_ID]`` / ``[ITEM_ID]`` / the whole row (interaction)
 ``datasets.*.lookback``          ``0``
@@ -275,6 +276,7 @@ def _source(doc: Document, name: str, m: dict[str, Any], p: KeyPath) -> SourceCo
         name=name,
         url=_get(doc, m, p, "url", "", _db_url(doc.folder)),
         timezone=_get(doc, m, p, "timezone", "UTC", _timezone),
+        read_timeout=_get(doc, m, p, "read_timeout", SourceConfig.read_timeout, _seconds(1e-9)),
     )
 
 

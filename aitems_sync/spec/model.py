@@ -85,6 +85,8 @@ class SourceConfig:
     name: str
     url: str = field(repr=False)  # may hold a password
     timezone: str = "UTC"  # the zone naive datetimes are read in
+    # Seconds a query may wait for its next rows before the dataset fails (source/watchdog.py).
+    read_timeout: float = 1800.0
 
 
 @dataclass(frozen=True)

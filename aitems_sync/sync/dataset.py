@@ -42,7 +42,13 @@ from aitems_sync.sync.batches import (
 )
 from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer, Unplaceable
-from aitems_sync.sync.report import INTERRUPTED, INVALID, AmbiguousBatch, DatasetReport
+from aitems_sync.sync.report import (
+    INTERRUPTED,
+    INVALID,
+    AmbiguousBatch,
+    DatasetReport,
+    null_cursor_message,
+)
 from aitems_sync.sync.window import DryWindow, Window, show
 from aitems_sync.undecodable import Undecodable
 
@@ -207,7 +213,9 @@ class DatasetSync:
                 # sorts the rest (Start.sort): sorting the whole table here first delayed the
                 # first upload and made a backfill measurably slower (docs/perf-history.md).
                 sort=None if self.settings.options.worker_after is None else False,
+                count_null_cursors=True,
             ) as extraction:
+                self._report_null_cursors(extraction.null_cursors or 0)
                 self._stream(extraction, mark)
             self._after_stream()
         finally:
@@ -622,6 +630,16 @@ class DatasetSync:
             )
         if leftovers and not self.settings.dry_run:
             self.state.mark_ambiguous(self.dataset.name, [r.batch_id for r in leftovers])
+
+    def _report_null_cursors(self, count: int) -> None:
+        """Rows whose cursor is NULL are never read (they have no place after a mark): count
+        them in the report and warn, every run, so that they are never skipped silently."""
+        self.report.null_cursor = count
+        if count:
+            log.warning("dataset %s: %s", self.dataset.name,
+                        null_cursor_message(count, self.dataset.cursor),
+                        extra={"event": "null_cursor", "dataset": self.dataset.name,
+                               "rows": count})
 
     def _prune_ledger(self) -> None:
         mark = self.state.get_mark(self.dataset.name)

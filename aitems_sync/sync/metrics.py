@@ -26,6 +26,8 @@ _GAUGES: tuple[tuple[str, str, Callable[[DatasetReport], float]], ...] = (
     ("rows_unchanged", "Rows skipped because the ledger shows them delivered",
      lambda d: d.unchanged),
     ("rows_invalid", "Rows quarantined in the last run", lambda d: d.invalid),
+    ("rows_null_cursor", "Rows never synced because their cursor is NULL (counted each run)",
+     lambda d: d.null_cursor),
     ("batches", "Upload batches acknowledged in the last run", lambda d: d.batches),
     ("ambiguous_batches", "Batches that may have been delivered twice", lambda d: len(d.ambiguous)),
     ("duration_seconds", "Seconds the dataset took in the last run", lambda d: d.seconds),

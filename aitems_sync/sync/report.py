@@ -29,7 +29,8 @@ class DatasetReport:
     Every row read is ``unchanged`` (the ledger or the mark shows it delivered), ``invalid``
     (quarantined by our validation or refused by AiTEMS), or ``new``/``changed`` (routed for
     upload). Of those, ``superseded`` were replaced by a later version of the same key in the
-    same batch, and ``sent`` were acknowledged by AiTEMS.
+    same batch, and ``sent`` were acknowledged by AiTEMS. ``null_cursor`` rows were not read
+    at all: their cursor is NULL, so no run ever syncs them (counted every run).
     """
 
     dataset: str
@@ -46,6 +47,15 @@ class DatasetReport:
     seconds: float = 0.0
     ambiguous: list[AmbiguousBatch] = field(default_factory=list)
     error: str | None = None
+    null_cursor: int = 0
+
+
+def null_cursor_message(count: int, cursor: str | None = None) -> str:
+    """What to tell the operator about rows skipped for a NULL cursor (column ``cursor``)."""
+    rows = "1 row has" if count == 1 else f"{count} rows have"
+    column = f"the cursor column {cursor}" if cursor else "the cursor column"
+    return (f"{rows} a NULL cursor and will never be synced: make {column} NOT NULL, or "
+            "COALESCE it in the query (e.g. COALESCE(updated_at, created_at))")
 
 
 @dataclass
