@@ -103,6 +103,7 @@ def build_spec(data: Any, doc: Document, path: Path) -> Spec:
         sources=MappingProxyType(sources),
         datasets=MappingProxyType(datasets),
         metrics=_metrics(doc, _map(root.get("metrics")), ("metrics",)),
+        lines=MappingProxyType(dict(doc.lines)),
     )
     _register_secrets(spec)
     return spec
