@@ -188,6 +188,11 @@ def _http_url(value: Any) -> str:
         raise ValueError(hint) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(hint)
+    if parts.query or parts.fragment or str(value).rstrip().endswith(("?", "#")):
+        # Request paths are appended to it: a query would end up in the middle of every URL.
+        raise ValueError("has a query string or a fragment (?... or #...), which no request "
+                         "path can follow; remove it: write it like "
+                         "https://aitems.apigw.ntruss.com/api/v1")
     if not re.fullmatch(r"[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+", parts.hostname):
         raise ValueError("has a host name that cannot be one (a space, or a character a host "
                          "name does not have); write it like https://aitems.apigw.ntruss.com/api/v1")
