@@ -162,6 +162,16 @@ class Spec:
         found while loading: file, line and dotted key."""
         return SpecProblem(str(self.path), self.line(path), dotted(path), message)
 
+    def locate(self, problem: SpecProblem) -> SpecProblem:
+        """``problem``, found where the file was not at hand (a query's columns), located at
+        the line of its dotted key (or of the nearest key above it) in this spec."""
+        lines = {dotted(path): line for path, line in self.lines.items()}
+        key = problem.key
+        while key and key not in lines:
+            parent = re.sub(r"(\.[^.\[\]]*|\[[0-9]+\])$", "", key)
+            key = parent if parent != key else ""
+        return SpecProblem(str(self.path), lines.get(key), problem.key, problem.message)
+
 
 # --- Values written as text: durations, sizes, invalid-row limits ---------------------------------
 # The spec's JSON Schema carries the same patterns (tests keep the two equal), so an editor using
