@@ -42,7 +42,6 @@ def test_a_spec_type_whose_values_aitems_accepts_matches(spec: str, remote: str)
 
 @pytest.mark.parametrize(("spec", "remote", "fragment"), [
     ("string", "float", "refuses string values"),
-    ("long", "int", "refuses long values"),
     ("float", "long", "refuses float values"),
     ("boolean", "int", "refuses boolean values"),
     ("int", "boolean", "refuses int values"),
@@ -56,12 +55,21 @@ def test_a_spec_type_with_values_aitems_refuses_is_a_mismatch(
     assert problem is not None and fragment in problem
 
 
+@pytest.mark.parametrize("remote", ["int", "int|null"])
+def test_a_long_where_aitems_has_an_int_is_a_warning_as_some_values_fit(remote: str) -> None:
+    [problem] = compare_fields(fields("X:long"), fields(f"X:{remote}"))
+
+    assert problem.warning and problem.index == 0
+    assert "refuses values outside the signed 32-bit range" in problem.message
+
+
 def test_every_difference_is_found_at_once_with_the_spec_field_it_is_about() -> None:
     spec = fields("USER_ID:string", "GENDER:string|null", "AGE:string", "EXTRA:int")
     remote = fields("USER_ID:string", "AGE:float", "GENDER:string|null", "SCORE:long")
 
     found = [(p.index, p.message) for p in compare_fields(spec, remote)]
 
+    assert not any(p.warning for p in compare_fields(spec, remote))
     assert [index for index, _ in found] == [2, 3, None, 1]
     assert "AGE has type string in the spec but float in AiTEMS" in found[0][1]
     assert "EXTRA is not in the AiTEMS schema" in found[1][1]

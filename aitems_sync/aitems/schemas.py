@@ -10,6 +10,10 @@ accepts: each of the spec's types is accepted by the AiTEMS type union (``ACCEPT
 ``double``; ``float`` and ``double`` are both any JSON number), and the spec allows null only
 where AiTEMS does. A narrower spec type is fine (``string`` where AiTEMS has ``[string, null]``).
 ``categorical`` is not compared: it does not change what an upload may hold.
+
+A ``long`` where AiTEMS has only ``int`` is a warning, not a mismatch: values within the signed
+32-bit range are accepted, and AiTEMS refuses the others one by one (the run quarantines them).
+Every other difference would have every row refused.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ _TYPES: tuple[FieldType, ...] = ("string", "int", "long", "float", "double", "bo
 ACCEPTED_BY: Mapping[str, frozenset[str]] = {
     "string": frozenset({"string"}),
     "int": frozenset({"int", "long", "float", "double"}),
-    "long": frozenset({"long", "float", "double"}),
+    "long": frozenset({"long", "int", "float", "double"}),  # int: a warning, see above
     "float": frozenset({"float", "double"}),
     "double": frozenset({"float", "double"}),
     "boolean": frozenset({"boolean"}),
@@ -45,6 +49,8 @@ class FieldProblem:
 
     index: int | None
     message: str
+    #: Only some rows may be refused (a narrower integer range): the dataset may still run.
+    warning: bool = False
 
 
 def remote_fields(schema: Mapping[str, Any]) -> tuple[Field, ...]:
@@ -89,6 +95,12 @@ def compare_fields(spec: Sequence[Field], remote: Sequence[Field]) -> list[Field
         problem = type_problem(field, other)
         if problem:
             problems.append(FieldProblem(index, problem))
+        elif "long" in field.types and not {"long", "float", "double"} & set(other.types):
+            problems.append(FieldProblem(index, (
+                f"field {field.name} is a long in the spec but {shown_type(other)} in AiTEMS, "
+                "which refuses values outside the signed 32-bit range: those rows will be "
+                "quarantined as refused; write type int to have them quarantined before they "
+                "are sent"), warning=True))
     for field in remote:
         if field.name not in ours:
             problems.append(FieldProblem(None, _missing(field)))

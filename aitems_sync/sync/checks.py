@@ -195,7 +195,7 @@ def _check_aitems(spec: Spec, client: AitemsClient, report: ValidationReport) ->
     for dataset in spec.datasets.values():
         key = ("datasets", dataset.name, "dataset_id")
         try:
-            problems = schemas.problems(spec, dataset)
+            problems, warnings = schemas.problems(spec, dataset)
         except ApiError as error:
             report.problems.append(spec.problem(key, f"dataset {dataset.name}: AiTEMS: {error}"))
             continue
@@ -204,6 +204,7 @@ def _check_aitems(spec: Spec, client: AitemsClient, report: ValidationReport) ->
                 key, f"AiTEMS dataset {dataset.dataset_id} is not attached to service "
                 f"{spec.aitems.service_id}: attach it in AiTEMS, or fix dataset_id"))
         report.problems.extend(problems)
+        report.warnings.extend(warnings)
         if not problems:
             report.checks.append(f"dataset {dataset.name}: AiTEMS dataset {dataset.dataset_id} "
                                  f"({dataset.type}) is attached and its schema matches the "

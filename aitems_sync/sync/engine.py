@@ -346,7 +346,10 @@ def check_dataset(spec: Spec, dataset: DatasetSpec, source: Source, state: State
         if problem is not None:
             problems.append(spec.problem(("datasets", dataset.name, "lookback"), problem))
     if schemas is not None:
-        problems += schemas.problems(spec, dataset)
+        mismatches, warnings = schemas.problems(spec, dataset)
+        problems += mismatches
+        for warning in warnings:
+            log.warning("%s", warning, extra={"event": "schema_warning", "dataset": dataset.name})
     if problems:
         raise SpecError(problems)
 

@@ -48,39 +48,41 @@ class SchemaCheck:
                 self._schemas[name] = self._reader.get_schema(name)
             return self._schemas[name]
 
-    def problems(self, spec: Spec, dataset: DatasetSpec) -> list[SpecProblem]:
-        """Every way the dataset's type and fields differ from AiTEMS's, located in the spec;
-        empty when its uploads would fit."""
+    def problems(self, spec: Spec, dataset: DatasetSpec
+                 ) -> tuple[list[SpecProblem], list[SpecProblem]]:
+        """Every way the dataset's type and fields differ from AiTEMS's, located in the spec:
+        the problems (none when its uploads would fit) and the warnings."""
         remote = self.dataset(dataset.dataset_id)
         if remote.get("type") != dataset.type:
             return [spec.problem(
                 ("datasets", dataset.name, "type"),
                 f"AiTEMS dataset {dataset.dataset_id} is of type {remote.get('type')!r}, but "
-                f"the spec says {dataset.type!r}: fix type or dataset_id")]
+                f"the spec says {dataset.type!r}: fix type or dataset_id")], []
         name = str(remote.get("schemaName", ""))
         try:
             theirs = remote_fields(self.schema(name))
         except ValueError as error:
             return [spec.problem(("datasets", dataset.name, "dataset_id"),
                                  f"AiTEMS schema {name!r} of dataset {dataset.dataset_id} cannot "
-                                 f"be read ({error}); check the schema in the AiTEMS console")]
+                                 f"be read ({error}); check the schema in the AiTEMS console")], []
         return field_problems(spec, dataset, name, theirs)
 
 
-def field_problems(spec: Spec, dataset: DatasetSpec, schema_name: str,
-                   remote: Sequence[Field]) -> list[SpecProblem]:
+def field_problems(spec: Spec, dataset: DatasetSpec, schema_name: str, remote: Sequence[Field]
+                   ) -> tuple[list[SpecProblem], list[SpecProblem]]:
     """The differences of the dataset's fields from the AiTEMS schema's, each at the spec line
-    of the field it is about, then the whole diff at ``fields`` (pure)."""
-    found = compare_fields(dataset.fields, remote)
-    if not found:
-        return []
+    of the field it is about, then the whole diff at ``fields``; and the warnings (pure)."""
     where = ("datasets", dataset.name, "fields")
-    problems = [spec.problem(where if p.index is None else (*where, p.index),
-                             f"dataset {dataset.name}: {p.message}") for p in found]
-    diff = "\n".join(f"      {line}" for line in field_diff(dataset.fields, remote))
-    problems.append(spec.problem(
-        where, f"dataset {dataset.name}: the fields differ from AiTEMS schema {schema_name} of "
-        f"dataset {dataset.dataset_id} (- AiTEMS only, + the spec only); AiTEMS would refuse "
-        f"every row. `aitems-sync schema pull {dataset.name}` prints the schema as fields:\n"
-        f"{diff}"))
-    return problems
+    found = compare_fields(dataset.fields, remote)
+    located = [(p.warning, spec.problem(where if p.index is None else (*where, p.index),
+                                        f"dataset {dataset.name}: {p.message}")) for p in found]
+    problems = [p for warning, p in located if not warning]
+    warnings = [p for warning, p in located if warning]
+    if problems:
+        diff = "\n".join(f"      {line}" for line in field_diff(dataset.fields, remote))
+        problems.append(spec.problem(
+            where, f"dataset {dataset.name}: the fields differ from AiTEMS schema {schema_name} "
+            f"of dataset {dataset.dataset_id} (- AiTEMS only, + the spec only); AiTEMS would "
+            f"refuse every row. `aitems-sync schema pull {dataset.name}` prints the schema as "
+            f"fields:\n{diff}"))
+    return problems, warnings
