@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,10 @@ from aitems_sync.aitems.schemas import (
     remote_fields,
     type_problem,
 )
+from aitems_sync.spec.load import load_spec
 from aitems_sync.spec.model import Field
+from aitems_sync.sync.schemacheck import SchemaCheck
+from tests.shop import write_spec
 
 
 def fields(*written: str) -> tuple[Field, ...]:
@@ -118,3 +122,45 @@ def test_remote_fields_refuses_an_answer_that_is_no_schema(schema: dict[str, Any
     with pytest.raises(ValueError, match="schema"):
         remote_fields(schema)
 
+
+
+class CountingReader:
+    """A stand-in for the AiTEMS client's two GETs, counting them."""
+
+    def __init__(self, schemas: dict[str, list[dict[str, Any]]]) -> None:
+        self.schemas = schemas
+        self.calls: list[str] = []
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        self.calls.append(f"dataset {dataset_id}")
+        kind = "user" if dataset_id.startswith("dsusers") else "interaction"
+        return {"datasetId": dataset_id, "type": kind, "schemaName": f"schema_{kind}"}
+
+    def get_schema(self, schema_name: str) -> dict[str, Any]:
+        self.calls.append(f"schema {schema_name}")
+        return {"name": schema_name, "fields": self.schemas[schema_name]}
+
+
+def test_each_dataset_and_schema_is_fetched_once_per_check(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "sync.yaml", endpoint="http://127.0.0.1:9",
+                                source_url="sqlite:///shop.db", state_url="sqlite:///s.db"))
+    reader = CountingReader({
+        "schema_user": [{"name": "USER_ID", "type": ["string"]},
+                        {"name": "AGE", "type": ["long", "null"]}],
+        "schema_interaction": [{"name": n, "type": [t]} for n, t in [
+            ("USER_ID", "string"), ("ITEM_ID", "string"), ("TIMESTAMP", "long"),
+            ("EVENT_TYPE", "string")]]})
+    check = SchemaCheck(reader)
+
+    users = [check.problems(spec, spec.datasets["users"]) for _ in range(3)]
+    events = check.problems(spec, spec.datasets["events"])
+
+    assert reader.calls == ["dataset dsusers0001", "schema schema_user",
+                            "dataset dsevent0001", "schema schema_interaction"]
+    assert events == ([], [])
+    problems, warnings = users[0]
+    assert warnings == []
+    assert [p.key for p in problems] == ["datasets.users.fields[2]", "datasets.users.fields"]
+    assert "field GENDER is not in the AiTEMS schema" in problems[0].message
+    assert problems[0].line == spec.line(("datasets", "users", "fields", 2)) is not None
+    assert problems[1].line == spec.line(("datasets", "users", "fields"))

@@ -160,7 +160,7 @@ def test_run_sends_nothing_for_a_dataset_whose_fields_differ_from_aitems_and_exi
     assert result.exit_code == 2, result.output
     report = json.loads(result.stdout)
     users = next(d for d in report["datasets"] if d["dataset"] == "users")
-    assert (users["status"], users["spec_error"], users["read"], users["sent"]) == (
+    assert (users["status"], users["spec_error"], users["sent"], users["invalid"]) == (
         "failed", True, 0, 0)
     assert f"{spec}:{line_of(text, 'name: AGE')}: datasets.users.fields[1]: " in users["error"]
     assert emulator.received("dsusers0001").uploads == 0

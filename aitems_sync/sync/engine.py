@@ -79,9 +79,10 @@ def run(
     """Sync the selected datasets once and report what happened; see ``RunReport.exit_code``.
 
     Before a dataset reads a row, its query's columns are matched to its fields, key and
-    cursor, its lookback to its mark, and (with ``schemas``, the AiTEMS client) its fields to
-    its AiTEMS schema, fetched once per run: a mismatch fails the dataset as a spec error
-    (exit 2) before anything is sent, rather than having AiTEMS refuse every batch.
+    cursor, and its lookback to its mark; before its first batch with rows is sent, its fields
+    are compared with its AiTEMS schema (with ``schemas``, the AiTEMS client; fetched once per
+    run, and not at all by a run with nothing to send). A mismatch fails the dataset as a spec
+    error (exit 2) before anything is sent, rather than having AiTEMS refuse every batch.
 
     ``progress`` is called with a dataset's report after every chunk of rows (for a display).
     ``report``: the report to fill in (and return), for a caller that must show it even if the
@@ -299,12 +300,12 @@ class _Run:
             self.leases.check(dataset.name)
 
         try:
-            check_dataset(self.spec, dataset, self.sources[dataset.source], self.state,
-                          self.schemas)
+            check_dataset(self.spec, dataset, self.sources[dataset.source], self.state)
             DatasetSync(dataset, settings, self.state, FencedUploader(self.uploader, check_lease),
                         self.sources[dataset.source], self.halt, report,
                         check_lease=check_lease, progress=self.progress,
-                        overtaken=lambda: self.leases.overtaken(dataset.name)).run()
+                        overtaken=lambda: self.leases.overtaken(dataset.name),
+                        before_sending=lambda: self._check_schema(dataset)).run()
         except AuthError as error:
             self.halt.fail_run(error)  # the same keys fail every dataset: stop the run
             _record_failure(report, error, FAILED)
@@ -318,6 +319,18 @@ class _Run:
             reason = self.halt.reason()
             if reason is not None and reason[0] == FAILED:
                 report.status, report.error = reason
+
+
+    def _check_schema(self, dataset: DatasetSpec) -> None:
+        """SpecError when the dataset's fields differ from its AiTEMS schema (fetched once per
+        run); its warnings are logged."""
+        if self.schemas is None:
+            return
+        problems, warnings = self.schemas.problems(self.spec, dataset)
+        for warning in warnings:
+            log.warning("%s", warning, extra={"event": "schema_warning", "dataset": dataset.name})
+        if problems:
+            raise SpecError(problems)
 
 
 def _record_failure(report: DatasetReport, error: AitemsSyncError, status: str) -> None:
@@ -334,22 +347,15 @@ def _record_spec_error(spec: Spec, report: DatasetReport, error: SpecError) -> N
     report.spec_error = True
 
 
-def check_dataset(spec: Spec, dataset: DatasetSpec, source: Source, state: StateStore,
-                  schemas: SchemaCheck | None) -> None:
+def check_dataset(spec: Spec, dataset: DatasetSpec, source: Source, state: StateStore) -> None:
     """SpecError, before the dataset reads a row, when its query's columns do not match its
-    fields, key and cursor, its lookback cannot move its mark back, or (with ``schemas``) its
-    fields differ from its AiTEMS schema."""
+    fields, key and cursor, or its lookback cannot move its mark back."""
     problems = column_problems(spec, dataset, source.columns(dataset.query))
     mark = state.get_mark(dataset.name) if dataset.lookback > timedelta(0) else None
     if mark is not None:
         problem = lookback_problem(dataset, mark.cursor)
         if problem is not None:
             problems.append(spec.problem(("datasets", dataset.name, "lookback"), problem))
-    if schemas is not None:
-        mismatches, warnings = schemas.problems(spec, dataset)
-        problems += mismatches
-        for warning in warnings:
-            log.warning("%s", warning, extra={"event": "schema_warning", "dataset": dataset.name})
     if problems:
         raise SpecError(problems)
 
@@ -388,7 +394,7 @@ def plan(
         report.datasets.append(dataset_report)
         settings = _settings(spec, dataset, options, report.run_id, dry_run=True)
         try:
-            check_dataset(spec, dataset, sources[dataset.source], state, None)
+            check_dataset(spec, dataset, sources[dataset.source], state)
             DatasetSync(dataset, settings, state, _NoUploads(), sources[dataset.source],
                         threading.Event(), dataset_report).run()
         except InvalidRowsError as error:
