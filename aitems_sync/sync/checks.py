@@ -3,7 +3,8 @@ run, every problem found at once and located by file:line and key.
 
 Each check adds what it found to a ``ValidationReport``: a line for what passed, a located
 ``SpecProblem`` for what ``run`` would fail on, and a warning for what it would silently not do
-(rows with a NULL cursor). ``column_problems`` is pure, and ``run`` uses it too.
+(rows with a NULL cursor). ``column_problems`` is pure; ``check_dataset`` is the part of
+these checks that ``run`` and ``plan`` make of each dataset before it reads a row.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from aitems_sync.source.lookback import lookback_start
 from aitems_sync.spec.columns import ColumnMatchError, match_column
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state import probe
+from aitems_sync.state.store import StateStore
 from aitems_sync.sync.schemacheck import SchemaCheck
 
 #: What a failed query's message advises in validate (which is the command checking queries).
@@ -83,6 +85,21 @@ def column_problems(spec: Spec, dataset: DatasetSpec, columns: Sequence[str]
                 "databases give them all one name, which cannot be told apart); return it "
                 "once"))
     return problems
+
+
+def check_dataset(spec: Spec, dataset: DatasetSpec, source: Source, state: StateStore
+                  ) -> None:
+    """For ``run`` and ``plan``, before the dataset reads a row: SpecError when its query's
+    columns do not match its fields, key and cursor, or its lookback cannot move its mark
+    back."""
+    problems = column_problems(spec, dataset, source.columns(dataset.query))
+    mark = state.get_mark(dataset.name) if dataset.lookback > timedelta(0) else None
+    if mark is not None:
+        problem = lookback_problem(dataset, mark.cursor)
+        if problem is not None:
+            problems.append(spec.problem(("datasets", dataset.name, "lookback"), problem))
+    if problems:
+        raise SpecError(problems)
 
 
 def check_state(spec: Spec, report: ValidationReport) -> None:

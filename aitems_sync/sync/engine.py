@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 
 from aitems_sync.aitems.delivery import Target, Uploader, UploadOutcome
 from aitems_sync.errors import (
@@ -35,7 +34,7 @@ from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import signals
-from aitems_sync.sync.checks import column_problems, lookback_problem
+from aitems_sync.sync.checks import check_dataset
 from aitems_sync.sync.dataset import DatasetSync, SyncSettings
 from aitems_sync.sync.leases import FencedUploader, Leases
 from aitems_sync.sync.options import RunOptions
@@ -320,7 +319,6 @@ class _Run:
             if reason is not None and reason[0] == FAILED:
                 report.status, report.error = reason
 
-
     def _check_schema(self, dataset: DatasetSpec) -> None:
         """SpecError when the dataset's fields differ from its AiTEMS schema (fetched once per
         run); its warnings are logged."""
@@ -345,19 +343,6 @@ def _record_spec_error(spec: Spec, report: DatasetReport, error: SpecError) -> N
     located = [spec.locate(p) if p.line is None else p for p in error.problems]
     _record_failure(report, SpecError(located), FAILED)
     report.spec_error = True
-
-
-def check_dataset(spec: Spec, dataset: DatasetSpec, source: Source, state: StateStore) -> None:
-    """SpecError, before the dataset reads a row, when its query's columns do not match its
-    fields, key and cursor, or its lookback cannot move its mark back."""
-    problems = column_problems(spec, dataset, source.columns(dataset.query))
-    mark = state.get_mark(dataset.name) if dataset.lookback > timedelta(0) else None
-    if mark is not None:
-        problem = lookback_problem(dataset, mark.cursor)
-        if problem is not None:
-            problems.append(spec.problem(("datasets", dataset.name, "lookback"), problem))
-    if problems:
-        raise SpecError(problems)
 
 
 def _settings(spec: Spec, dataset: DatasetSpec, options: RunOptions, run_id: str,
