@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer
+from tests.conftest import source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
 SPEC = """\
@@ -264,4 +265,34 @@ def test_run_stops_a_lookback_on_a_text_cursor_as_a_spec_error(
     assert second.exit_code == 2, second.output
     assert "datasets.events.lookback: dataset events: lookback needs a cursor of timestamps" \
         in second.output
+    shop.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def source_and_state(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    return source_and_state_urls(request, tmp_path)
+
+
+def test_validate_connect_counts_null_cursors_and_compares_fields_on_each_database(
+        tmp_path: Path, emulator: EmulatorServer, source_and_state: tuple[str, str]) -> None:
+    source_url, state_url = source_and_state
+    shop = Shop(source_url)
+    shop.add_customers(customer_rows(10))  # ages 20 to 29
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source_url,
+                      state_url=state_url, lookback="10m")
+    text = spec.read_text().replace(
+        ", updated_at FROM customers",
+        ", CASE WHEN age < 25 THEN NULL ELSE updated_at END AS updated_at FROM customers"
+    ).replace('{name: AGE, type: [int, "null"]}', '{name: AGE, type: [boolean, "null"]}')
+    spec.write_text(text)
+
+    result = invoke("--config", str(spec), "validate", "--connect")
+
+    assert result.exit_code == 2, result.output
+    assert (f"{spec}:{line_of(text, 'name: AGE')}: datasets.users.fields[1]: dataset users: "
+            'field AGE has type [boolean, "null"] in the spec but [int, "null"] in AiTEMS'
+            ) in result.stderr
+    assert (f"{spec}:{line_of(text, 'cursor: updated_at')}: datasets.users.cursor: dataset "
+            "users: 5 rows of the query have a NULL cursor updated_at") in result.stderr
+    assert "lookback" not in result.stderr  # a timestamp cursor can be moved back
     shop.close()
