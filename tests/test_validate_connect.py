@@ -296,3 +296,21 @@ def test_validate_connect_counts_null_cursors_and_compares_fields_on_each_databa
             "users: 5 rows of the query have a NULL cursor updated_at") in result.stderr
     assert "lookback" not in result.stderr  # a timestamp cursor can be moved back
     shop.close()
+
+
+def test_a_long_where_aitems_has_an_int_is_a_warning_and_validate_passes(
+        tmp_path: Path, emulator: EmulatorServer) -> None:
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=shop.url,
+                      state_url=f"sqlite:///{tmp_path / 'state.db'}")
+    text = spec.read_text().replace('{name: AGE, type: [int, "null"]}',
+                                    '{name: AGE, type: [long, "null"]}')
+    spec.write_text(text)
+
+    result = invoke("--config", str(spec), "--json", "validate", "--connect")
+
+    assert result.exit_code == 0, result.output
+    [warning] = json.loads(result.stdout)["warnings"]
+    assert warning.startswith(f"{spec}:{line_of(text, 'name: AGE')}: datasets.users.fields[1]: ")
+    assert "refuses values outside the signed 32-bit range" in warning
+    shop.close()
