@@ -18,14 +18,15 @@ from typing import Any
 import yaml
 
 from aitems_sync.aitems.client import AitemsClient
-from aitems_sync.errors import UsageError
+from aitems_sync.errors import SpecError, SpecProblem, UsageError
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.marks import CURSOR_TYPES, Mark, check_cursor, parse_cursor
+from aitems_sync.state.probe import url_problem
 from aitems_sync.state.records import DatasetState, QuarantineRecord, RunRecord
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import engine
-from aitems_sync.sync.checks import ValidationReport, check_aitems, check_queries
+from aitems_sync.sync.checks import ValidationReport, check_aitems, check_queries, check_state
 from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
 from aitems_sync.sync.report import RunReport
@@ -36,17 +37,23 @@ __all__ = ["CURSOR_TYPES"]  # the --type choices of ``state set``, re-exported f
 
 
 def validate(spec: Spec, *, connect: bool = False) -> ValidationReport:
-    """Check the loaded spec; with ``connect`` also every query's columns and AiTEMS itself.
+    """Check the loaded spec; with ``connect`` also the state store, every query against its
+    source, and the endpoint, credentials, service and each dataset's schema against AiTEMS.
 
-    Raises SpecError listing every problem; connection failures raise their own errors.
+    Raises SpecError listing every problem found (what ``run`` would fail on), with the
+    warnings; otherwise returns what was checked and the warnings.
     """
     report = ValidationReport(spec)
     report.checks.append(f"spec {spec.path}: {len(spec.datasets)} dataset(s), "
                          f"{len(spec.sources)} source(s)")
+    report.problems.extend(state_url_problems(spec))
     if connect:
+        if not report.problems:
+            check_state(spec, report)
         with open_sources(spec) as sources:
             check_queries(spec, sources, report)
         check_aitems(spec, report)
+    report.raise_problems()
     return report
 
 
@@ -81,7 +88,8 @@ def run(
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2)) as client:
         report = engine.run(spec, selected, state=state, uploader=client, sources=sources,
-                            options=options, stop=stop, progress=progress, report=report)
+                            options=options, stop=stop, progress=progress, report=report,
+                            schemas=client)
     if spec.metrics.pushgateway:
         # Imported here for start-up time: prometheus_client is needed only by runs that push.
         from aitems_sync.sync.metrics import push_run_metrics
@@ -235,12 +243,21 @@ def dataset_named(spec: Spec, name: str) -> DatasetSpec:
 
 @contextmanager
 def open_state(spec: Spec) -> Iterator[StateStore]:
-    """The spec's state store, closed on exit."""
+    """The spec's state store, closed on exit; a URL no store can have is a SpecError."""
+    problems = state_url_problems(spec)
+    if problems:
+        raise SpecError(problems)
     store = StateStore.open(spec.state_url)
     try:
         yield store
     finally:
         store.close()
+
+
+def state_url_problems(spec: Spec) -> list[SpecProblem]:
+    """The state URL's problem that no database can change (its form, scheme or driver)."""
+    problem = url_problem(spec.state_url)
+    return [spec.problem(("state",), f"the state URL {problem}")] if problem else []
 
 
 @contextmanager

@@ -79,11 +79,16 @@ class SpecError(AitemsSyncError):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, problems: Sequence[SpecProblem]) -> None:
+    def __init__(self, problems: Sequence[SpecProblem],
+                 warnings: Sequence[SpecProblem] = ()) -> None:
         self.problems = tuple(problems)
+        self.warnings = tuple(warnings)
         count = len(self.problems)
         head = f"the spec has {count} problem{'s' if count != 1 else ''}:"
-        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+        lines = [head, *(f"  {p}" for p in self.problems)]
+        if self.warnings:
+            lines += ["and warnings:", *(f"  {w}" for w in self.warnings)]
+        super().__init__("\n".join(lines))
 
 
 class SourceError(AitemsSyncError):

@@ -128,8 +128,9 @@ def main_group(
 
 @main_group.command()
 @click.option("--connect", is_flag=True,
-              help="Also open every source and check the queries' columns, the credentials, "
-                   "the service and each dataset against AiTEMS.")
+              help="Also open the state store, every source and AiTEMS: each query's columns "
+                   "against the fields, key and cursor, rows with a NULL cursor, lookback, "
+                   "and the credentials, service and each dataset's schema.")
 @click.pass_obj
 def validate(ctx: Context, connect: bool) -> None:
     """Check the spec (and with --connect, the sources and AiTEMS) without changing anything."""
@@ -139,6 +140,8 @@ def validate(ctx: Context, connect: bool) -> None:
     else:
         for check in result.checks:
             click.echo(f"ok: {check}")
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}")
 
 
 @main_group.command()

@@ -128,15 +128,38 @@ class Source:
         memory = url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
         return not (url.get_backend_name() == "sqlite" and memory)
 
-    def columns(self, query: str) -> list[str]:
-        """The query's result column names as the driver reports them, without reading rows."""
+    def connect_check(self) -> None:
+        """Open a connection and give it back: SourceError says why the source is out of reach."""
+        with self._connect():
+            pass
+
+    def columns(self, query: str, *, hint: str = VALIDATE_HINT) -> list[str]:
+        """The query's result column names as the driver reports them, without reading rows.
+
+        ``hint`` ends the message of a query that fails: what the operator should do.
+        """
         probe = sa.text(f"SELECT * FROM ({_wrap(query)}) AS src WHERE 1 = 0")
         with self._connect() as conn, self._watched(conn) as watch:
             try:
                 with watch:
                     return list(conn.execute(probe).keys())
             except sa.exc.StatementError as exc:
-                raise self._query_error(exc, watch) from exc
+                raise self._query_error(exc, watch, hint) from exc
+
+    def cursor_summary(self, query: str, names: Sequence[str], cursor_index: int,
+                       *, hint: str = VALIDATE_HINT) -> tuple[int, Any]:
+        """How many rows of the query have a NULL cursor, and the greatest cursor value (None
+        without rows): one pass over the query's rows."""
+        src = sa.text(_wrap(query)).columns(*[sa.column(n) for n in names]).subquery("src")
+        cursor = src.c[names[cursor_index]]
+        statement = sa.select(sa.func.count() - sa.func.count(cursor), sa.func.max(cursor))
+        with self._connect() as conn, self._watched(conn) as watch:
+            try:
+                with watch:
+                    nulls, greatest = conn.execute(statement).one()
+            except sa.exc.StatementError as exc:
+                raise self._query_error(exc, watch, hint) from exc
+        return int(nulls or 0), greatest
 
     def extract(
         self,
@@ -279,8 +302,8 @@ class Source:
         finally:
             watch.release()
 
-    def _query_error(self, exc: sa.exc.StatementError, watch: Watch | None = None
-                     ) -> SourceError:
+    def _query_error(self, exc: sa.exc.StatementError, watch: Watch | None = None,
+                     hint: str = VALIDATE_HINT) -> SourceError:
         if watch is not None and watch.fired:
             return self.timeout_error()
         detail = _scrub(_first_line(exc.orig), self._url)
@@ -296,7 +319,7 @@ class Source:
                 "rows' size): free space there or set SQLITE_TMPDIR to a disk with room "
                 f"(SQLite's default: {TEMP_DIRS}), then run again"
             )
-        return SourceError(f"source {self.name!r}: the query failed: {detail}; {VALIDATE_HINT}")
+        return SourceError(f"source {self.name!r}: the query failed: {detail}; {hint}")
 
     def timeout_error(self) -> SourceError:
         """The error of a query the watchdog ended: the source did not answer in time."""

@@ -108,6 +108,7 @@ def build_spec(data: Any, doc: Document, path: Path) -> Spec:
         sources=MappingProxyType(sources),
         datasets=MappingProxyType(datasets),
         metrics=_metrics(doc, _map(root.get("metrics")), ("metrics",)),
+        lines=MappingProxyType(dict(doc.lines)),
     )
     _register_secrets(spec)
     return spec
@@ -192,6 +193,11 @@ def _http_url(value: Any) -> str:
         raise ValueError(hint) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(hint)
+    if parts.query or parts.fragment or str(value).rstrip().endswith(("?", "#")):
+        # Request paths are appended to it: a query would end up in the middle of every URL.
+        raise ValueError("has a query string or a fragment (?... or #...), which no request "
+                         "path can follow; remove it: write it like "
+                         "https://aitems.apigw.ntruss.com/api/v1")
     if not re.fullmatch(r"[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+", parts.hostname):
         raise ValueError("has a host name that cannot be one (a space, or a character a host "
                          "name does not have); write it like https://aitems.apigw.ntruss.com/api/v1")

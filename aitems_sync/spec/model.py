@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
+
+from aitems_sync.errors import SpecProblem
+from aitems_sync.spec.document import KeyPath, dotted
 
 DatasetType = Literal["user", "item", "interaction"]
 FieldType = Literal["string", "int", "long", "float", "double", "boolean", "null"]
@@ -145,6 +149,30 @@ class Spec:
     datasets: Mapping[str, DatasetSpec]
     metrics: MetricsConfig = MetricsConfig()
     version: int = 1
+    #: The line of each key path written in the file, for problems found after loading.
+    lines: Mapping[KeyPath, int] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
+
+    def line(self, path: KeyPath) -> int | None:
+        """The line of ``path``, or of its nearest ancestor written in the file."""
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path)
+
+    def problem(self, path: KeyPath, message: str) -> SpecProblem:
+        """A problem found after loading (against a source or AiTEMS), located like those
+        found while loading: file, line and dotted key."""
+        return SpecProblem(str(self.path), self.line(path), dotted(path), message)
+
+    def locate(self, problem: SpecProblem) -> SpecProblem:
+        """``problem``, found where the file was not at hand (a query's columns), located at
+        the line of its dotted key (or of the nearest key above it) in this spec."""
+        lines = {dotted(path): line for path, line in self.lines.items()}
+        key = problem.key
+        while key and key not in lines:
+            parent = re.sub(r"(\.[^.\[\]]*|\[[0-9]+\])$", "", key)
+            key = parent if parent != key else ""
+        return SpecProblem(str(self.path), lines.get(key), problem.key, problem.message)
 
 
 # --- Values written as text: durations, sizes, invalid-row limits ---------------------------------

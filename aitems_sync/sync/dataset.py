@@ -164,8 +164,12 @@ class DatasetSync:
         check_lease: Callable[[], None] = _no_check,
         progress: Callable[[DatasetReport], None] | None = None,
         overtaken: Callable[[], bool] | None = None,
+        before_sending: Callable[[], None] = _no_check,
     ) -> None:
         self.dataset = dataset
+        # Called once, before the first batch with rows goes to the window: the run compares
+        # the fields with the AiTEMS schema there, so a run with nothing to send asks nothing.
+        self.before_sending: Callable[[], None] | None = before_sending
         self.settings = settings
         self.state = state
         self.uploader = uploader
@@ -603,6 +607,9 @@ class DatasetSync:
     # -- batches -------------------------------------------------------------------------
 
     def _emit(self, batch: Batch) -> None:
+        if not batch.empty and self.before_sending is not None:
+            check, self.before_sending = self.before_sending, None
+            check()
         if not batch.empty:
             self.near.add(batch)
         self.window.emit(batch)

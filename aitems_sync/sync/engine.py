@@ -34,10 +34,12 @@ from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import signals
+from aitems_sync.sync.checks import check_dataset
 from aitems_sync.sync.dataset import DatasetSync, SyncSettings
 from aitems_sync.sync.leases import FencedUploader, Leases
 from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, DatasetReport, RunReport
+from aitems_sync.sync.schemacheck import SchemaCheck, SchemaReader
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,15 @@ def run(
     run_id: str | None = None,
     progress: Progress | None = None,
     report: RunReport | None = None,
+    schemas: SchemaReader | None = None,
 ) -> RunReport:
     """Sync the selected datasets once and report what happened; see ``RunReport.exit_code``.
+
+    Before a dataset reads a row, its query's columns are matched to its fields, key and
+    cursor, and its lookback to its mark; before its first batch with rows is sent, its fields
+    are compared with its AiTEMS schema (with ``schemas``, the AiTEMS client; fetched once per
+    run, and not at all by a run with nothing to send). A mismatch fails the dataset as a spec
+    error (exit 2) before anything is sent, rather than having AiTEMS refuse every batch.
 
     ``progress`` is called with a dataset's report after every chunk of rows (for a display).
     ``report``: the report to fill in (and return), for a caller that must show it even if the
@@ -109,7 +118,8 @@ def run(
                         "machine): recorded as crashed", crashed,
                         extra={"event": "run_crashed", "run_id": crashed})
         syncing = _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
-                       report, progress or _no_progress)
+                       report, progress or _no_progress,
+                       SchemaCheck(schemas) if schemas is not None else None)
         with signals.on_abort(lambda code: _abort(state, leases, report, syncing.done, code)):
             syncing.sync(selected)
     finally:
@@ -249,10 +259,11 @@ class _Run:
     def __init__(
         self, spec: Spec, state: StateStore, uploader: Uploader, sources: Mapping[str, Source],
         options: RunOptions, halt: _Halt, leases: Leases, report: RunReport, progress: Progress,
+        schemas: SchemaCheck | None = None,
     ) -> None:
         self.spec, self.state, self.uploader, self.sources = spec, state, uploader, sources
         self.options, self.halt, self.leases, self.report = options, halt, leases, report
-        self.progress = progress
+        self.progress, self.schemas = progress, schemas
         self.done: set[str] = set()  # the datasets whose sync has ended
 
     def sync(self, selected: Sequence[DatasetSpec]) -> None:
@@ -288,15 +299,19 @@ class _Run:
             self.leases.check(dataset.name)
 
         try:
+            check_dataset(self.spec, dataset, self.sources[dataset.source], self.state)
             DatasetSync(dataset, settings, self.state, FencedUploader(self.uploader, check_lease),
                         self.sources[dataset.source], self.halt, report,
                         check_lease=check_lease, progress=self.progress,
-                        overtaken=lambda: self.leases.overtaken(dataset.name)).run()
+                        overtaken=lambda: self.leases.overtaken(dataset.name),
+                        before_sending=lambda: self._check_schema(dataset)).run()
         except AuthError as error:
             self.halt.fail_run(error)  # the same keys fail every dataset: stop the run
             _record_failure(report, error, FAILED)
         except InvalidRowsError as error:
             _record_failure(report, error, INVALID)
+        except SpecError as error:
+            _record_spec_error(self.spec, report, error)
         except AitemsSyncError as error:
             _record_failure(report, error, FAILED)
         if report.status == INTERRUPTED:
@@ -304,12 +319,30 @@ class _Run:
             if reason is not None and reason[0] == FAILED:
                 report.status, report.error = reason
 
+    def _check_schema(self, dataset: DatasetSpec) -> None:
+        """SpecError when the dataset's fields differ from its AiTEMS schema (fetched once per
+        run); its warnings are logged."""
+        if self.schemas is None:
+            return
+        problems, warnings = self.schemas.problems(self.spec, dataset)
+        for warning in warnings:
+            log.warning("%s", warning, extra={"event": "schema_warning", "dataset": dataset.name})
+        if problems:
+            raise SpecError(problems)
+
 
 def _record_failure(report: DatasetReport, error: AitemsSyncError, status: str) -> None:
     report.status = status
     report.error = str(error)
     log.error("dataset %s stopped: %s", report.dataset, error,
               extra={"event": "dataset_failed", "dataset": report.dataset})
+
+
+def _record_spec_error(spec: Spec, report: DatasetReport, error: SpecError) -> None:
+    """The dataset failed on a spec mistake: exit 2, each problem at its line of the spec."""
+    located = [spec.locate(p) if p.line is None else p for p in error.problems]
+    _record_failure(report, SpecError(located), FAILED)
+    report.spec_error = True
 
 
 def _settings(spec: Spec, dataset: DatasetSpec, options: RunOptions, run_id: str,
@@ -346,10 +379,13 @@ def plan(
         report.datasets.append(dataset_report)
         settings = _settings(spec, dataset, options, report.run_id, dry_run=True)
         try:
+            check_dataset(spec, dataset, sources[dataset.source], state)
             DatasetSync(dataset, settings, state, _NoUploads(), sources[dataset.source],
                         threading.Event(), dataset_report).run()
         except InvalidRowsError as error:
             _record_failure(dataset_report, error, INVALID)
+        except SpecError as error:
+            _record_spec_error(spec, dataset_report, error)
         except AitemsSyncError as error:
             _record_failure(dataset_report, error, FAILED)
     return report

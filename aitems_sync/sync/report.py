@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aitems_sync.errors import EXIT_FAILED, EXIT_INVALID_ROWS, EXIT_OK
+from aitems_sync.errors import EXIT_FAILED, EXIT_INVALID_ROWS, EXIT_OK, EXIT_USAGE
 
 #: Dataset statuses, from best to worst.
 OK, INVALID, INTERRUPTED, FAILED = "ok", "invalid", "interrupted", "failed"
@@ -48,6 +48,8 @@ class DatasetReport:
     ambiguous: list[AmbiguousBatch] = field(default_factory=list)
     error: str | None = None
     null_cursor: int = 0
+    #: The dataset failed on a mistake in the spec (exit 2): running again cannot help.
+    spec_error: bool = False
 
 
 def null_cursor_message(count: int, cursor: str | None = None) -> str:
@@ -60,7 +62,8 @@ def null_cursor_message(count: int, cursor: str | None = None) -> str:
 
 @dataclass
 class RunReport:
-    """The whole run; ``exit_code`` follows design.md (1 failed beats 3 invalid beats 0)."""
+    """The whole run; ``exit_code`` follows design.md (2 a spec mistake beats 1 failed beats
+    3 invalid beats 0: a dataset the spec keeps failing needs a person, not a retry)."""
 
     run_id: str
     datasets: list[DatasetReport] = field(default_factory=list)
@@ -70,6 +73,8 @@ class RunReport:
     def exit_code(self) -> int:
         if self.interrupted_exit_code is not None:
             return self.interrupted_exit_code
+        if any(d.spec_error for d in self.datasets):
+            return EXIT_USAGE
         statuses = {d.status for d in self.datasets}
         if FAILED in statuses:
             return EXIT_FAILED
