@@ -7,6 +7,7 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     ├── UsageError                  exit 2   bad command line
     ├── SpecError                   exit 2   the spec file is wrong (all problems at once)
     ├── SourceError                 exit 1   the source database failed
+    │   ├── QueryError                       the database refused the query itself
     │   └── UnreadableRowError               a row's cursor or key the driver cannot read
     ├── StateError                  exit 1   the state store failed
     │   ├── LockHeldError           exit 75  another run holds a dataset's lease
@@ -93,6 +94,11 @@ class SpecError(AitemsSyncError):
 
 class SourceError(AitemsSyncError):
     """The source database could not be reached or a query failed."""
+
+
+class QueryError(SourceError):
+    """The database refused a query itself (its syntax, a table or column it does not have):
+    running again cannot help, the query must change. ``run`` reports it as a spec error."""
 
 
 class UnreadableRowError(SourceError):

@@ -28,7 +28,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from aitems_sync.errors import SourceError
+from aitems_sync.errors import QueryError, SourceError
 from aitems_sync.source.extract import (
     Source,
     extraction_statement,
@@ -1000,12 +1000,14 @@ def test_a_missing_sqlite_directory_is_a_connection_error(tmp_path: Path) -> Non
         source.columns("SELECT 1 AS c")
 
 
-def test_a_sql_error_names_the_source_and_suggests_validate(db_url: str) -> None:
+def test_a_query_the_database_refuses_names_the_source_and_suggests_validate(
+    db_url: str
+) -> None:
     source = make_source(db_url)
-    with pytest.raises(SourceError) as caught:
+    with pytest.raises(QueryError) as caught:  # a SourceError that running again cannot fix
         source.extract("SELEC id FROM nowhere", cursor="c", key=["id"], mark=None)
     message = str(caught.value)
-    assert message.startswith("source 'shop': the query failed: ")
+    assert message.startswith("source 'shop': the database refused the query: ")
     assert "aitems-sync validate --connect" in message
     assert "\n" not in message
     assert source.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

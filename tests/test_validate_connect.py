@@ -314,3 +314,30 @@ def test_a_long_where_aitems_has_an_int_is_a_warning_and_validate_passes(
     assert warning.startswith(f"{spec}:{line_of(text, 'name: AGE')}: datasets.users.fields[1]: ")
     assert "refuses values outside the signed 32-bit range" in warning
     shop.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql", "mariadb"])
+@pytest.mark.parametrize("query", [
+    "SELECT id AS USER_ID, age AS AGE, gender AS GENDER, updated_at FROM no_such_table",
+    "SELECT id AS USER_ID, no_such_column AS AGE, gender AS GENDER, updated_at FROM customers",
+    "SELEC id AS USER_ID, age AS AGE, gender AS GENDER, updated_at FROM customers",
+], ids=["table", "column", "syntax"])
+def test_run_reports_a_query_the_database_refuses_as_a_spec_error(
+    request: pytest.FixtureRequest, tmp_path: Path, emulator: EmulatorServer, store: str,
+    query: str,
+) -> None:
+    request.param = store  # type: ignore[attr-defined]  # source_and_state_urls reads it
+    source, state = source_and_state_urls(request, tmp_path)
+    Shop(source).add_customers(customer_rows(3))
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source,
+                      state_url=state)
+    text = spec.read_text()
+    spec.write_text(text.replace(
+        "SELECT id AS USER_ID, age AS AGE, gender AS GENDER, updated_at FROM customers", query))
+
+    result = CliRunner().invoke(main_group, ["--config", str(spec), "run", "users"])
+
+    assert result.exit_code == 2, result.output
+    assert "datasets.users.query: dataset users: source 'shop': the database refused the " \
+           "query" in result.stderr
+    assert "Traceback" not in result.output

@@ -39,7 +39,7 @@ from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 from sqlalchemy.types import NullType
 
-from aitems_sync.errors import SourceError
+from aitems_sync.errors import QueryError, SourceError
 from aitems_sync.redact import url_for_display
 from aitems_sync.source.decode import fetch_part, tolerate_pg_values
 from aitems_sync.source.lookback import CursorValue, lookback_start
@@ -136,7 +136,9 @@ class Source:
     def columns(self, query: str, *, hint: str = VALIDATE_HINT) -> list[str]:
         """The query's result column names as the driver reports them, without reading rows.
 
-        ``hint`` ends the message of a query that fails: what the operator should do.
+        ``hint`` ends the message of a query that fails: what the operator should do. A query
+        the database refuses itself (syntax, unknown table or column: :func:`query_mistake`)
+        raises QueryError, which running again cannot fix.
         """
         probe = sa.text(f"SELECT * FROM ({_wrap(query)}) AS src WHERE 1 = 0")
         with self._connect() as conn, self._watched(conn) as watch:
@@ -144,7 +146,12 @@ class Source:
                 with watch:
                     return list(conn.execute(probe).keys())
             except sa.exc.StatementError as exc:
-                raise self._query_error(exc, watch, hint) from exc
+                error = self._query_error(exc, watch, hint)
+                if not watch.fired and query_mistake(exc):
+                    detail = _scrub(_first_line(exc.orig), self._url)
+                    error = QueryError(f"source {self.name!r}: the database refused the query: "
+                                       f"{detail}; {hint}")
+                raise error from exc
 
     def cursor_summary(self, query: str, names: Sequence[str], cursor_index: int,
                        *, hint: str = VALIDATE_HINT) -> tuple[int, Any]:
@@ -429,6 +436,29 @@ def null_cursor_statement(query: str, names: Sequence[str], cursor_index: int
     query on that cursor does anyway."""
     src = sa.text(_wrap(query)).columns(*[sa.column(n) for n in names]).subquery("src")
     return sa.select(sa.func.count()).select_from(src).where(src.c[names[cursor_index]].is_(None))
+
+
+#: MySQL/MariaDB errors of the query itself: ambiguous column, unknown column, syntax, unknown
+#: table, unknown function.
+_MYSQL_QUERY_ERRORS = frozenset({1052, 1054, 1064, 1146, 1305})
+
+
+def query_mistake(exc: sa.exc.StatementError) -> bool:
+    """Whether the database refused the statement itself (syntax, an unknown table or column),
+    which running again cannot fix, rather than failed to run it (connection, lock, disk).
+
+    PostgreSQL and MySQL drivers raise ProgrammingError for the former (PyMySQL some of them as
+    OperationalError, told by their code); SQLite gives every such error its generic code
+    SQLITE_ERROR, and the others codes of their own (BUSY, LOCKED, IOERR, FULL...).
+    """
+    orig = exc.orig
+    if isinstance(exc, sa.exc.ProgrammingError):
+        return True
+    if getattr(orig, "sqlite_errorname", None) == "SQLITE_ERROR":
+        return True
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return (type(orig).__module__.startswith("pymysql") and bool(args)
+            and args[0] in _MYSQL_QUERY_ERRORS)
 
 
 def walks_an_index(plan: Sequence[str]) -> bool:

@@ -20,6 +20,7 @@ from aitems_sync.errors import (
     ApiError,
     AuthError,
     NotFoundError,
+    QueryError,
     SourceError,
     SpecError,
     SpecProblem,
@@ -92,7 +93,12 @@ def check_dataset(spec: Spec, dataset: DatasetSpec, source: Source, state: State
     """For ``run`` and ``plan``, before the dataset reads a row: SpecError when its query's
     columns do not match its fields, key and cursor, or its lookback cannot move its mark
     back."""
-    problems = column_problems(spec, dataset, source.columns(dataset.query))
+    try:
+        columns = source.columns(dataset.query, hint=QUERY_HINT)
+    except QueryError as error:  # running again cannot help: a spec mistake (exit 2)
+        raise SpecError([spec.problem(("datasets", dataset.name, "query"),
+                                      f"dataset {dataset.name}: {error}")]) from None
+    problems = column_problems(spec, dataset, columns)
     mark = state.get_mark(dataset.name) if dataset.lookback > timedelta(0) else None
     if mark is not None:
         problem = lookback_problem(dataset, mark.cursor)
