@@ -42,14 +42,17 @@ from typing import Any
 
 import yaml
 
+from aitems_sync.emulator.content import Received
 from aitems_sync.emulator.faults import Faults, FaultState, patch_faults
 from aitems_sync.emulator.handler import EmulatorHTTPServer
-from aitems_sync.emulator.model import SEEDED_ID_RE, Model, Received
+from aitems_sync.emulator.lifecycle import Lifecycle, Timing
+from aitems_sync.emulator.model import SEEDED_ID_RE, Model
+from aitems_sync.emulator.objectstorage import ObjectStorage, require_boto3
 from aitems_sync.emulator.rows import Rejection
 from aitems_sync.emulator.store import SqliteJournal
 from aitems_sync.errors import UsageError
 
-__all__ = ["EmulatorServer", "Faults", "Received", "load_seed"]
+__all__ = ["EmulatorServer", "Faults", "ObjectStorage", "Received", "Timing", "load_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +136,25 @@ class EmulatorServer:
         self, *, host: str = "127.0.0.1", port: int = 0, seed: Mapping[str, Any] | None = None,
         keys: Mapping[str, str] | None = None, state_path: Path | None = None,
         faults: Faults | None = None, record: bool = True, clock: Callable[[], float] = time.time,
+        object_storage: ObjectStorage | None = None, timing: Timing = Timing(),
     ) -> None:
+        if object_storage is not None:
+            require_boto3()
         self.clock = clock
         self._journal = SqliteJournal(Path(state_path)) if state_path is not None else None
         self.model = Model(clock=clock, record=record, journal=self._journal)
         self.faults = FaultState(faults or Faults())
+        self.keys: dict[str, str] = {}
+        self.lifecycle = Lifecycle(self.model, self.keys, object_storage, timing)
         try:
             if self._journal is not None:
                 self.model.restore(self._journal.load())
-            self.keys = apply_seed(self.model, seed or {})
+            self.keys.update(apply_seed(self.model, seed or {}))
             self.keys.update(keys or {})
             self._httpd = self._bind(host, port)
+            self.lifecycle.resume()
         except BaseException:
+            self.lifecycle.stop()
             if self._journal is not None:
                 self._journal.close()
             raise
@@ -206,11 +216,13 @@ class EmulatorServer:
                              "use one from its seed or create it first") from rejection
 
     def _close(self) -> None:
+        self.lifecycle.stop()
         for connection in list(self._httpd.open_connections):
             # Unblock handler threads waiting on a kept-alive connection.
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
         self._httpd.server_close()
         if self._journal is not None:
+            self.model.close()  # a background thread that outlived stop() writes no more
             self._journal.close()
             self._journal = None
