@@ -21,7 +21,7 @@ from typing import Any
 from aitems_sync.emulator.content import Document
 from aitems_sync.emulator.csvfile import FileRejected, read_rows
 from aitems_sync.emulator.model import IngestJob, Model
-from aitems_sync.emulator.objectstorage import ObjectStorage, read_file
+from aitems_sync.emulator.objectstorage import ObjectReader, ObjectStorage
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Lifecycle:
         self.model = model
         self.keys = keys  # the emulator's key pairs: an ingest reads with the caller's
         self.storage = storage
+        self._reader = ObjectReader(storage) if storage is not None else None
         self.timing = timing
         self._closing = threading.Event()
         self._lock = threading.Lock()
@@ -122,10 +123,10 @@ class Lifecycle:
     def _read(
         self, job: IngestJob, credentials: tuple[str, str]
     ) -> tuple[list[Document] | None, str | None]:
-        assert self.storage is not None  # only called when there is one
+        assert self._reader is not None  # only called with Object Storage
         try:
-            rows = read_file(self.storage, job.os_info, credentials,
-                             lambda stream, gz: read_rows(stream, gz, job.schema, job.dataset_type))
+            rows = self._reader.read(job.os_info, credentials, lambda stream, gz: read_rows(
+                stream, gz, job.schema, job.dataset_type))
         except FileRejected as rejected:
             log.info("dataset %s failed: %s", job.dataset_id, rejected.reason)
             return None, rejected.reason

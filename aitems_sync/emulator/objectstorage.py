@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -52,20 +53,47 @@ def require_boto3() -> None:
                          "'aitems-sync[objectstorage]'") from error
 
 
-def read_file(
-    storage: ObjectStorage, os_info: Mapping[str, str], credentials: tuple[str, str],
+class ObjectReader:
+    """Reads dataset files from one `ObjectStorage`, keeping a boto3 client per region and key
+    pair (building one loads botocore's service model: a noticeable fraction of a second)."""
+
+    def __init__(self, storage: ObjectStorage) -> None:
+        self.storage = storage
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def read(
+        self, os_info: Mapping[str, str], credentials: tuple[str, str],
+        parse: Callable[[IO[bytes], bool], T],
+    ) -> T:
+        """Find the file ``os_info`` names, download it, and return ``parse(stream, gzipped)``.
+
+        ``credentials`` (access key, secret key) are used unless the storage fixes its own.
+        """
+        return _read(lambda: self._client(os_info["region"], credentials), os_info, parse)
+
+    def _client(self, region: str, credentials: tuple[str, str]) -> Any:
+        storage = self.storage
+        if storage.access_key is not None and storage.secret_key is not None:
+            credentials = (storage.access_key, storage.secret_key)
+        with self._lock:
+            client = self._clients.get((region, *credentials))
+            if client is None:
+                client = _new_client(storage, region, credentials)
+                self._clients[(region, *credentials)] = client
+            return client
+
+
+def _read(
+    make_client: Callable[[], Any], os_info: Mapping[str, str],
     parse: Callable[[IO[bytes], bool], T],
 ) -> T:
-    """Find the dataset file ``os_info`` names, download it, and return ``parse(stream, gzipped)``.
-
-    ``credentials`` (access key, secret key) are used unless ``storage`` fixes its own.
-    """
     from botocore.exceptions import BotoCoreError, ClientError  # optional: see the docstring
 
     bucket, key = os_info["bucket"], os_info["key"]
     where = f"s3://{bucket}/{key}"
     try:
-        client = _client(storage, os_info["region"], credentials)
+        client = make_client()
         found = _locate(client, bucket, key, where)
         where = f"s3://{bucket}/{found}"
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
@@ -84,13 +112,11 @@ def read_file(
         raise FileRejected(f"{where}: cannot read from Object Storage ({error})") from None
 
 
-def _client(storage: ObjectStorage, region: str, credentials: tuple[str, str]) -> Any:
+def _new_client(storage: ObjectStorage, region: str, credentials: tuple[str, str]) -> Any:
     import boto3  # optional: see the module docstring
     from botocore.config import Config
 
     access_key, secret_key = credentials
-    if storage.access_key is not None and storage.secret_key is not None:
-        access_key, secret_key = storage.access_key, storage.secret_key
     config = Config(
         signature_version="s3v4",
         request_checksum_calculation="when_required",
