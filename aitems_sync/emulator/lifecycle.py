@@ -20,7 +20,8 @@ from typing import Any
 
 from aitems_sync.emulator.content import Document
 from aitems_sync.emulator.csvfile import FileRejected, read_rows
-from aitems_sync.emulator.model import IngestJob, Model
+from aitems_sync.emulator.model import Model
+from aitems_sync.emulator.objects import IngestJob
 from aitems_sync.emulator.objectstorage import ObjectReader, ObjectStorage
 
 log = logging.getLogger(__name__)

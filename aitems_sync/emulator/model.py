@@ -15,15 +15,38 @@ from __future__ import annotations
 
 import copy
 import random
-import re
-import string
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aitems_sync.emulator.content import Content, Document, Journal, Received, Snapshot
+from aitems_sync.emulator.objects import (
+    ENABLE,
+    FAILED,
+    ID_ALPHABET,
+    INGESTING,
+    NAME_RE,
+    NAME_RULE,
+    PROCESSING,
+    RUNNING,
+    SERVICE_NAME_RE,
+    SERVICE_TYPES,
+    STOPPED,
+    SUCCEEDED,
+    TERMS,
+    WAITING,
+    IngestJob,
+    check_description,
+    check_name,
+    dataset_problems,
+    format_date,
+    page,
+    refuse_while_scheduled,
+    require_interval,
+    require_object,
+    train_problem,
+)
 from aitems_sync.emulator.rows import (
     DATASET_TYPES,
     KEY_FIELD,
@@ -35,65 +58,6 @@ from aitems_sync.emulator.rows import (
     compile_checker,
     required_fields,
 )
-
-NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{2,19}")
-SERVICE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{2,19}")
-SEEDED_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-SERVICE_TYPES = ("batch", "interval")
-MAX_DESCRIPTION = 100
-#: Dataset statuses: AiTEMS shows the first three; ``failed`` is the emulator's name for a bad file.
-WAITING, PROCESSING, ENABLE, FAILED = "waiting", "processing", "enable", "failed"
-INGESTING = (WAITING, PROCESSING)
-#: Interval terms and their length in hours.
-TERMS = {"hour1": 1, "hour3": 3, "hour6": 6, "hour12": 12}
-#: Schedule states (running, stopped); a train is running, then succeeded or failed.
-RUNNING, STOPPED, SUCCEEDED = "running", "stopped", "succeeded"
-_ID_ALPHABET = string.ascii_lowercase + string.digits
-
-
-def format_date(seconds: float) -> str:
-    """An AiTEMS-style date, ``2022-04-04T16:03:47.087`` (UTC, no zone)."""
-    ms = int(seconds * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
-
-
-@dataclass(frozen=True)
-class IngestJob:
-    """What an ingest reads and checks: the dataset, its schema and where its file is."""
-
-    dataset_id: str
-    dataset_type: str
-    schema: Document
-    os_info: dict[str, str]
-
-
-def _check_name(problems: list[Problem], name: Any, pattern: re.Pattern[str], rule: str) -> None:
-    if not isinstance(name, str) or not pattern.fullmatch(name):
-        problems.append(Problem(None, "name", f"name must be {rule}"))
-
-
-def _check_description(problems: list[Problem], description: Any) -> None:
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        problems.append(Problem(None, "description", "description must be 0 to 100 characters"))
-
-
-_NAME_RULE = "3 to 20 letters, digits, '_' or '-', starting with a letter"
-
-
-def _page(query: Mapping[str, str]) -> tuple[int, int]:
-    try:
-        offset, limit = int(query.get("offset", "0")), int(query.get("limit", "1000"))
-    except ValueError:
-        offset = limit = -1
-    if offset < 0 or limit < 0:
-        raise Rejection(400, "offset and limit must be non-negative integers")
-    return offset, limit
-
-
-def _require_object(body: Any, what: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise Rejection(400, f"the body of {what} must be a JSON object")
-    return body
 
 
 class Model:
@@ -119,14 +83,14 @@ class Model:
 
     def create_schema(self, body: Any) -> Document:
         """``POST /schemas``: check name, type and fields (all problems at once) and store."""
-        body = _require_object(body, "create schema")
+        body = require_object(body, "create schema")
         problems: list[Problem] = []
-        _check_name(problems, body.get("name"), NAME_RE, _NAME_RULE)
+        check_name(problems, body.get("name"), NAME_RE, NAME_RULE)
         dataset_type = body.get("datasetType")
         if dataset_type not in DATASET_TYPES:
             problems.append(Problem(None, "datasetType",
                                     "datasetType must be user, item or interaction"))
-        _check_description(problems, body.get("description", ""))
+        check_description(problems, body.get("description", ""))
         fields = check_schema_fields(problems, dataset_type, body.get("fields"))
         with self._lock:
             if body.get("name") in self._schemas:
@@ -153,12 +117,12 @@ class Model:
 
     def list_schemas(self, query: Mapping[str, str]) -> Document:
         """``GET /schemas?datasetType=&offset=&limit=``."""
-        offset, limit = _page(query)
+        offset, limit = page(query)
         wanted = query.get("datasetType")
         with self._lock:
             found = [s for s in self._schemas.values() if wanted in (None, s["datasetType"])]
-            page = copy.deepcopy(found[offset : offset + limit])
-        return {"schemas": page, "offset": offset, "limit": limit}
+            chosen = copy.deepcopy(found[offset : offset + limit])
+        return {"schemas": chosen, "offset": offset, "limit": limit}
 
     @staticmethod
     def default_schema(query: Mapping[str, str]) -> Document:
@@ -178,9 +142,9 @@ class Model:
         With ``ingest`` the dataset starts ``waiting`` for its file (see `begin_ingest`);
         otherwise it is ``enable`` at once and its ``osInfo`` is only stored.
         """
-        body = _require_object(body, "create dataset")
+        body = require_object(body, "create dataset")
         with self._lock:
-            problems = self._dataset_problems(body)
+            problems = dataset_problems(body, self._schemas)
             if problems:
                 raise Rejection(400, f"the dataset is invalid: {problems[0].message}", problems)
             now = format_date(self._clock())
@@ -198,13 +162,13 @@ class Model:
     def modify_dataset(self, dataset_id: str, body: Any, *, ingest: bool = False) -> Document:
         """``POST /datasets/{datasetId}``: the body as for create; name, description and osInfo
         change, type and schema stay. With ``ingest`` the file is read again (``waiting``)."""
-        body = _require_object(body, "modify dataset")
+        body = require_object(body, "modify dataset")
         with self._lock:
             dataset = self._find(self._datasets, dataset_id, "dataset")
             if dataset["status"] in INGESTING:
                 raise Rejection(400, f"dataset {dataset_id} is {dataset['status']}: wait until it "
                                 "is enable or failed before modifying it")
-            problems = self._dataset_problems(body)
+            problems = dataset_problems(body, self._schemas)
             if (body.get("type"), body.get("schemaName")) != (dataset["type"],
                                                               dataset["schemaName"]):
                 problems.append(Problem(None, "schemaName", "a dataset keeps its type and schema; "
@@ -221,26 +185,6 @@ class Model:
                         self._save("service", service["serviceId"], service)
             self._save("dataset", dataset_id, dataset)
             return copy.deepcopy(dataset)
-
-    def _dataset_problems(self, body: Document) -> list[Problem]:
-        problems: list[Problem] = []
-        dataset_type = body.get("type")
-        if dataset_type not in DATASET_TYPES:
-            problems.append(Problem(None, "type", "type must be user, item or interaction"))
-        _check_name(problems, body.get("name"), NAME_RE, _NAME_RULE)
-        _check_description(problems, body.get("description", ""))
-        os_info = body.get("osInfo")
-        if not isinstance(os_info, dict) or not all(
-            isinstance(os_info.get(k), str) and os_info[k] for k in ("region", "bucket", "key")
-        ):
-            problems.append(Problem(None, "osInfo", "osInfo must be {region, bucket, key} strings"))
-        schema_name = body.get("schemaName")
-        schema = self._schemas.get(schema_name) if isinstance(schema_name, str) else None
-        if schema is None:
-            problems.append(Problem(None, "schemaName", "schemaName names no schema"))
-        elif schema["datasetType"] != dataset_type:
-            problems.append(Problem(None, "schemaName", "the schema is for another type"))
-        return problems
 
     def begin_ingest(self, dataset_id: str) -> IngestJob | None:
         """A ``waiting`` dataset moves to ``processing``: what to read, or None if it is not
@@ -284,7 +228,7 @@ class Model:
 
     def list_datasets(self, query: Mapping[str, str]) -> Document:
         """``GET /datasets?offset=&limit=``."""
-        offset, limit = _page(query)
+        offset, limit = page(query)
         with self._lock:
             found = copy.deepcopy(list(self._datasets.values())[offset : offset + limit])
         return {"datasets": found, "offset": offset, "limit": limit}
@@ -293,11 +237,11 @@ class Model:
 
     def create_service(self, body: Any, service_id: str | None = None) -> Document:
         """``POST /services``: a batch (default) or interval service without datasets yet."""
-        body = _require_object(body, "create service")
+        body = require_object(body, "create service")
         problems: list[Problem] = []
-        _check_name(problems, body.get("name"), SERVICE_NAME_RE,
+        check_name(problems, body.get("name"), SERVICE_NAME_RE,
                     "3 to 20 letters, digits, '_' or '-', starting with a letter or '_'")
-        _check_description(problems, body.get("description", ""))
+        check_description(problems, body.get("description", ""))
         service_type = body.get("type", "batch")
         if service_type not in SERVICE_TYPES:
             problems.append(Problem(None, "type", "type must be batch or interval"))
@@ -324,17 +268,17 @@ class Model:
 
     def list_services(self, query: Mapping[str, str]) -> Document:
         """``GET /services?offset=&limit=``."""
-        offset, limit = _page(query)
+        offset, limit = page(query)
         with self._lock:
             found = copy.deepcopy(list(self._services.values())[offset : offset + limit])
         return {"services": found, "offset": offset, "limit": limit}
 
     def attach_datasets(self, service_id: str, body: Any) -> Document:
         """``POST /services/{serviceId}/datasets``: one dataset of each type replaces the set."""
-        ids = _require_object(body, "attach datasets").get("datasetIds")
+        ids = require_object(body, "attach datasets").get("datasetIds")
         with self._lock:
             service = self._find(self._services, service_id, "service")
-            self._refuse_while_scheduled(service)
+            refuse_while_scheduled(service, self._trains.get(service_id, []))
             datasets = self._datasets_to_attach(ids)
             now = format_date(self._clock())
             touched = {d["datasetId"] for d in [*service["datasets"], *datasets]}
@@ -354,23 +298,14 @@ class Model:
             self._save("service", service_id, service)
             return copy.deepcopy(service)
 
-    def _refuse_while_scheduled(self, service: Document) -> None:
-        service_id = service["serviceId"]
-        if service.get("schedule") == RUNNING:
-            raise Rejection(400, f"service {service_id}'s schedule is running: stop it "
-                            f"(PUT /services/{service_id}/schedule?action=stop) before attaching "
-                            "datasets")
-        if any(t["status"] == RUNNING for t in self._trains.get(service_id, [])):
-            raise Rejection(400, f"service {service_id} is training: wait until its train ends "
-                            "before attaching datasets")
-
     # -- interval services: term, schedule, trains ---------------------------------------------
 
     def set_interval(self, service_id: str, body: Any) -> Document:
         """``PUT /services/{serviceId}/interval`` ``{term}``: interval services, when stopped."""
-        term = _require_object(body, "set interval").get("term")
+        term = require_object(body, "set interval").get("term")
         with self._lock:
-            service = self._interval_service(service_id, "interval")
+            service = self._find(self._services, service_id, "service")
+            require_interval(service, "interval")
             if term not in TERMS:
                 raise Rejection(400, "term must be hour1, hour3, hour6 or hour12")
             if service["schedule"] == RUNNING:
@@ -384,7 +319,8 @@ class Model:
         """``PUT /services/{serviceId}/schedule?action=start|stop``: the service, and whether
         a schedule started (starting a running one, or stopping a stopped one, changes nothing)."""
         with self._lock:
-            service = self._interval_service(service_id, "schedule")
+            service = self._find(self._services, service_id, "service")
+            require_interval(service, "schedule")
             if action not in ("start", "stop"):
                 raise Rejection(400, "action must be start or stop")
             wanted = RUNNING if action == "start" else STOPPED
@@ -399,13 +335,6 @@ class Model:
             service.update(schedule=wanted, updatedDate=format_date(self._clock()))
             self._save("service", service_id, service)
             return copy.deepcopy(service), action == "start"
-
-    def _interval_service(self, service_id: str, what: str) -> Document:
-        service = self._find(self._services, service_id, "service")
-        if service["type"] != "interval":
-            raise Rejection(400, f"service {service_id} is a {service['type']} service; its "
-                            f"{what} can be set on interval services only")
-        return service
 
     def term_hours(self, service_id: str) -> int:
         """The length of a service's term in hours (0 if it has none)."""
@@ -440,27 +369,15 @@ class Model:
             service = self._services.get(service_id)
             if train is None or service is None:
                 return
-            reason = self._train_problem(service)
+            reason = train_problem(service, self._datasets, self._row_count)
             train.update(status=FAILED if reason else SUCCEEDED, statusReason=reason,
                          finishedDate=format_date(self._clock()))
             self._save("train", train_id, train)
 
-    def _train_problem(self, service: Document) -> str | None:
-        if not service["datasets"]:
-            return "the service has no datasets"
-        for attached in service["datasets"]:
-            dataset = self._datasets[attached["datasetId"]]
-            if dataset["status"] != ENABLE:
-                return f"dataset {dataset['datasetId']} is {dataset['status']}, not enable"
-            key = KEY_FIELD.get(dataset["type"])
-            if not self._contents.get(dataset["datasetId"], Content()).row_count(key):
-                return f"dataset {dataset['datasetId']} holds no rows"
-        return None
-
     def list_trains(self, service_id: str, query: Mapping[str, str]) -> Document:
         """``GET /services/{serviceId}/trains?isRecent=&offset=&limit=``: newest first;
         ``isRecent=true`` keeps only the newest."""
-        offset, limit = _page(query)
+        offset, limit = page(query)
         recent = query.get("isRecent", "false").lower()
         if recent not in ("true", "false"):
             raise Rejection(400, "isRecent must be true or false")
@@ -469,8 +386,8 @@ class Model:
             trains = list(reversed(self._trains.get(service_id, [])))
             if recent == "true":
                 trains = trains[:1]
-            page = copy.deepcopy(trains[offset : offset + limit])
-        return {"trains": page, "offset": offset, "limit": limit}
+            chosen = copy.deepcopy(trains[offset : offset + limit])
+        return {"trains": chosen, "offset": offset, "limit": limit}
 
     def recover(self) -> list[str]:
         """At start-up, after `restore`: ingests and trains the last process left unfinished
@@ -605,6 +522,10 @@ class Model:
         with self._lock:
             return object_id in tables[kind]
 
+    def _row_count(self, dataset_id: str) -> int:
+        content = self._contents.get(dataset_id, Content())
+        return content.row_count(KEY_FIELD.get(self._datasets[dataset_id]["type"]))
+
     def _find(self, table: dict[str, Document], object_id: str, what: str) -> Document:
         found = table.get(object_id)
         if found is None:
@@ -613,7 +534,7 @@ class Model:
 
     def _new_id(self, taken: Mapping[str, Any]) -> str:
         while True:
-            new = "".join(self._rng.choice(_ID_ALPHABET) for _ in range(11))
+            new = "".join(self._rng.choice(ID_ALPHABET) for _ in range(11))
             if new not in taken:
                 return new
 

@@ -46,7 +46,8 @@ from aitems_sync.emulator.content import Received
 from aitems_sync.emulator.faults import Faults, FaultState, patch_faults
 from aitems_sync.emulator.handler import EmulatorHTTPServer
 from aitems_sync.emulator.lifecycle import Lifecycle, Timing
-from aitems_sync.emulator.model import SEEDED_ID_RE, Model
+from aitems_sync.emulator.model import Model
+from aitems_sync.emulator.objects import SEEDED_ID_RE
 from aitems_sync.emulator.objectstorage import ObjectStorage, require_boto3
 from aitems_sync.emulator.rows import Rejection
 from aitems_sync.emulator.store import SqliteJournal
