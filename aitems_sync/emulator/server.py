@@ -7,11 +7,17 @@ body ``{"error": {"errorCode": "200", "message": "Authentication Failed", "detai
 Unknown paths answer 404 (errorCode "300").
 
 Calls: ``POST/GET /schemas``, ``GET /schemas/default?datasetType=``, ``GET /schemas/{name}``,
-``POST/GET /datasets``, ``GET /datasets/{id}``, ``POST/GET /services``, ``GET /services/{id}``,
-``POST /services/{id}/datasets`` (attach ``{datasetIds}``), and the upload
+``POST/GET /datasets``, ``GET /datasets/{id}``, ``POST /datasets/{id}`` (modify),
+``POST/GET /services``, ``GET /services/{id}``, ``POST /services/{id}/datasets`` (attach
+``{datasetIds}``, refused while the schedule runs), ``PUT /services/{id}/interval``,
+``PUT /services/{id}/schedule?action=``, ``GET /services/{id}/trains``, and the upload
 ``POST /services/{serviceId}/datasets/{datasetId}`` with ``{"type", "value": [rows]}``, answered
 ``200 true``. Any problem rejects the whole upload with 400 and a ``problems`` list; an unknown
 service or dataset is 404.
+
+With an `ObjectStorage`, dataset create and modify read the dataset's CSV file from it and move
+the dataset ``waiting`` -> ``processing`` -> ``enable`` or ``failed`` (with ``statusReason``);
+interval services run their schedules on the `Timing` clock (``lifecycle.py``).
 
 Faults (`Faults`, changeable at run time) apply to uploads only, in this order: latency (plus
 jitter); 413 if the body is over ``max_body_bytes``; a queued status from ``statuses`` or one drawn
