@@ -483,6 +483,12 @@ def test_interval_and_schedule_are_for_interval_services_only(
     ("call", "message"),
     [
         (lambda c: c.set_interval(SERVICE, "hour2"), "term must be hour1, hour3, hour6 or hour12"),
+        (lambda c: c.request("PUT", f"/services/{SERVICE}/interval", body=b'{"term": []}'),
+         "term must be hour1, hour3, hour6 or hour12"),
+        (lambda c: c.request("PUT", f"/services/{SERVICE}/interval", body=b'[]'),
+         "the body of set interval must be a JSON object"),
+        (lambda c: c.request("PUT", f"/services/{SERVICE}/schedule"),
+         "action must be start or stop"),
         (lambda c: c.set_schedule(SERVICE, "pause"), "action must be start or stop"),
         (lambda c: c.set_schedule(SERVICE, "start"), f"service {SERVICE} has no interval: set "
                                                      f"one with PUT /services/{SERVICE}/interval"),

@@ -240,7 +240,7 @@ class Model:
         body = require_object(body, "create service")
         problems: list[Problem] = []
         check_name(problems, body.get("name"), SERVICE_NAME_RE,
-                    "3 to 20 letters, digits, '_' or '-', starting with a letter or '_'")
+                   "3 to 20 letters, digits, '_' or '-', starting with a letter or '_'")
         check_description(problems, body.get("description", ""))
         service_type = body.get("type", "batch")
         if service_type not in SERVICE_TYPES:
@@ -306,7 +306,7 @@ class Model:
         with self._lock:
             service = self._find(self._services, service_id, "service")
             require_interval(service, "interval")
-            if term not in TERMS:
+            if not isinstance(term, str) or term not in TERMS:
                 raise Rejection(400, "term must be hour1, hour3, hour6 or hour12")
             if service["schedule"] == RUNNING:
                 raise Rejection(400, f"service {service_id}'s schedule is running: stop it "
@@ -351,7 +351,7 @@ class Model:
                 return None
             trains = self._trains.setdefault(service_id, [])
             train: Document = {
-                "trainId": self._new_id({t["trainId"]: t for t in trains}),
+                "trainId": self._new_id({t["trainId"] for ts in self._trains.values() for t in ts}),
                 "serviceId": service_id, "term": service["term"], "status": RUNNING,
                 "statusReason": None, "createdDate": format_date(self._clock()),
                 "finishedDate": None,
@@ -532,7 +532,7 @@ class Model:
             raise Rejection(404, f"{what} {object_id} does not exist")
         return found
 
-    def _new_id(self, taken: Mapping[str, Any]) -> str:
+    def _new_id(self, taken: Mapping[str, Any] | set[str]) -> str:
         while True:
             new = "".join(self._rng.choice(ID_ALPHABET) for _ in range(11))
             if new not in taken:
