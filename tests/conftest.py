@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -16,11 +17,11 @@ from tests import mariadbserver, pgserver
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def require_server(present: bool, what: str) -> None:
+def require_server(present: bool, what: str, fix: str = "run scripts/ensure-servers.sh") -> None:
     """Skip a test whose server is not installed; under CI=true fail instead, never skip."""
     if present:
         return
-    message = f"{what} not found; run scripts/ensure-servers.sh"
+    message = f"{what} not found; {fix}"
     if IN_CI:
         pytest.fail(message + " (CI=true: tests that need it must not skip)")
     pytest.skip(message)
@@ -74,6 +75,24 @@ def mariadb_server() -> Iterator[str]:
 def mariadb_url(mariadb_server: str) -> str:
     """URL of a fresh, empty MariaDB database (utf8mb4) for one test."""
     return mariadbserver.create_database(mariadb_server)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """Endpoint URL of a real S3 server on loopback (moto's server mode; its buckets last for
+    the session, so each test makes its own). Skips locally without moto; fails under CI."""
+    present = all(importlib.util.find_spec(name) for name in ("moto", "flask", "boto3"))
+    require_server(present, "moto[server] or boto3",
+                   "pip install 'moto[server]>=5' 'boto3>=1.36' (the test extra)")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 DEMO_SEED = Path(__file__).resolve().parent.parent / "examples" / "emulator-seed.yaml"

@@ -154,6 +154,10 @@ def test_demo_runs_end_to_end_and_shows_only_the_delta_second(tmp_path: Path) ->
     ["emulator", "--port", "99999"], ["emulator", "--fail-statuses", "abc"],
     ["emulator", "--fail-statuses", "200"], ["emulator", "--latency", "nan"],
     ["emulator", "--fail-rate", "2"], ["emulator", "--max-body-bytes", "0"],
+    ["emulator", "--ingest-seconds", "nan"], ["emulator", "--hour-seconds", "0"],
+    ["emulator", "--train-seconds", "-1"],
+    ["emulator", "--object-storage-key", "ak:sk"],
+    ["emulator", "--object-storage", "http://127.0.0.1:9", "--object-storage-key", "no-colon"],
 ])
 def test_a_number_no_call_could_take_is_a_usage_error(args: list[str]) -> None:
     result = CliRunner().invoke(main_group, ["--config", str(EXAMPLE), *args])

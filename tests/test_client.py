@@ -553,6 +553,79 @@ def test_missing_object_is_not_found(client: AitemsClient, call: Any, path: str)
     assert caught.value.path == path
 
 
+class RequestLog(HTTPAdapter):
+    """The transport seam: remembers each request's method, target, JSON body and content type."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0)
+        self.sent: list[tuple[str, str, Any, str | None]] = []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        body = orjson.loads(request.body) if request.body else None
+        self.sent.append((str(request.method), str(request.path_url), body,
+                          request.headers.get("Content-Type")))
+        return super().send(request, *args, **kwargs)
+
+
+def test_provisioning_calls_send_the_documented_paths_and_bodies(
+    emulator: EmulatorServer, fake: FakeTime
+) -> None:
+    log = RequestLog()
+    session = requests.Session()
+    session.mount("http://", log)
+    client = make_client(emulator.base_url, fake, session=session)
+    fields = [{"name": "ITEM_ID", "type": ["string"]}]
+    schema = client.create_schema("more_items", "item", fields, "d")
+    dataset = client.create_dataset(dataset_type="item", name="more-items",
+                                    schema_name="more_items", bucket="bkt", key="items.csv.gz")
+    modified = client.modify_dataset(dataset["datasetId"], dataset_type="item", name="renamed",
+                                     schema_name="more_items", bucket="bkt", key="v2/",
+                                     region="JP", description="v2")
+    service = client.create_service("svc", "interval", "s")
+    ids = [USERS, dataset["datasetId"], "dsevent0001"]
+    attached = client.attach_datasets(service["serviceId"], ids)
+    interval = client.set_interval(service["serviceId"], "hour6")
+    started = client.set_schedule(service["serviceId"], "start")
+    trains = client.list_trains(service["serviceId"], recent=True, limit=5)
+    client.set_schedule(service["serviceId"], "stop")
+    session.close()
+
+    sid, did = service["serviceId"], dataset["datasetId"]
+    os_info = {"region": "KR", "bucket": "bkt", "key": "items.csv.gz"}
+    assert [(m, p, b) for m, p, b, _ in log.sent] == [
+        ("POST", "/api/v1/schemas",
+         {"datasetType": "item", "name": "more_items", "fields": fields, "description": "d"}),
+        ("POST", "/api/v1/datasets",
+         {"type": "item", "name": "more-items", "description": "", "schemaName": "more_items",
+          "osInfo": os_info}),
+        ("POST", f"/api/v1/datasets/{did}",
+         {"type": "item", "name": "renamed", "description": "v2", "schemaName": "more_items",
+          "osInfo": {"region": "JP", "bucket": "bkt", "key": "v2/"}}),
+        ("POST", "/api/v1/services", {"name": "svc", "type": "interval", "description": "s"}),
+        ("POST", f"/api/v1/services/{sid}/datasets", {"datasetIds": ids}),
+        ("PUT", f"/api/v1/services/{sid}/interval", {"term": "hour6"}),
+        ("PUT", f"/api/v1/services/{sid}/schedule?action=start", None),
+        ("GET", f"/api/v1/services/{sid}/trains?isRecent=true&offset=0&limit=5", None),
+        ("PUT", f"/api/v1/services/{sid}/schedule?action=stop", None),
+    ]
+    assert {t for _, _, b, t in log.sent if b is not None} == {"application/json"}
+    assert schema["name"] == "more_items"
+    assert (modified["name"], modified["osInfo"]["region"]) == ("renamed", "JP")
+    assert [d["datasetId"] for d in attached["datasets"]] == ids
+    assert (interval["term"], started["schedule"]) == ("hour6", "running")
+    assert [t["serviceId"] for t in trains] == [sid]
+
+
+def test_an_upload_says_its_body_is_json(emulator: EmulatorServer, fake: FakeTime) -> None:
+    log = RequestLog()
+    session = requests.Session()
+    session.mount("http://", log)
+    client = make_client(emulator.base_url, fake, session=session)
+    client.upload(SERVICE, USERS, "user", USER_ROWS)
+    session.close()
+    assert [t for _, _, _, t in log.sent] == ["application/json"]
+
+
 def test_from_config_takes_endpoint_keys_timeouts_and_retry() -> None:
     config = AitemsConfig(
         service_id=SERVICE,

@@ -271,7 +271,7 @@ def test_inspection_endpoints_show_counts_and_rows(emulator: EmulatorServer) -> 
     detail = requests.get(f"{emulator.admin_url}/datasets/{USERS}", timeout=5).json()
     assert detail == {"datasetId": USERS, "uploads": 2, "rowsReceived": 3,
                       "rows": [user("u1", 5), user("u2")],
-                      "deliveries": [user("u1"), user("u2"), user("u1", 5)]}
+                      "deliveries": [user("u1"), user("u2"), user("u1", 5)], "rowsLoaded": 0}
 
 
 def test_reset_data_forgets_rows_but_keeps_objects(emulator: EmulatorServer) -> None:

@@ -102,6 +102,14 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _dataset_body(
+    dataset_type: str, name: str, schema_name: str, bucket: str, key: str, region: str,
+    description: str,
+) -> dict[str, Any]:
+    return {"type": dataset_type, "name": name, "description": description,
+            "schemaName": schema_name, "osInfo": {"region": region, "bucket": bucket, "key": key}}
+
+
 def _expect_object(value: Any, method: str, path: str) -> dict[str, Any]:
     """The parsed answer as a JSON object, or a FatalApiError naming the call."""
     if not isinstance(value, dict):
@@ -275,6 +283,78 @@ class AitemsClient:
         path = f"/services/{_segment(service_id)}"
         return _expect_object(self.request("GET", path), "GET", self._base_path + path)
 
+    # -- provisioning and the dataset lifecycle -------------------------------------------------
+
+    def create_schema(
+        self, name: str, dataset_type: str, fields: Sequence[Mapping[str, Any]],
+        description: str = "",
+    ) -> dict[str, Any]:
+        """``POST /schemas``: a schema of ``fields`` (``{name, type: [...], categorical?}``)."""
+        body = {"datasetType": dataset_type, "name": name, "fields": [dict(f) for f in fields],
+                "description": description}
+        return self._send_json("POST", "/schemas", body)
+
+    def create_dataset(
+        self, *, dataset_type: str, name: str, schema_name: str, bucket: str, key: str,
+        region: str = "KR", description: str = "",
+    ) -> dict[str, Any]:
+        """``POST /datasets``: a dataset read from the CSV (or CSV.gz) at ``bucket``/``key`` in
+        Object Storage. It answers at once; poll `get_dataset` until its status settles."""
+        body = _dataset_body(dataset_type, name, schema_name, bucket, key, region, description)
+        return self._send_json("POST", "/datasets", body)
+
+    def modify_dataset(
+        self, dataset_id: str, *, dataset_type: str, name: str, schema_name: str, bucket: str,
+        key: str, region: str = "KR", description: str = "",
+    ) -> dict[str, Any]:
+        """``POST /datasets/{datasetId}``: the fields as for create; the file is read again."""
+        body = _dataset_body(dataset_type, name, schema_name, bucket, key, region, description)
+        return self._send_json("POST", f"/datasets/{_segment(dataset_id)}", body)
+
+    def create_service(
+        self, name: str, service_type: str = "batch", description: str = ""
+    ) -> dict[str, Any]:
+        """``POST /services``: a ``batch`` or ``interval`` service, without datasets yet."""
+        body = {"name": name, "type": service_type, "description": description}
+        return self._send_json("POST", "/services", body)
+
+    def attach_datasets(self, service_id: str, dataset_ids: Sequence[str]) -> dict[str, Any]:
+        """``POST /services/{serviceId}/datasets``: one user, one item and one interaction
+        dataset (refused while the service's schedule runs)."""
+        path = f"/services/{_segment(service_id)}/datasets"
+        return self._send_json("POST", path, {"datasetIds": list(dataset_ids)})
+
+    def set_interval(self, service_id: str, term: str) -> dict[str, Any]:
+        """``PUT /services/{serviceId}/interval``: ``hour1``, ``hour3``, ``hour6`` or ``hour12``
+        (interval services only)."""
+        path = f"/services/{_segment(service_id)}/interval"
+        return self._send_json("PUT", path, {"term": term})
+
+    def set_schedule(self, service_id: str, action: str) -> dict[str, Any]:
+        """``PUT /services/{serviceId}/schedule?action=start|stop`` (interval services only)."""
+        path = f"/services/{_segment(service_id)}/schedule"
+        answer = self.request("PUT", path, params={"action": action})
+        return _expect_object(answer, "PUT", self._base_path + path)
+
+    def list_trains(
+        self, service_id: str, *, recent: bool = False, offset: int = 0, limit: int = PAGE_LIMIT
+    ) -> list[dict[str, Any]]:
+        """``GET /services/{serviceId}/trains``: one page of trains (``recent``: the newest)."""
+        path = f"/services/{_segment(service_id)}/trains"
+        params = {"isRecent": "true" if recent else "false", "offset": str(offset),
+                  "limit": str(limit)}
+        answer = _expect_object(self.request("GET", path, params=params), "GET",
+                                self._base_path + path)
+        trains = answer.get("trains")
+        if not isinstance(trains, list):
+            raise FatalApiError(f"GET {self._base_path}{path} answered without a list of trains",
+                                method="GET", path=self._base_path + path)
+        return trains
+
+    def _send_json(self, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        answer = self.request(method, path, body=orjson.dumps(body))
+        return _expect_object(answer, method, self._base_path + path)
+
     def request(
         self,
         method: str,
@@ -345,6 +425,8 @@ class AitemsClient:
         )
         prepared.headers["User-Agent"] = USER_AGENT
         prepared.headers["Accept"] = "application/json"
+        if body is not None:  # every body this client sends is JSON
+            prepared.headers["Content-Type"] = "application/json"
         began = time.monotonic()
         try:
             response = session.send(

@@ -232,6 +232,13 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
     sys.exit(report.exit_code or (1 if exit_code and pending else 0))
 
 
+def _key_pair(pair: str, option: str) -> tuple[str, str]:
+    access, sep, secret = pair.partition(":")
+    if not sep or not access or not secret:
+        raise click.BadParameter("expected ACCESS_KEY:SECRET_KEY", param_hint=option)
+    return access, secret
+
+
 @main_group.command()
 @click.option("--host", type=Host(), default="127.0.0.1", show_default=True,
               help="Address to bind.")
@@ -276,22 +283,44 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
                    "(0 to 1).")
 @click.option("--no-record", is_flag=True,
               help="Keep only counts of received rows, not the rows (for benchmarks).")
+@click.option("--object-storage", "object_storage", metavar="URL",
+              help="S3-compatible endpoint that dataset create and modify read their file from "
+                   "(needs boto3).")
+@click.option("--object-storage-key", metavar="AK:SK",
+              help="Key pair to read Object Storage with (default: the key that signed the "
+                   "call).")
+@click.option("--ingest-seconds", type=FiniteRange(min=0, max=3600), default=1.0,
+              show_default=True, help="How long a dataset stays waiting, then processing.")
+@click.option("--hour-seconds", type=FiniteRange(min=0.001, max=3600), default=3600.0,
+              show_default=True, help="Real seconds of one hour of an interval term.")
+@click.option("--train-seconds", type=FiniteRange(min=0, max=3600), default=1.0,
+              show_default=True, help="How long an interval train runs.")
 def emulator(
     host: str, port: int, seed: Path | None, access_keys: tuple[str, ...],
     state_path: Path | None, latency: float, latency_jitter: float, fail_rate: float,
     fail_statuses: tuple[int, ...], retry_after: float, max_body_bytes: int | None,
-    drop_rate: float, no_record: bool,
+    drop_rate: float, no_record: bool, object_storage: str | None,
+    object_storage_key: str | None, ingest_seconds: float, hour_seconds: float,
+    train_seconds: float,
 ) -> None:
     """Serve a local AiTEMS on loopback for development, demos and tests."""
     # Imported here for start-up time: no other command needs the emulator.
-    from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed
+    from aitems_sync.emulator.server import (
+        EmulatorServer,
+        Faults,
+        ObjectStorage,
+        Timing,
+        load_seed,
+    )
 
-    keys: dict[str, str] = {}
-    for pair in access_keys:
-        access, sep, secret = pair.partition(":")
-        if not sep or not access or not secret:
-            raise click.BadParameter("expected ACCESS_KEY:SECRET_KEY", param_hint="--access-key")
-        keys[access] = secret
+    keys = dict(_key_pair(pair, "--access-key") for pair in access_keys)
+    storage = None
+    if object_storage is not None:
+        access, secret = (_key_pair(object_storage_key, "--object-storage-key")
+                          if object_storage_key else (None, None))
+        storage = ObjectStorage(object_storage, access, secret)
+    elif object_storage_key:
+        raise click.BadParameter("needs --object-storage", param_hint="--object-storage-key")
     faults = Faults(
         latency=latency,
         latency_jitter=latency_jitter,
@@ -309,6 +338,8 @@ def emulator(
         state_path=state_path,
         faults=faults,
         record=not no_record,
+        object_storage=storage,
+        timing=Timing(ingest_seconds, hour_seconds, train_seconds),
     )
     click.echo(f"AiTEMS emulator listening on {server.base_url}", err=True)
     server.serve_forever()

@@ -16,6 +16,7 @@ import socketserver
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ import orjson
 
 from aitems_sync.aitems.signing import verify
 from aitems_sync.emulator.faults import Faults, FaultState
+from aitems_sync.emulator.lifecycle import Lifecycle
 from aitems_sync.emulator.model import Model
 from aitems_sync.emulator.rows import Rejection, error_body, parse_upload
 
@@ -33,20 +35,39 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
 ADMIN_PREFIX = "/_emulator"
 
-Action = Callable[[Model, tuple[str, ...], dict[str, str], Any], Any]
+@dataclass(frozen=True)
+class Call:
+    """One API call as the routes see it: path arguments, query, parsed body, caller's key."""
+
+    args: tuple[str, ...]
+    query: dict[str, str]
+    body: Any
+    access_key: str
+
+
+Action = Callable[["App", Call], Any]
 _ROUTES: list[tuple[str, re.Pattern[str], Action | None]] = [
-    ("GET", re.compile(r"/schemas"), lambda m, a, q, b: m.list_schemas(q)),
-    ("POST", re.compile(r"/schemas"), lambda m, a, q, b: m.create_schema(b)),
-    ("GET", re.compile(r"/schemas/default"), lambda m, a, q, b: m.default_schema(q)),
-    ("GET", re.compile(r"/schemas/([^/]+)"), lambda m, a, q, b: m.get_schema(a[0])),
-    ("GET", re.compile(r"/datasets"), lambda m, a, q, b: m.list_datasets(q)),
-    ("POST", re.compile(r"/datasets"), lambda m, a, q, b: m.create_dataset(b)),
-    ("GET", re.compile(r"/datasets/([^/]+)"), lambda m, a, q, b: m.get_dataset(a[0])),
-    ("GET", re.compile(r"/services"), lambda m, a, q, b: m.list_services(q)),
-    ("POST", re.compile(r"/services"), lambda m, a, q, b: m.create_service(b)),
-    ("GET", re.compile(r"/services/([^/]+)"), lambda m, a, q, b: m.get_service(a[0])),
+    ("GET", re.compile(r"/schemas"), lambda a, c: a.model.list_schemas(c.query)),
+    ("POST", re.compile(r"/schemas"), lambda a, c: a.model.create_schema(c.body)),
+    ("GET", re.compile(r"/schemas/default"), lambda a, c: a.model.default_schema(c.query)),
+    ("GET", re.compile(r"/schemas/([^/]+)"), lambda a, c: a.model.get_schema(c.args[0])),
+    ("GET", re.compile(r"/datasets"), lambda a, c: a.model.list_datasets(c.query)),
+    ("POST", re.compile(r"/datasets"),
+     lambda a, c: a.lifecycle.create_dataset(c.body, c.access_key)),
+    ("GET", re.compile(r"/datasets/([^/]+)"), lambda a, c: a.model.get_dataset(c.args[0])),
+    ("POST", re.compile(r"/datasets/([^/]+)"),
+     lambda a, c: a.lifecycle.modify_dataset(c.args[0], c.body, c.access_key)),
+    ("GET", re.compile(r"/services"), lambda a, c: a.model.list_services(c.query)),
+    ("POST", re.compile(r"/services"), lambda a, c: a.model.create_service(c.body)),
+    ("GET", re.compile(r"/services/([^/]+)"), lambda a, c: a.model.get_service(c.args[0])),
     ("POST", re.compile(r"/services/([^/]+)/datasets"),
-     lambda m, a, q, b: m.attach_datasets(a[0], b)),
+     lambda a, c: a.model.attach_datasets(c.args[0], c.body)),
+    ("PUT", re.compile(r"/services/([^/]+)/interval"),
+     lambda a, c: a.model.set_interval(c.args[0], c.body)),
+    ("PUT", re.compile(r"/services/([^/]+)/schedule"),
+     lambda a, c: a.lifecycle.set_schedule(c.args[0], c.query.get("action"))),
+    ("GET", re.compile(r"/services/([^/]+)/trains"),
+     lambda a, c: a.model.list_trains(c.args[0], c.query)),
     # The upload call: no action, because faults and dropped answers need the connection.
     ("POST", re.compile(r"/services/([^/]+)/datasets/([^/]+)"), None),
 ]
@@ -70,6 +91,7 @@ class App(Protocol):
     """What the handler answers from: an emulator's model, keys, faults and clock."""
 
     model: Model
+    lifecycle: Lifecycle
     keys: dict[str, str]
     faults: FaultState
 
@@ -200,7 +222,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         except orjson.JSONDecodeError:
             raise Rejection(400, "the body is not valid JSON") from None
         arguments = {name: values[0] for name, values in parse_qs(query).items()}
-        self._send(200, action(app.model, args, arguments, document))
+        call = Call(args, arguments, document, headers["x-ncp-iam-access-key"])
+        self._send(200, action(app, call))
 
     def _upload(self, service_id: str, dataset_id: str, body: bytes) -> None:
         app = self.server.app
@@ -236,7 +259,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             received = app.model.received(unquote(path[len("/datasets/"):]))
             self._send(200, {"datasetId": received.dataset_id, "uploads": received.uploads,
                              "rowsReceived": received.rows_received, "rows": received.rows,
-                             "deliveries": received.deliveries})
+                             "deliveries": received.deliveries,
+                             "rowsLoaded": received.rows_loaded})
         elif method == "GET" and path == "/faults":
             self._send(200, app.faults.faults.to_json())
         elif method == "PUT" and path == "/faults":

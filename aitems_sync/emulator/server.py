@@ -7,11 +7,17 @@ body ``{"error": {"errorCode": "200", "message": "Authentication Failed", "detai
 Unknown paths answer 404 (errorCode "300").
 
 Calls: ``POST/GET /schemas``, ``GET /schemas/default?datasetType=``, ``GET /schemas/{name}``,
-``POST/GET /datasets``, ``GET /datasets/{id}``, ``POST/GET /services``, ``GET /services/{id}``,
-``POST /services/{id}/datasets`` (attach ``{datasetIds}``), and the upload
+``POST/GET /datasets``, ``GET /datasets/{id}``, ``POST /datasets/{id}`` (modify),
+``POST/GET /services``, ``GET /services/{id}``, ``POST /services/{id}/datasets`` (attach
+``{datasetIds}``, refused while the schedule runs), ``PUT /services/{id}/interval``,
+``PUT /services/{id}/schedule?action=``, ``GET /services/{id}/trains``, and the upload
 ``POST /services/{serviceId}/datasets/{datasetId}`` with ``{"type", "value": [rows]}``, answered
 ``200 true``. Any problem rejects the whole upload with 400 and a ``problems`` list; an unknown
 service or dataset is 404.
+
+With an `ObjectStorage`, dataset create and modify read the dataset's CSV file from it and move
+the dataset ``waiting`` -> ``processing`` -> ``enable`` or ``failed`` (with ``statusReason``);
+interval services run their schedules on the `Timing` clock (``lifecycle.py``).
 
 Faults (`Faults`, changeable at run time) apply to uploads only, in this order: latency (plus
 jitter); 413 if the body is over ``max_body_bytes``; a queued status from ``statuses`` or one drawn
@@ -42,14 +48,18 @@ from typing import Any
 
 import yaml
 
+from aitems_sync.emulator.content import Received
 from aitems_sync.emulator.faults import Faults, FaultState, patch_faults
 from aitems_sync.emulator.handler import EmulatorHTTPServer
-from aitems_sync.emulator.model import SEEDED_ID_RE, Model, Received
+from aitems_sync.emulator.lifecycle import Lifecycle, Timing
+from aitems_sync.emulator.model import Model
+from aitems_sync.emulator.objects import SEEDED_ID_RE
+from aitems_sync.emulator.objectstorage import ObjectStorage, require_boto3
 from aitems_sync.emulator.rows import Rejection
 from aitems_sync.emulator.store import SqliteJournal
 from aitems_sync.errors import UsageError
 
-__all__ = ["EmulatorServer", "Faults", "Received", "load_seed"]
+__all__ = ["EmulatorServer", "Faults", "ObjectStorage", "Received", "Timing", "load_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +144,25 @@ class EmulatorServer:
         self, *, host: str = "127.0.0.1", port: int = 0, seed: Mapping[str, Any] | None = None,
         keys: Mapping[str, str] | None = None, state_path: Path | None = None,
         faults: Faults | None = None, record: bool = True, clock: Callable[[], float] = time.time,
+        object_storage: ObjectStorage | None = None, timing: Timing = Timing(),
     ) -> None:
+        if object_storage is not None:
+            require_boto3()
         self.clock = clock
         self._journal = SqliteJournal(Path(state_path)) if state_path is not None else None
         self.model = Model(clock=clock, record=record, journal=self._journal)
         self.faults = FaultState(faults or Faults())
+        self.keys: dict[str, str] = {}
+        self.lifecycle = Lifecycle(self.model, self.keys, object_storage, timing)
         try:
             if self._journal is not None:
                 self.model.restore(self._journal.load())
-            self.keys = apply_seed(self.model, seed or {})
+            self.keys.update(apply_seed(self.model, seed or {}))
             self.keys.update(keys or {})
             self._httpd = self._bind(host, port)
+            self.lifecycle.resume()
         except BaseException:
+            self.lifecycle.stop()
             if self._journal is not None:
                 self._journal.close()
             raise
@@ -207,11 +224,13 @@ class EmulatorServer:
                              "use one from its seed or create it first") from rejection
 
     def _close(self) -> None:
+        self.lifecycle.stop()
         for connection in list(self._httpd.open_connections):
             # Unblock handler threads waiting on a kept-alive connection.
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
         self._httpd.server_close()
         if self._journal is not None:
+            self.model.close()  # a background thread that outlived stop() writes no more
             self._journal.close()
             self._journal = None

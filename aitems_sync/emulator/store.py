@@ -3,8 +3,10 @@
 The model writes every change through (one transaction per change, under the model's lock), so a
 killed emulator loses nothing it answered for. Tables: ``objects`` (schemas, datasets and services
 as their JSON documents), ``counts`` (uploads and rows received per dataset), ``deliveries`` (every
-accepted row in arrival order) and ``content`` (user and item rows upserted by key; interaction
-content is the deliveries). With ``record=False`` only ``counts`` grows.
+accepted row in arrival order), ``content`` (user and item rows upserted by key; interaction
+content is the deliveries), ``loads`` (per dataset, the rows of the last file an ingest read and
+the rows received by then) and ``loaded`` (that file's interaction rows). Trains are objects too.
+With ``record=False`` only ``counts`` and ``loads`` grow.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from aitems_sync.emulator.model import Snapshot
+from aitems_sync.emulator.content import Snapshot
 from aitems_sync.errors import StateError
 
 _SCHEMA = """
@@ -31,8 +33,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS content (
     dataset_id TEXT NOT NULL, key TEXT NOT NULL, position INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (dataset_id, key));
+CREATE TABLE IF NOT EXISTS loads (
+    dataset_id TEXT PRIMARY KEY, rows_loaded INTEGER NOT NULL, received_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS loaded (
+    dataset_id TEXT NOT NULL, position INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, position));
 """
-_KIND_ORDER = {"schema": 0, "dataset": 1, "service": 2}
+_KIND_ORDER = {"schema": 0, "dataset": 1, "service": 2, "train": 3}
+_DATA_TABLES = ("counts", "deliveries", "content", "loads", "loaded")
 
 
 class SqliteJournal:
@@ -61,7 +69,10 @@ class SqliteJournal:
             for dataset_id, uploads, rows in self._db.execute("SELECT * FROM counts"):
                 snapshot.counts[dataset_id] = (uploads, rows)
             query = "SELECT dataset_id, body FROM {} ORDER BY dataset_id, position"
-            for table, into in (("deliveries", snapshot.deliveries), ("content", snapshot.rows)):
+            for dataset_id, rows_loaded, received_at in self._db.execute("SELECT * FROM loads"):
+                snapshot.loads[dataset_id] = (rows_loaded, received_at)
+            for table, into in (("deliveries", snapshot.deliveries), ("content", snapshot.rows),
+                                ("loaded", snapshot.loaded)):
                 for dataset_id, body in self._db.execute(query.format(table)):
                     into.setdefault(dataset_id, []).append(orjson.loads(body))
         return snapshot
@@ -99,10 +110,32 @@ class SqliteJournal:
                      for i, (row, body) in enumerate(zip(rows, bodies, strict=True))],
                 )
 
-    def reset_data(self) -> None:
-        """Forget every received row and count."""
+    def record_load(
+        self, dataset_id: str, key: str | None, rows: Sequence[dict[str, Any]], received_at: int,
+        record: bool,
+    ) -> None:
+        """A file an ingest read replaces the dataset's rows: upserted rows (user, item) at
+        negative positions, before any later upload's; interaction rows in ``loaded``."""
         with self._lock, self._transaction():
-            for table in ("counts", "deliveries", "content"):
+            self._db.execute("INSERT OR REPLACE INTO loads VALUES (?, ?, ?)",
+                             (dataset_id, len(rows), received_at))
+            for table in ("content", "loaded"):
+                self._db.execute(f"DELETE FROM {table} WHERE dataset_id = ?", (dataset_id,))
+            if not record:
+                return
+            start = -len(rows)
+            if key is None:
+                self._db.executemany("INSERT INTO loaded VALUES (?, ?, ?)", [
+                    (dataset_id, i, orjson.dumps(row).decode()) for i, row in enumerate(rows)])
+            else:
+                self._db.executemany("INSERT INTO content VALUES (?, ?, ?, ?)", [
+                    (dataset_id, row[key], start + i, orjson.dumps(row).decode())
+                    for i, row in enumerate(rows)])
+
+    def reset_data(self) -> None:
+        """Forget every received and loaded row and count."""
+        with self._lock, self._transaction():
+            for table in _DATA_TABLES:
                 self._db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
