@@ -12,6 +12,7 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     ├── StateError                  exit 1   the state store failed
     │   ├── LockHeldError           exit 75  another run holds a dataset's lease
     │   └── LeaseLostError          exit 1   this run can no longer prove it holds one
+    ├── ObjectStorageError          exit 1   Object Storage refused a request or did not answer
     ├── ApiError                    exit 1   AiTEMS answered with an error or not at all
     │   ├── RetriableApiError                connection errors, 429, 500, 503, 504
     │   ├── RetriesExhaustedError            a retriable failure until the retries ran out
@@ -119,6 +120,10 @@ class LockHeldError(StateError):
 class LeaseLostError(StateError):
     """This run can no longer prove it holds a dataset's lease (another run took it over, or it
     could not renew it in time): it sends and commits nothing more for that dataset."""
+
+
+class ObjectStorageError(AitemsSyncError):
+    """Object Storage refused a request or did not answer (``bootstrap``)."""
 
 
 class ApiError(AitemsSyncError):

@@ -428,6 +428,45 @@ class StateStore:
                          .values(aitems_service_id=None, aitems_dataset_id=None, identity=None))
         self._recent_sizes.pop(dataset_id, None)
 
+    def discard(self, dataset: str) -> None:
+        """Forget everything of a dataset, its quarantine too: a first load's staging."""
+        self.reset(dataset)
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is not None:
+            with self._write(f"clear dataset {dataset!r}") as conn:
+                conn.execute(sa.delete(tables.quarantine)
+                             .where(tables.quarantine.c.dataset_id == dataset_id))
+
+    def adopt(self, dataset: str, staging: str, *, run_id: str, mark: Mark,
+              boundary: Boundary | None, binding: tuple[str, str],
+              identity: Sequence[str]) -> None:
+        """Hand a first load over: in ONE transaction, while ``run_id`` holds ``dataset``'s
+        lease, the dataset's mark, boundary, ledger, journal and binding are replaced by what
+        the load staged under ``staging`` (its ledger and quarantine) and the snapshot's
+        ``mark`` and ``boundary``, bound to the AiTEMS ``binding`` (service id, dataset id).
+        Before this commits nothing of the load is the dataset's; a load that fails or dies
+        leaves only the staging dataset, which the next load clears (:meth:`reset`)."""
+        dataset_id, staged = self._known_id(dataset), self._known_id(staging)
+        row_hash = self.row_hash_of(staging)
+        with self._write(f"hand the first load of dataset {dataset!r} over") as conn:
+            self._hold_lease(conn, dataset_id, dataset, run_id)
+            for table in (tables.marks, tables.boundary, tables.ledger, tables.ledger_recent,
+                          tables.ledger_log, tables.batches, tables.late_batches):
+                conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
+            for table in (tables.ledger, tables.ledger_recent, tables.ledger_log,
+                          tables.quarantine):
+                conn.execute(sa.update(table).where(table.c.dataset_id == staged)
+                             .values(dataset_id=dataset_id))
+            conn.execute(sa.update(tables.datasets).where(tables.datasets.c.id == dataset_id)
+                         .values(row_hash=row_hash, aitems_service_id=binding[0],
+                                 aitems_dataset_id=binding[1], identity=dumps(list(identity))))
+            self._boundaries.pop(dataset_id, None)
+            self._put_mark_and_boundary(conn, dataset_id, mark,
+                                        [BatchCommit(None, mark=mark, boundary=boundary)])
+        self._row_hashes[dataset] = row_hash
+        for cached in (dataset_id, staged):
+            self._recent_sizes.pop(cached, None)
+
     # -- ledger -----------------------------------------------------------------------------
 
     def ledger_lookup(self, dataset: str, key_hashes: Sequence[int], *,

@@ -55,6 +55,8 @@ class Prepared:
     invalid: dict[int, tuple[tuple[Any, ...], int | None]]
     # The row the chunk stops before: its cursor or key could not be read (see Unplaceable).
     unplaceable: Unplaceable | None = None
+    # Each valid row's shaped values, in order (Preparer ``keep_values``: a bootstrap file's).
+    values: list[tuple[Any, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -109,8 +111,9 @@ class Preparer:
     row hash its ledger is written with (``StateStore.row_hash_of``)."""
 
     def __init__(self, dataset: DatasetSpec, layout: Layout, timezone: tzinfo,
-                 row_hash: str) -> None:
+                 row_hash: str, *, keep_values: bool = False) -> None:
         self.dataset = dataset
+        self.keep_values = keep_values
         self.layout = layout
         self.timezone = timezone
         self.row_hash = row_hash
@@ -144,8 +147,11 @@ class Preparer:
         payloads: list[int] = []
         keys: list[Any] = []
         invalid: dict[int, tuple[tuple[Any, ...], int | None]] = {}
+        kept: list[tuple[Any, ...]] | None = [] if self.keep_values else None
         for raw in chunk:
             values = shape(raw)
+            if kept is not None and values is not None:
+                kept.append(values)
             if values is None:
                 invalid[len(encoded)] = (tuple(raw), self._rejected_key_hash(raw))
                 encoded.append(None)
@@ -166,7 +172,7 @@ class Preparer:
             at, timezone = self.layout.cursor_index, self.timezone
             positions = [cursor_position(raw[at], timezone) for raw in chunk]
         return Prepared(encoded, key_hashes, payloads, keys, places, positions, invalid,
-                        unplaceable)
+                        unplaceable, kept)
 
     def _unplaceable(self, chunk: Sequence[Sequence[Any]]) -> tuple[int, Unplaceable] | None:
         """The first row whose cursor or key is Undecodable, and its index; one C-speed pass
