@@ -27,24 +27,9 @@ from aitems_sync.objectstorage.upload import (
     part_size,
 )
 from aitems_sync.rows.csvfile import CsvEncoder
-from tests.conftest import require_server
 
 BUCKET = "aitems-boot"
 REGION = "kr-standard"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        require_server(False, "moto[server] (pip install -e '.[test]')")
-        raise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 class _RefusesChecksums(BaseHTTPRequestHandler):
@@ -86,14 +71,14 @@ class _RefusesChecksums(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def endpoint(moto_endpoint: str) -> Iterator[str]:
+def endpoint(s3_server: str) -> Iterator[str]:
     """moto behind the proxy that refuses checksum headers, as NCP does."""
-    host, port = moto_endpoint.removeprefix("http://").split(":")
+    host, port = s3_server.removeprefix("http://").split(":")
     _RefusesChecksums.target = (host, int(port))
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _RefusesChecksums)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
-    client = s3_client(moto_endpoint, REGION, "ak", "sk")
+    client = s3_client(s3_server, REGION, "ak", "sk")
     client.create_bucket(Bucket=BUCKET,
                          CreateBucketConfiguration={"LocationConstraint": REGION})
     yield f"http://127.0.0.1:{proxy.server_address[1]}"
