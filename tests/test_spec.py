@@ -667,3 +667,18 @@ def test_a_ref_to_a_file_that_cannot_be_used_is_a_located_spec_error(
 
     assert (problem.line, problem.key) == (10, "datasets.users.json_schema")
     assert fragment in problem.message
+
+
+def test_object_storage_defaults_to_korea_and_needs_a_bucket(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, MINIMAL.format(aitems="", dataset="") +
+                           "object_storage: {bucket: shop-aitems}\n"), env={})
+    assert spec.object_storage is not None
+    assert (spec.object_storage.endpoint, spec.object_storage.region,
+            spec.object_storage.prefix) == ("https://kr.object.ncloudstorage.com",
+                                            "kr-standard", "aitems-sync/")
+    assert load_spec(write(tmp_path, MINIMAL.format(aitems="", dataset="")),
+                     env={}).object_storage is None
+
+    [problem] = problems_of(write(tmp_path, MINIMAL.format(aitems="", dataset="") +
+                                  "object_storage: {bucket: Shop_Bucket}\n"))
+    assert (problem.line, problem.key) == (11, "object_storage.bucket")

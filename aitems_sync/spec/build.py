@@ -26,6 +26,7 @@ Defaults (also in the descriptions of ``spec.schema.json``):
 ``datasets.*.max_invalid``       ``1%``
 ``datasets.*.fields[*]``         ``categorical: false``
 ``metrics``                      ``pushgateway: null`` (no push), ``job: aitems-sync``
+``object_storage``               none (for bootstrap); KR endpoint, ``prefix: aitems-sync/``
 ===============================  ================================================
 
 ``aitems.service_id``, ``access_key`` and ``secret_key`` have no default. A relative sqlite path
@@ -68,6 +69,7 @@ from aitems_sync.spec.model import (
     FieldType,
     InvalidLimit,
     MetricsConfig,
+    ObjectStorageConfig,
     OnInvalid,
     RetryPolicy,
     SourceConfig,
@@ -108,6 +110,7 @@ def build_spec(data: Any, doc: Document, path: Path) -> Spec:
         sources=MappingProxyType(sources),
         datasets=MappingProxyType(datasets),
         metrics=_metrics(doc, _map(root.get("metrics")), ("metrics",)),
+        object_storage=_object_storage(doc, root.get("object_storage"), ("object_storage",)),
         lines=MappingProxyType(dict(doc.lines)),
     )
     _register_secrets(spec)
@@ -119,6 +122,7 @@ def _register_secrets(spec: Spec) -> None:
     the AiTEMS keys, and the passwords and secret parameters of its URLs."""
     redact.register([spec.aitems.access_key, spec.aitems.secret_key])
     urls = [spec.aitems.endpoint, spec.state_url, spec.metrics.pushgateway,
+            spec.object_storage.endpoint if spec.object_storage else None,
             *(source.url for source in spec.sources.values())]
     for url in urls:
         redact.register_url(url)
@@ -290,6 +294,17 @@ def _metrics(doc: Document, m: dict[str, Any], p: KeyPath) -> MetricsConfig:
     return MetricsConfig(
         pushgateway=_get(doc, m, p, "pushgateway", None, _http_url),
         job=_get(doc, m, p, "job", MetricsConfig.job, str),
+    )
+
+
+def _object_storage(doc: Document, value: Any, p: KeyPath) -> ObjectStorageConfig | None:
+    if not isinstance(value, dict):
+        return None
+    return ObjectStorageConfig(
+        bucket=_get(doc, value, p, "bucket", "", str),
+        endpoint=_get(doc, value, p, "endpoint", ObjectStorageConfig.endpoint, _http_url),
+        region=_get(doc, value, p, "region", ObjectStorageConfig.region, str),
+        prefix=_get(doc, value, p, "prefix", ObjectStorageConfig.prefix, str),
     )
 
 

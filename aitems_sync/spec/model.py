@@ -141,6 +141,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ObjectStorageConfig:
+    """Where ``bootstrap`` writes first loads: NCP Object Storage, with the AiTEMS keys."""
+
+    bucket: str
+    endpoint: str = "https://kr.object.ncloudstorage.com"
+    region: str = "kr-standard"
+    prefix: str = "aitems-sync/"
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path  # the spec file; relative paths in it resolve against path.parent
     aitems: AitemsConfig
@@ -148,6 +158,7 @@ class Spec:
     sources: Mapping[str, SourceConfig]
     datasets: Mapping[str, DatasetSpec]
     metrics: MetricsConfig = MetricsConfig()
+    object_storage: ObjectStorageConfig | None = None  # None: bootstrap is not set up
     version: int = 1
     #: The line of each key path written in the file, for problems found after loading.
     lines: Mapping[KeyPath, int] = field(
