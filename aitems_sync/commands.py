@@ -19,6 +19,7 @@ import yaml
 
 from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.errors import SpecError, SpecProblem, UsageError
+from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.marks import CURSOR_TYPES, Mark, check_cursor, parse_cursor
@@ -26,6 +27,13 @@ from aitems_sync.state.probe import url_problem
 from aitems_sync.state.records import DatasetState, QuarantineRecord, RunRecord
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import engine
+from aitems_sync.sync.bootstrap import (
+    READY_TIMEOUT_SECONDS,
+    BootstrapReport,
+    BootstrapSettings,
+    object_storage_of,
+)
+from aitems_sync.sync.bootstrap import bootstrap as run_bootstrap
 from aitems_sync.sync.checks import ValidationReport, check_aitems, check_queries, check_state
 from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
@@ -96,6 +104,27 @@ def run(
 
         push_run_metrics(report, spec.metrics, now=time.time())
     return report
+
+
+def bootstrap(
+    spec: Spec,
+    datasets: Sequence[str] = (),
+    *,
+    timeout: float = READY_TIMEOUT_SECONDS,
+    stop: threading.Event | None = None,
+) -> BootstrapReport:
+    """Load each named dataset (all when none) whole, through Object Storage: one gzip CSV
+    file of its query, read by AiTEMS into the dataset, then handed over to ``run`` (see
+    :mod:`aitems_sync.sync.bootstrap`). ``timeout``: seconds AiTEMS may take to read a file."""
+    selected = select_datasets(spec, datasets)
+    where = object_storage_of(spec)  # a spec error before anything is opened
+    storage = s3_client(where.endpoint, where.region, spec.aitems.access_key,
+                        spec.aitems.secret_key)
+    settings = BootstrapSettings(run_id=engine.new_run_id(), ready_timeout=timeout)
+    with open_state(spec) as state, open_sources(spec) as sources, \
+            AitemsClient.from_config(spec.aitems) as client:
+        return run_bootstrap(spec, selected, state=state, sources=sources, api=client,
+                             storage=storage, settings=settings, stop=stop)
 
 
 def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False) -> RunReport:

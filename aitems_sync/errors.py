@@ -12,7 +12,7 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     ├── StateError                  exit 1   the state store failed
     │   ├── LockHeldError           exit 75  another run holds a dataset's lease
     │   └── LeaseLostError          exit 1   this run can no longer prove it holds one
-    ├── ObjectStorageError          exit 1   Object Storage refused a request or did not answer
+    ├── ObjectStorageError          exit 1   a bootstrap file was not written, or not read
     ├── ApiError                    exit 1   AiTEMS answered with an error or not at all
     │   ├── RetriableApiError                connection errors, 429, 500, 503, 504
     │   ├── RetriesExhaustedError            a retriable failure until the retries ran out
@@ -123,7 +123,8 @@ class LeaseLostError(StateError):
 
 
 class ObjectStorageError(AitemsSyncError):
-    """Object Storage refused a request or did not answer (``bootstrap``)."""
+    """A first load's file could not be written to Object Storage, or AiTEMS could not read it
+    (``bootstrap``)."""
 
 
 class ApiError(AitemsSyncError):

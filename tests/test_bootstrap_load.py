@@ -23,7 +23,7 @@ from aitems_sync.commands import open_sources, open_state
 from aitems_sync.emulator.server import EmulatorServer
 from aitems_sync.errors import InvalidRowsError, SourceError
 from aitems_sync.spec.load import load_spec
-from aitems_sync.sync.bootstrap import FileLoad, Snapshot, staging_name
+from aitems_sync.sync.fileload import FileLoad, Snapshot, staging_name
 from tests.conftest import source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 

@@ -92,9 +92,9 @@ def client(endpoint: str) -> Any:
     assert _RefusesChecksums.refused == []  # no request carried a checksum header
 
 
-def _unfinished(client: Any, key: str) -> list[str]:
-    answer = client.list_multipart_uploads(Bucket=BUCKET, Prefix=key)
-    return [u["UploadId"] for u in answer.get("Uploads", []) if u["Key"] == key]
+def _unfinished(client: Any, prefix: str) -> list[str]:
+    answer = client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+    return [u["UploadId"] for u in answer.get("Uploads", []) if u["Key"].startswith(prefix)]
 
 
 def test_a_gzip_csv_streamed_in_parts_reads_back_equal(client: Any) -> None:
@@ -145,14 +145,15 @@ def test_an_upload_left_by_an_exception_is_aborted(client: Any) -> None:
     assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix=key)
 
 
-def test_an_upload_a_killed_process_left_is_aborted_before_the_next(client: Any) -> None:
-    key = "boot/killed.csv.gz"
-    client.create_multipart_upload(Bucket=BUCKET, Key=key)  # what kill -9 leaves
-    client.create_multipart_upload(Bucket=BUCKET, Key=key + ".other")  # not ours: kept
+def test_uploads_a_killed_process_left_are_aborted_before_the_next(client: Any) -> None:
+    prefix = "boot/killed/"
+    client.create_multipart_upload(Bucket=BUCKET, Key=prefix + "run1.csv.gz")  # kill -9 left
+    client.create_multipart_upload(Bucket=BUCKET, Key=prefix + "run2.csv.gz")
+    client.create_multipart_upload(Bucket=BUCKET, Key="boot/other/run1.csv.gz")  # not ours
 
-    assert abort_unfinished(client, BUCKET, key) == 1
-    assert _unfinished(client, key) == []
-    assert len(_unfinished(client, key + ".other")) == 1
+    assert abort_unfinished(client, BUCKET, prefix) == 2
+    assert _unfinished(client, prefix) == []
+    assert len(_unfinished(client, "boot/other/")) == 1
 
 
 def test_a_missing_bucket_is_an_operator_error(endpoint: str) -> None:

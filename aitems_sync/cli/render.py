@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aitems_sync.sync.bootstrap import BootstrapReport
 from aitems_sync.sync.report import RunReport, null_cursor_message
 
 _COLUMNS = ("dataset", "status", "read", "new", "changed", "unchanged", "invalid", "sent",
@@ -37,4 +38,15 @@ def run_summary(report: RunReport, *, planned: bool = False) -> str:
         for batch in d.ambiguous:
             lines.append(f"{d.dataset}: ambiguous batch of {batch.rows} rows, cursor "
                          f"{batch.first_cursor} .. {batch.last_cursor}: {batch.reason}")
+    return "\n".join(lines)
+
+
+def bootstrap_summary(report: BootstrapReport) -> str:
+    """One line per dataset: its status, rows, invalid rows and file; then the errors."""
+    lines = [f"bootstrap {report.run_id}"]
+    for d in report.datasets:
+        size = f"{d.file_bytes / 1e6:.1f} MB" if d.file_bytes else "-"
+        lines.append(f"{d.dataset}: {d.status}, {d.rows} rows, {d.invalid} invalid, "
+                     f"{d.file or 'no file'} ({size}), {d.seconds:.1f} s")
+    lines += [f"{d.dataset}: {d.error}" for d in report.datasets if d.error]
     return "\n".join(lines)

@@ -151,27 +151,28 @@ class GzipWriter:
         self.upload.write(self._compressor.flush())
 
 
-def abort_unfinished(client: Any, bucket: str, key: str) -> int:
-    """Abort the unfinished multipart uploads of ``key`` (a bootstrap killed mid-upload leaves
-    one); the number aborted."""
+def abort_unfinished(client: Any, bucket: str, prefix: str) -> int:
+    """Abort every unfinished multipart upload under ``prefix`` (a bootstrap killed mid-upload
+    leaves one; everything under a dataset's prefix is its bootstraps'); the number aborted."""
     try:
-        answer = client.list_multipart_uploads(Bucket=bucket, Prefix=key)
+        answer = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
     except Exception as error:
-        raise storage_error(f"could not list the unfinished uploads of s3://{bucket}/{key}",
+        raise storage_error(f"could not list the unfinished uploads under s3://{bucket}/{prefix}",
                             error) from error
     aborted = 0
     for upload in answer.get("Uploads", []):
-        if upload.get("Key") != key:
+        key = str(upload.get("Key", ""))
+        if not key.startswith(prefix):
             continue
         try:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-        except Exception as error:  # reported; the next bootstrap aborts it again
+        except Exception as error:
             raise storage_error(f"could not abort an unfinished upload of s3://{bucket}/{key}",
                                 error) from error
         aborted += 1
     if aborted:
-        log.info("aborted %d unfinished multipart upload(s) of s3://%s/%s left by an earlier "
-                 "bootstrap", aborted, bucket, key, extra={"event": "aborted_leftover"})
+        log.info("aborted %d unfinished multipart upload(s) under s3://%s/%s left by an earlier "
+                 "bootstrap", aborted, bucket, prefix, extra={"event": "aborted_leftover"})
     return aborted
 
 

@@ -1,204 +1,265 @@
-"""A dataset's first full load as one CSV file (``bootstrap``), and what the state store keeps
-of it until AiTEMS has taken the file.
+"""``bootstrap``: a dataset's first full load, through Object Storage, handed over to ``run``.
 
-AiTEMS creates a dataset from a CSV(.gz) file in Object Storage; loading tens of millions of
-rows through 1,000-row upload calls is the wrong path. :class:`FileLoad` reads the dataset's
-whole query once (the same shaping, validation and quarantine as ``run``) and writes the valid
-rows to a text sink (gzip, multipart upload: :mod:`aitems_sync.objectstorage.upload`), in the
-format of :mod:`aitems_sync.rows.csvfile`.
+For each dataset, holding its lease (no run or other bootstrap writes it meanwhile):
 
-What the next ``run`` needs, so that it sends only what changed after the snapshot, is staged
-under a dataset of its own (:func:`staging_name`) while the file is written: the ledger of
-what the file holds (user and item datasets, and interactions with a lookback) and the
-quarantined rows. The snapshot's mark (its last row) and boundary (the rows at its cursor
-value) come back in the :class:`Snapshot`. Only once AiTEMS has created the dataset from the
-file does :meth:`StateStore.adopt` make them the dataset's, in one transaction: a load that
-fails or is killed before that moves nothing, and the next load clears the staging.
+1. unfinished multipart uploads a killed bootstrap left under the dataset's prefix are aborted;
+2. the whole query is written as one gzip CSV, streamed by multipart upload while it is read
+   (:class:`~aitems_sync.sync.fileload.FileLoad`; flat memory, no temporary file);
+3. the AiTEMS dataset is modified to read it (``POST /datasets/{id}`` with its ``osInfo``), and
+   polled until it is ``enable`` (or fails, or the timeout passes);
+4. only then the state store takes the snapshot's mark, boundary, ledger and quarantine, in
+   one transaction (:meth:`StateStore.adopt`), so the next ``run`` sends what changed after it.
+
+A failure or a signal before step 4 moves nothing: the upload is aborted (or, after kill -9,
+by the next bootstrap), the staging is discarded by the next bootstrap, and the dataset can be
+bootstrapped again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aitems_sync.errors import InvalidRowsError, SourceError, UnreadableRowError
-from aitems_sync.rows.csvfile import CsvEncoder
-from aitems_sync.rows.encode import row_hash
+from aitems_sync.errors import (
+    AitemsSyncError,
+    ApiError,
+    InvalidRowsError,
+    ObjectStorageError,
+    SpecError,
+    SpecProblem,
+)
+from aitems_sync.objectstorage.upload import GzipWriter, MultipartUpload, abort_unfinished
 from aitems_sync.source.extract import Source
-from aitems_sync.spec.model import DatasetSpec
-from aitems_sync.state.records import Boundary, LedgerEntry, QuarantineEntry
-from aitems_sync.state.store import BatchCommit, Mark, StateStore
-from aitems_sync.sync.batches import BoundaryTracker
-from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer, show
+from aitems_sync.spec.model import DatasetSpec, ObjectStorageConfig, Spec
+from aitems_sync.state.store import StateStore
+from aitems_sync.sync.fileload import FileLoad, Snapshot, staging_name
+from aitems_sync.sync.leases import Leases
+from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, OK
 
 log = logging.getLogger(__name__)
 
-#: What a dataset's staging is called in the state store: ``users~bootstrap``.
-STAGING_SUFFIX = "~bootstrap"
+#: How long AiTEMS may take to read a file before bootstrap gives up waiting (seconds).
+READY_TIMEOUT_SECONDS = 6 * 3600.0
+#: Polls of a dataset while AiTEMS reads its file: the first soon, then each 1.5 times later,
+#: up to POLL_SECONDS apart (a small file is seen ready at once, a large one costs few calls).
+FIRST_POLL_SECONDS = 0.2
+POLL_SECONDS = 10.0
+#: The dataset statuses while AiTEMS reads a file, and when it has (aitems-api.md).
+READING = ("waiting", "processing")
+READY = "enable"
 
 
-def staging_name(dataset: str) -> str:
-    """The state store's name for a first load's staging of ``dataset``."""
-    return dataset + STAGING_SUFFIX
+class DatasetApi(Protocol):
+    """What bootstrap needs of the AiTEMS client."""
 
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]: ...
 
-class TextSink(Protocol):
-    def write(self, text: str) -> None: ...
-
-
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
-
-
-class _Never:
-    def is_set(self) -> bool:
-        return False
+    def modify_dataset(self, dataset_id: str, *, dataset_type: str, name: str, schema_name: str,
+                       bucket: str, key: str, region: str = "KR",
+                       description: str = "") -> dict[str, Any]: ...
 
 
 @dataclass
-class Snapshot:
-    """What a first load's file holds: its rows, and where a run goes on from."""
+class DatasetLoad:
+    """One dataset's bootstrap, as reported."""
 
-    rows: int = 0  # data rows in the file
-    read: int = 0
+    dataset: str
+    status: str = OK
+    rows: int = 0  # in the file
     invalid: int = 0
-    mark: Mark | None = None  # the last row read; None when the query returned none
-    boundary: Boundary | None = None
-    identity: tuple[str, ...] = field(default_factory=tuple)  # the key the ledger is by
+    file: str = ""  # s3://bucket/key
+    file_bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "status": self.status, "rows": self.rows,
+                "invalid": self.invalid, "file": self.file, "file_bytes": self.file_bytes,
+                "seconds": self.seconds, "error": self.error}
 
 
-class FileLoad:
-    """Reads one dataset's whole query into a CSV text sink, staging its ledger and quarantine
-    under :func:`staging_name` in the state store."""
+@dataclass
+class BootstrapReport:
+    run_id: str
+    datasets: list[DatasetLoad] = field(default_factory=list)
 
-    def __init__(self, dataset: DatasetSpec, source: Source, state: StateStore, *, run_id: str,
-                 chunk_rows: int = 5000, stop: StopFlag | None = None) -> None:
-        self.dataset = dataset
-        self.source = source
-        self.state = state
-        self.run_id = run_id
-        self.chunk_rows = chunk_rows
-        self.stop = stop or _Never()
-        self.staging = staging_name(dataset.name)
-        self.is_interaction = dataset.type == "interaction"
-        # The ledger a run consults: user and item datasets always, interactions with a lookback.
-        self.keeps_ledger = not self.is_interaction or dataset.lookback.total_seconds() > 0
-        self.tracker = BoundaryTracker(valid_rows=self.is_interaction)
+    @property
+    def exit_code(self) -> int:
+        """1 when a dataset failed, 3 when one had too many invalid rows, else 0."""
+        statuses = {d.status for d in self.datasets}
+        if FAILED in statuses or INTERRUPTED in statuses:
+            return 1
+        return 3 if INVALID in statuses else 0
 
-    def write(self, sink: TextSink) -> Snapshot:
-        """Write the header and every valid row to ``sink``; stage the rest. Raises
-        SourceError (the query), UnreadableRowError (a cursor or key the driver cannot read),
-        InvalidRowsError (on_invalid fail, or more invalid rows than max_invalid allows), or
-        SourceError for a key the query returns twice (a file holds each key once)."""
-        self.state.discard(self.staging)
-        snapshot = Snapshot(identity=self.dataset.key)
-        last: Place | None = None
-        with self.source.extract(self.dataset.query, cursor=self.dataset.cursor,
-                                 key=self.dataset.key_fields, mark=None, sort=True,
-                                 chunk_rows=self.chunk_rows) as extraction:
-            layout = Layout(tuple(extraction.columns), extraction.cursor_index,
-                            tuple(extraction.key_indices))
-            preparer = Preparer(self.dataset, layout, self.source.timezone,
-                                self.state.row_hash_of(self.staging), keep_values=True)
-            encoder = CsvEncoder(self.dataset.field_names,
-                                 [f.types for f in self.dataset.fields])
-            sink.write(encoder.header)
-            for chunk in extraction.chunks:
-                if self.stop.is_set():
-                    raise SourceError(f"dataset {self.dataset.name}: the first load was stopped; "
-                                      "nothing was handed over: run bootstrap again")
-                prepared = preparer.prepare(chunk)
-                if prepared.unplaceable is not None:
-                    raise UnreadableRowError(prepared.unplaceable.message(self.dataset.name)
-                                             .replace("the rows before it were delivered and "
-                                                      "the mark stays before it",
-                                                      "nothing was handed over"))
-                if prepared.places:
-                    last = prepared.places[-1]
-                self._stage(preparer, prepared, snapshot)
-                assert prepared.values is not None
-                sink.write(encoder.encode(prepared.values))
-                snapshot.rows += len(prepared.values)
-        self._check_invalid(snapshot)
-        if last is not None:
-            snapshot.mark = Mark(cursor=last[0], key=tuple(last[1:]))
-            snapshot.boundary = self.tracker.take()
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "exit_code": self.exit_code,
+                "datasets": [d.to_dict() for d in self.datasets]}
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    run_id: str
+    lease_ttl: float = 60.0
+    ready_timeout: float = READY_TIMEOUT_SECONDS
+    poll_seconds: float = POLL_SECONDS
+    chunk_rows: int = 5000
+
+
+def object_storage_of(spec: Spec) -> ObjectStorageConfig:
+    """The spec's object_storage, or the spec error that says to add one."""
+    if spec.object_storage is None:
+        raise SpecError([SpecProblem(
+            str(spec.path), None, "object_storage",
+            "bootstrap writes each dataset's first load to Object Storage: add an "
+            "object_storage section with the bucket (object_storage: {bucket: NAME})")])
+    return spec.object_storage
+
+
+def bootstrap(
+    spec: Spec, datasets: Sequence[DatasetSpec], *, state: StateStore,
+    sources: Mapping[str, Source], api: DatasetApi, storage: Any, settings: BootstrapSettings,
+    stop: threading.Event | None = None,
+) -> BootstrapReport:
+    """Bootstrap each dataset in turn (see the module docstring); never raises for one
+    dataset's failure: its report says what happened."""
+    where = object_storage_of(spec)
+    report = BootstrapReport(settings.run_id)
+    stop = stop or threading.Event()
+    for dataset in datasets:
+        load = DatasetLoad(dataset.name)
+        report.datasets.append(load)
+        if stop.is_set():
+            load.status, load.error = INTERRUPTED, "not started: stopped by a signal"
+            continue
+        started = time.monotonic()
+        try:
+            _Load(spec, dataset, where, state, sources[dataset.source], api, storage, settings,
+                  stop, load).run()
+        except InvalidRowsError as error:
+            load.status, load.error = INVALID, str(error)
+        except AitemsSyncError as error:
+            load.status = INTERRUPTED if stop.is_set() else FAILED
+            load.error = str(error)
+        finally:
+            load.seconds = round(time.monotonic() - started, 3)
+        if load.error:
+            log.error("dataset %s: %s", dataset.name, load.error,
+                      extra={"event": "bootstrap_failed", "dataset": dataset.name})
+    return report
+
+
+class _Load:
+    """One dataset's bootstrap."""
+
+    def __init__(self, spec: Spec, dataset: DatasetSpec, where: ObjectStorageConfig,
+                 state: StateStore, source: Source, api: DatasetApi, storage: Any,
+                 settings: BootstrapSettings, stop: threading.Event, load: DatasetLoad) -> None:
+        self.spec, self.dataset, self.where = spec, dataset, where
+        self.state, self.source, self.api, self.storage = state, source, api, storage
+        self.settings, self.stop, self.load = settings, stop, load
+        self.prefix = f"{where.prefix}{dataset.name}/"
+        self.key = f"{self.prefix}{settings.run_id}.csv.gz"
+
+    def run(self) -> None:
+        remote = self._remote()
+        leases = Leases(self.state, [self.dataset.name], self.settings.run_id,
+                        self.settings.lease_ttl)
+        leases.acquire(wait=0)
+        try:
+            snapshot = self._write_file()
+            self._have_aitems_read_it(remote)
+            leases.check(self.dataset.name)
+            self._hand_over(snapshot)
+        finally:
+            leases.release()
+
+    def _remote(self) -> dict[str, Any]:
+        """The AiTEMS dataset, checked to be of the spec's type."""
+        remote = self.api.get_dataset(self.dataset.dataset_id)
+        if remote.get("type") != self.dataset.type:
+            raise SpecError([self.spec.problem(
+                ("datasets", self.dataset.name, "dataset_id"),
+                f"AiTEMS dataset {self.dataset.dataset_id} is of type {remote.get('type')!r}, "
+                f"the spec says {self.dataset.type!r}")])
+        return remote
+
+    def _write_file(self) -> Snapshot:
+        bucket = self.where.bucket
+        abort_unfinished(self.storage, bucket, self.prefix)
+        self.load.file = f"s3://{bucket}/{self.key}"
+        log.info("dataset %s: writing its first load to %s", self.dataset.name, self.load.file,
+                 extra={"event": "bootstrap_file", "dataset": self.dataset.name})
+        with MultipartUpload(self.storage, bucket, self.key) as upload:
+            gzip = GzipWriter(upload)
+            snapshot = FileLoad(self.dataset, self.source, self.state,
+                                run_id=self.settings.run_id, chunk_rows=self.settings.chunk_rows,
+                                stop=self.stop).write(gzip)
+            gzip.close()
+            upload.complete()
+            self.load.file_bytes = upload.bytes_written
+        self.load.rows, self.load.invalid = snapshot.rows, snapshot.invalid
         return snapshot
 
-    def _stage(self, preparer: Preparer, chunk: Prepared, snapshot: Snapshot) -> None:
-        """The chunk's ledger entries and quarantined rows, in the staging; its boundary."""
-        snapshot.read += len(chunk)
-        rejected: list[QuarantineEntry] = []
-        for index, (raw, _) in chunk.invalid.items():
-            rejected.append(self._reject(preparer, raw, chunk.places[index]))
-        snapshot.invalid += len(rejected)
-        self._note(chunk, preparer.row_hash)
-        entries: list[LedgerEntry] = []
-        if self.keeps_ledger:
-            valid = [i for i, row in enumerate(chunk.encoded) if row is not None]
-            if not self.is_interaction:
-                self._refuse_duplicates(chunk, valid)
-            positions = chunk.positions
-            entries = [LedgerEntry(chunk.key_hashes[i], chunk.payloads[i],
-                                   None if positions is None else positions[i]) for i in valid]
-        if entries or rejected:
-            self.state.commit_batches(self.staging, run_id=self.run_id,
-                                      commits=[BatchCommit(None, entries, None, rejected)])
+    def _have_aitems_read_it(self, remote: Mapping[str, Any]) -> None:
+        """Point the AiTEMS dataset at the file and wait until it has read it."""
+        dataset_id = self.dataset.dataset_id
+        try:
+            self.api.modify_dataset(
+                dataset_id, dataset_type=self.dataset.type, name=str(remote.get("name", "")),
+                schema_name=str(remote.get("schemaName", "")), bucket=self.where.bucket,
+                key=self.key, region="KR", description=str(remote.get("description") or ""))
+        except ApiError as error:
+            raise type(error)(f"AiTEMS refused to read {self.load.file} into dataset "
+                              f"{dataset_id}: {error}") from error
+        wait_until_read(self.api, dataset_id, timeout=self.settings.ready_timeout,
+                        poll=self.settings.poll_seconds, stop=self.stop, file=self.load.file)
 
-    def _note(self, chunk: Prepared, scheme: str) -> None:
-        """The boundary tracker follows the rows at the newest cursor value."""
-        if not chunk.invalid:
-            if len(chunk):
-                self.tracker.note_rows(chunk.places, chunk.key_hashes, chunk.payloads, 0,
-                                       len(chunk))
+    def _hand_over(self, snapshot: Snapshot) -> None:
+        name = self.dataset.name
+        binding = (self.spec.aitems.service_id, self.dataset.dataset_id)
+        if snapshot.mark is None:  # an empty file: a run reads everything from the start
+            self.state.reset(name)
+            self.state.discard(staging_name(name))
             return
-        for index, place in enumerate(chunk.places):
-            if chunk.encoded[index] is None:
-                content = row_hash(repr(chunk.invalid[index][0]).encode(), scheme)
-                self.tracker.note(place[0], content, content)
-            else:
-                self.tracker.note_valid(place[0], chunk.key_hashes[index], chunk.payloads[index])
+        self.state.adopt(name, staging_name(name), run_id=self.settings.run_id,
+                         mark=snapshot.mark, boundary=snapshot.boundary, binding=binding,
+                         identity=snapshot.identity)
+        self.state.discard(staging_name(name))
 
-    def _refuse_duplicates(self, chunk: Prepared, valid: Sequence[int]) -> None:
-        """A user or item file holds each key once (AiTEMS requires it): a key the query
-        returns twice, in this chunk or an earlier one, stops the load."""
-        hashes = [chunk.key_hashes[i] for i in valid]
-        seen: dict[int, int] = {}
-        twice = None
-        for i, key_hash in zip(valid, hashes, strict=True):
-            if key_hash in seen:
-                twice = i
-                break
-            seen[key_hash] = i
-        if twice is None:
-            earlier = self.state.ledger_lookup(self.staging, hashes)
-            twice = next((i for i, h in zip(valid, hashes, strict=True) if h in earlier), None)
-        if twice is not None:
-            key = self.dataset.key[0]
-            raise SourceError(
-                f"dataset {self.dataset.name}: the query returns {key} "
-                f"{show(chunk.keys[twice])} more than once; a first load file holds each {key} "
-                f"once (AiTEMS requires it): make the query return one row per {key} (its "
-                "newest version), then run bootstrap again; nothing was handed over")
 
-    def _reject(self, preparer: Preparer, raw: tuple[Any, ...], place: Place) -> QuarantineEntry:
-        errors = [{"path": e.path, "message": e.message} for e in preparer.shaper.explain(raw)]
-        if self.dataset.on_invalid == "fail":
-            first = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:3])
-            raise InvalidRowsError(
-                f"dataset {self.dataset.name}: a row is invalid ({first}) and on_invalid is "
-                "fail: nothing was handed over; fix the data or the spec and run bootstrap again")
-        key = dict(zip(self.dataset.key_fields, place[1:], strict=False))
-        return QuarantineEntry(dataset=self.staging, run_id=self.run_id, key=key,
-                               raw=dict(zip(preparer.layout.columns, raw, strict=False)),
-                               errors=errors, origin="local")
-
-    def _check_invalid(self, snapshot: Snapshot) -> None:
-        if self.dataset.max_invalid.exceeded(snapshot.invalid, snapshot.read):
-            raise InvalidRowsError(
-                f"dataset {self.dataset.name}: {snapshot.invalid} of {snapshot.read} rows are "
-                "invalid, more than max_invalid allows; nothing was handed over: see them with "
-                f"`aitems-sync quarantine list {staging_name(self.dataset.name)}`, fix the data "
-                "or the spec, and run bootstrap again")
+def wait_until_read(api: DatasetApi, dataset_id: str, *, timeout: float, poll: float,
+                    stop: threading.Event, file: str,
+                    clock: Callable[[], float] = time.monotonic) -> None:
+    """Poll the dataset until AiTEMS has read the file (``enable``). ObjectStorageError, naming
+    the status and AiTEMS's reason, when it fails to, the timeout passes, or ``stop`` is set."""
+    deadline = clock() + timeout
+    last = None
+    delay = min(FIRST_POLL_SECONDS, poll)
+    while True:
+        answer = api.get_dataset(dataset_id)
+        status = str(answer.get("status", ""))
+        if status == READY:
+            return
+        if status not in READING:
+            reason = answer.get("statusReason") or "AiTEMS gives no reason"
+            raise ObjectStorageError(
+                f"AiTEMS could not read {file} into dataset {dataset_id} (status {status!r}: "
+                f"{reason}); fix the data or the spec, then run bootstrap again")
+        if status != last:
+            log.info("dataset %s: AiTEMS is reading the file (%s)", dataset_id, status,
+                     extra={"event": "bootstrap_status", "status": status})
+            last = status
+        if clock() >= deadline:
+            raise ObjectStorageError(
+                f"AiTEMS had not read {file} into dataset {dataset_id} after {timeout:g} s "
+                f"(status {status!r}); nothing was handed over: check the dataset in the NCP "
+                "console, then run bootstrap again (or raise --timeout)")
+        if stop.wait(min(delay, max(0.0, deadline - clock()))):
+            raise ObjectStorageError(
+                f"stopped while AiTEMS was reading {file} into dataset {dataset_id}; nothing "
+                "was handed over: run bootstrap again")
+        delay = min(delay * 1.5, poll)
