@@ -111,16 +111,21 @@ def bootstrap(
     datasets: Sequence[str] = (),
     *,
     timeout: float = READY_TIMEOUT_SECONDS,
+    lease_ttl: float | None = None,
+    wait: float | None = None,
     stop: threading.Event | None = None,
 ) -> BootstrapReport:
     """Load each named dataset (all when none) whole, through Object Storage: one gzip CSV
     file of its query, read by AiTEMS into the dataset, then handed over to ``run`` (see
-    :mod:`aitems_sync.sync.bootstrap`). ``timeout``: seconds AiTEMS may take to read a file."""
+    :mod:`aitems_sync.sync.bootstrap`). ``timeout``: seconds AiTEMS may take to read a file;
+    ``lease_ttl`` and ``wait`` as for :func:`run` (by default a held lease fails the dataset
+    at once)."""
     selected = select_datasets(spec, datasets)
     where = object_storage_of(spec)  # a spec error before anything is opened
     storage = s3_client(where.endpoint, where.region, spec.aitems.access_key,
                         spec.aitems.secret_key)
-    settings = BootstrapSettings(run_id=engine.new_run_id(), ready_timeout=timeout)
+    settings = BootstrapSettings(run_id=engine.new_run_id(), ready_timeout=timeout,
+                                 lease_ttl=lease_ttl or RunOptions.lease_ttl, wait=wait or 0.0)
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems) as client:
         return run_bootstrap(spec, selected, state=state, sources=sources, api=client,

@@ -9,6 +9,11 @@ import csv
 import gzip
 import io
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +32,7 @@ from aitems_sync.state.store import StateStore
 from tests.conftest import DEMO_SEED, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
+ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "shop-aitems"
 AGE = "CASE WHEN age = 33 THEN age + 3000000000 ELSE age END"  # age 33: invalid
 INVALID = {f"u{i:05d}" for i in range(3000) if 20 + i % 50 == 33}
@@ -154,3 +160,58 @@ def test_without_object_storage_bootstrap_is_a_spec_error(setup: Setup) -> None:
 
     assert result.exit_code == 2
     assert "object_storage: bootstrap writes each dataset's first load" in result.stderr
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_a_bootstrap_killed_mid_upload_moves_nothing_and_the_rerun_succeeds(
+    tmp_path: Path, bucket: str, how: signal.Signals
+) -> None:
+    users = 200_000
+    source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
+    shop = Shop(source_url)
+    shop.add_customers(customer_rows(users))
+    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
+                              object_storage=ObjectStorage(bucket),
+                              timing=Timing(ingest_seconds=0.05))
+    emulator.start()
+    prefix = f"k-{tmp_path.name}/"
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source_url,
+                      state_url=state_url, age=AGE)
+    spec.write_text(spec.read_text() + f"object_storage: {{endpoint: '{bucket}', bucket: "
+                    f"{BUCKET}, prefix: {prefix}}}\n")
+    setup = Setup(shop, emulator, spec, s3_client(bucket, "kr-standard", "a", "b"), state_url)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aitems_sync", "--config", str(spec), "bootstrap", "users",
+             "--lease-ttl", "2"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(k.startswith(prefix) for k in setup.unfinished()):
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr
+            time.sleep(0.02)
+        time.sleep(random.uniform(0, 0.5))  # somewhere in the upload
+        process.send_signal(how)
+        _, stderr = process.communicate(timeout=60)
+
+        if how == signal.SIGTERM:
+            assert process.returncode == 143, stderr
+            assert "Traceback" not in stderr
+            assert [k for k in setup.unfinished() if k.startswith(prefix)] == []  # aborted
+        else:
+            assert process.returncode == -signal.SIGKILL
+            assert any(k.startswith(prefix) for k in setup.unfinished())  # left open: the rerun
+        with StateStore.open(state_url) as state:
+            assert state.get_mark("users") is None and state.ledger_size("users") == 0
+        assert emulator.received("dsusers0001").rows_loaded == 0
+
+        rerun = setup.cli("bootstrap", "users", "--wait", "30")  # kill -9 kept the lease 2 s
+
+        assert rerun.exit_code == 0, rerun.output
+        assert [k for k in setup.unfinished() if k.startswith(prefix)] == []
+        invalid = sum(1 for i in range(users) if 20 + i % 50 == 33)
+        assert emulator.received("dsusers0001").rows_loaded == users - invalid
+        with StateStore.open(state_url) as state:
+            assert state.ledger_size("users") == users - invalid
+    finally:
+        emulator.stop()
+        shop.close()

@@ -216,8 +216,16 @@ def _show_run(ctx: Context, report: RunReport) -> None:
 @click.option("--timeout", type=FiniteRange(min=1, max=7 * 86_400), default=None,
               metavar="SECONDS",
               help="How long AiTEMS may take to read a dataset's file (default 6 hours).")
+@click.option("--lease-ttl", type=FiniteRange(min=0, min_open=True, max=86_400), default=None,
+              metavar="SECONDS",
+              help="Seconds a dataset's lease lasts without renewal (default 60), as for run.")
+@click.option("--wait", type=FiniteRange(min=0, max=math.inf), is_flag=False, flag_value=math.inf,
+              default=None, metavar="[TIMEOUT]",
+              help="Wait for a dataset's lease another run holds, as for run (default: fail "
+                   "that dataset at once).")
 @click.pass_obj
-def bootstrap(ctx: Context, datasets: tuple[str, ...], timeout: float | None) -> None:
+def bootstrap(ctx: Context, datasets: tuple[str, ...], timeout: float | None,
+              lease_ttl: float | None, wait: float | None) -> None:
     """Load every dataset (or the DATASETS named) whole, as a first load: its query becomes one
     gzip CSV file in Object Storage (object_storage in the spec), AiTEMS reads it into the
     dataset, and the state store takes the snapshot, so the next run sends only what changed.
@@ -227,7 +235,8 @@ def bootstrap(ctx: Context, datasets: tuple[str, ...], timeout: float | None) ->
     """
     spec = ctx.spec()
     with signals.stop_on_signals() as stop:  # a signal aborts the upload, moves nothing
-        report = commands.bootstrap(spec, datasets, stop=stop.event,
+        report = commands.bootstrap(spec, datasets, stop=stop.event, lease_ttl=lease_ttl,
+                                    wait=wait,
                                     **({} if timeout is None else {"timeout": timeout}))
     if ctx.json_output:
         click.echo(json.dumps(report.to_dict(), default=str))

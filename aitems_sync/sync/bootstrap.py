@@ -104,6 +104,7 @@ class BootstrapReport:
 class BootstrapSettings:
     run_id: str
     lease_ttl: float = 60.0
+    wait: float = 0.0  # seconds to wait for a lease another run holds (math.inf: no limit)
     ready_timeout: float = READY_TIMEOUT_SECONDS
     poll_seconds: float = POLL_SECONDS
     chunk_rows: int = 5000
@@ -168,7 +169,7 @@ class _Load:
         remote = self._remote()
         leases = Leases(self.state, [self.dataset.name], self.settings.run_id,
                         self.settings.lease_ttl)
-        leases.acquire(wait=0)
+        leases.acquire(wait=self.settings.wait, stop=self.stop)
         try:
             snapshot = self._write_file()
             self._have_aitems_read_it(remote)
