@@ -24,7 +24,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY aitems_sync ./aitems_sync
 RUN python -m pip wheel --no-deps --no-build-isolation --check-build-dependencies --wheel-dir /wheels .
 RUN python -m venv /opt/aitems-sync
-RUN /opt/aitems-sync/bin/pip install --constraint constraints.txt "$(echo /wheels/aitems_sync-*-py3-none-any.whl)[postgres]"
+RUN /opt/aitems-sync/bin/pip install --constraint constraints.txt "$(echo /wheels/aitems_sync-*-py3-none-any.whl)[postgres,objectstorage]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="aitems-sync" \

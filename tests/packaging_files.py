@@ -141,10 +141,14 @@ def pip_command(verb: str) -> list[str]:
     return only
 
 
+#: The extras the image installs (Dockerfile), in its order.
+IMAGE_EXTRAS = ("postgres", "objectstorage")
+
+
 def wheel_target(install: list[str]) -> tuple[str, str]:
-    """The install's wheel glob and extra, from ``$(echo DIR/aitems_sync-*.whl)[extra]``."""
+    """The install's wheel glob and extras, from ``$(echo DIR/aitems_sync-*.whl)[a,b]``."""
     (target,) = [w for w in install[1:] if w.startswith("$(")]
-    match = re.fullmatch(r"\$\(echo (\S+)\)\[(\w+)\]", target)
+    match = re.fullmatch(r"\$\(echo (\S+)\)\[([\w,]+)\]", target)
     assert match, f"cannot read the wheel to install from {target!r}"
     return match.group(1), match.group(2)
 
@@ -163,9 +167,10 @@ def constraints() -> dict[str, Version]:
 
 
 def runtime_requirements() -> list[Requirement]:
-    """The project's requirements as the image installs them: dependencies plus [postgres]."""
+    """The project's requirements as the image installs them: dependencies plus its extras."""
     project = PYPROJECT["project"]
-    lines = [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+    lines = [*project["dependencies"],
+             *(line for extra in IMAGE_EXTRAS for line in project["optional-dependencies"][extra])]
     return [Requirement(line) for line in lines]
 
 

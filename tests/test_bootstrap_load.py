@@ -143,3 +143,30 @@ def test_too_many_invalid_rows_hand_nothing_over(setup: Setup) -> None:
 
     with pytest.raises(InvalidRowsError):
         setup.load("users")
+
+
+def test_events_sharing_the_snapshots_last_second_across_chunks_are_each_sent_once(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """The boundary of an interaction file: the rows at its last cursor value, here split
+    between two chunks (700 rows each), are recorded, so a run sends a row committed later at
+    that second and none of those in the file."""
+    source, state = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'state.db'}"
+    shop = Shop(source)
+    last = T0 + timedelta(days=1)
+    shop.add_events([(n, f"u{n:05d}", "i1", "view", T0 + timedelta(seconds=n))
+                     for n in range(1395)])
+    shop.add_events([(n, f"u{n:05d}", "i1", "view", last) for n in range(1395, 1405)])
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source,
+                      state_url=state)
+    spec.write_text(spec.read_text().replace("cursor: event_id", "cursor: TIMESTAMP"))
+    setup = Setup(shop, emulator, spec)
+    snapshot, _ = setup.load("events")
+    shop.add_events([(5000, "u99999", "i1", "view", last)])  # committed after, same second
+
+    report = setup.run("events")["events"]
+
+    assert snapshot.rows == 1405 and snapshot.boundary is not None
+    assert len(snapshot.boundary.entries) == 10
+    assert (report["sent"], report["unchanged"]) == (1, 10)
+    shop.close()

@@ -29,6 +29,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from tests.packaging_files import (
+    IMAGE_EXTRAS,
     K8S,
     PYPROJECT,
     ROOT,
@@ -219,13 +220,14 @@ def test_dockerfile_pins_a_build_backend_that_satisfies_pyproject() -> None:
         assert required.specifier.contains(spec.version)
 
 
-def test_dockerfile_installs_the_wheel_with_constraints_and_postgres_extra() -> None:
+def test_dockerfile_installs_the_wheel_with_constraints_and_its_extras() -> None:
     wheel = pip_command("wheel")
     assert {"--no-deps", "--no-build-isolation", "--check-build-dependencies"} <= set(wheel)
     install = pip_command("install")
     assert install[install.index("--constraint") + 1] == "constraints.txt"
-    glob, extra = wheel_target(install)
-    assert extra == "postgres" and extra in PYPROJECT["project"]["optional-dependencies"]
+    glob, extras = wheel_target(install)
+    assert tuple(extras.split(",")) == IMAGE_EXTRAS
+    assert set(IMAGE_EXTRAS) <= set(PYPROJECT["project"]["optional-dependencies"])
     assert Path(glob).parent == Path(wheel[wheel.index("--wheel-dir") + 1])
     copied = " ".join(i.args for i in stage_of("builder") if i.keyword == "COPY").split()
     assert "constraints.txt" in copied

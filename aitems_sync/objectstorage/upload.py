@@ -3,8 +3,8 @@
 The file of a first load can be far larger than memory and than any temporary disk, so it is
 never held whole: text goes through a gzip compressor into a part buffer, and each full part is
 uploaded on a background thread while the next one fills (at most two parts in memory). Parts
-start at 8 MiB (S3's minimum is 5 MiB, except for the last) and double every 2,000 parts, so
-the 10,000-part limit is never met below about 500 GB compressed.
+start at 5 MiB (S3's minimum, except for the last) and double every 2,000 parts, so the
+10,000-part limit is never met below about 300 GB compressed.
 
 An upload that does not complete is aborted (NCP keeps, and bills, unfinished multipart
 uploads until they are): on any exception, on ``abort()``, and, for one a killed process left
@@ -24,8 +24,9 @@ from aitems_sync.errors import ObjectStorageError
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-#: The first parts' size, and how many parts are uploaded before the size doubles.
-PART_BYTES = 8 * MIB
+#: The first parts' size (S3's smallest: memory holds two), and how many parts are uploaded
+#: before the size doubles.
+PART_BYTES = 5 * MIB
 PARTS_PER_DOUBLING = 2000
 #: S3's limits: parts per upload, and the smallest part but the last.
 MAX_PARTS = 10_000
@@ -76,8 +77,10 @@ class MultipartUpload:
         self.bytes_written += len(data)
         limit = part_size(len(self._parts) + 1 + (self._pending is not None), self._first_part)
         if len(self._buffer) >= limit:
-            self._send(bytes(self._buffer[:limit]))
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:limit])  # one copy, for the upload thread
             del self._buffer[:limit]
+            self._send(part)
 
     def complete(self) -> None:
         """Upload what is left as the last part and complete the object."""

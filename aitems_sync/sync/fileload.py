@@ -109,23 +109,51 @@ class FileLoad:
                 if self.stop.is_set():
                     raise SourceError(f"dataset {self.dataset.name}: the first load was stopped; "
                                       "nothing was handed over: run bootstrap again")
-                prepared = preparer.prepare(chunk)
-                if prepared.unplaceable is not None:
-                    raise UnreadableRowError(prepared.unplaceable.message(self.dataset.name)
-                                             .replace("the rows before it were delivered and "
-                                                      "the mark stays before it",
-                                                      "nothing was handed over"))
-                if prepared.places:
-                    last = prepared.places[-1]
-                self._stage(preparer, prepared, snapshot)
-                assert prepared.values is not None
-                sink.write(encoder.encode(prepared.values))
-                snapshot.rows += len(prepared.values)
+                self._refuse_unplaceable(preparer, chunk)
+                if self.keeps_ledger:
+                    prepared = preparer.prepare(chunk)
+                    self._stage(preparer, prepared, snapshot)
+                    assert prepared.values is not None
+                    values = prepared.values
+                else:
+                    values = self._shape(preparer, chunk, snapshot)
+                if chunk:
+                    last = preparer.place_of(chunk[-1])
+                sink.write(encoder.encode(values))
+                snapshot.rows += len(values)
         self._check_invalid(snapshot)
         if last is not None:
             snapshot.mark = Mark(cursor=last[0], key=tuple(last[1:]))
             snapshot.boundary = self.tracker.take()
         return snapshot
+
+    def _refuse_unplaceable(self, preparer: Preparer, chunk: Sequence[Sequence[Any]]) -> None:
+        found = preparer.unplaceable(chunk)
+        if found is not None:
+            raise UnreadableRowError(found[1].message(self.dataset.name).replace(
+                "the rows before it were delivered and the mark stays before it",
+                "nothing was handed over"))
+
+    def _shape(self, preparer: Preparer, chunk: Sequence[Sequence[Any]],
+               snapshot: Snapshot) -> list[tuple[Any, ...]]:
+        """A chunk of a dataset that keeps no ledger (interactions without a lookback): its
+        rows shaped, the invalid ones staged, and only the rows at its last cursor value
+        hashed, for the boundary. The file needs nothing else: no JSON, no hashes per row."""
+        shaped: list[tuple[Any, ...] | None] = list(map(preparer.shaper.shape, chunk))
+        snapshot.read += len(chunk)
+        if None in shaped:
+            rejected = [self._reject(preparer, tuple(chunk[i]), preparer.place_of(chunk[i]))
+                        for i, row in enumerate(shaped) if row is None]
+            snapshot.invalid += len(rejected)
+            self.state.commit_batches(self.staging, run_id=self.run_id,
+                                      commits=[BatchCommit(None, (), None, rejected)])
+        if chunk:
+            at = preparer.layout.cursor_index
+            start, newest = len(chunk) - 1, chunk[-1][at]
+            while start > 0 and chunk[start - 1][at] == newest:
+                start -= 1
+            self._note(preparer.prepare(chunk[start:]), preparer.row_hash)
+        return [row for row in shaped if row is not None]
 
     def _stage(self, preparer: Preparer, chunk: Prepared, snapshot: Snapshot) -> None:
         """The chunk's ledger entries and quarantined rows, in the staging; its boundary."""

@@ -137,7 +137,7 @@ class Preparer:
     def prepare(self, chunk: Sequence[Sequence[Any]]) -> Prepared:
         """The chunk's rows shaped, validated, encoded and hashed, up to the first row whose
         cursor or key could not be read (``Prepared.unplaceable``)."""
-        found, unplaceable = self._unplaceable(chunk), None
+        found, unplaceable = self.unplaceable(chunk), None
         if found is not None:
             index, unplaceable = found
             chunk = chunk[:index]
@@ -174,7 +174,7 @@ class Preparer:
         return Prepared(encoded, key_hashes, payloads, keys, places, positions, invalid,
                         unplaceable, kept)
 
-    def _unplaceable(self, chunk: Sequence[Sequence[Any]]) -> tuple[int, Unplaceable] | None:
+    def unplaceable(self, chunk: Sequence[Sequence[Any]]) -> tuple[int, Unplaceable] | None:
         """The first row whose cursor or key is Undecodable, and its index; one C-speed pass
         per placing column finds that there is none."""
         first: tuple[int, int] | None = None
