@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from aitems_sync.cli.main import main_group
 from aitems_sync.commands import open_sources, open_state
 from aitems_sync.emulator.server import EmulatorServer
-from aitems_sync.errors import InvalidRowsError, SourceError
+from aitems_sync.errors import InvalidRowsError, SourceError, UnreadableRowError
 from aitems_sync.spec.load import load_spec
 from aitems_sync.sync.fileload import FileLoad, Snapshot, staging_name
 from tests.conftest import source_and_state_urls
@@ -169,4 +169,25 @@ def test_events_sharing_the_snapshots_last_second_across_chunks_are_each_sent_on
     assert snapshot.rows == 1405 and snapshot.boundary is not None
     assert len(snapshot.boundary.entries) == 10
     assert (report["sent"], report["unchanged"]) == (1, 10)
+    shop.close()
+
+
+def test_a_cursor_the_driver_cannot_read_stops_the_load_naming_the_row(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    source, state = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'state.db'}"
+    shop = Shop(source)
+    shop.add_customers(customer_rows(50))
+    with shop.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE customers SET updated_at = CAST(x'32ff' AS TEXT) "
+                             "WHERE id = 'u00007'")
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source,
+                      state_url=state)
+
+    with pytest.raises(UnreadableRowError) as failed:
+        Setup(shop, emulator, spec).load("users")
+
+    assert "with key 'u00007' has a cursor value the source's driver cannot read" in str(
+        failed.value)
+    assert "nothing was handed over" in str(failed.value)
     shop.close()

@@ -18,7 +18,6 @@ fails or is killed before that moves nothing, and the next load clears the stagi
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,8 +31,6 @@ from aitems_sync.state.records import Boundary, LedgerEntry, QuarantineEntry
 from aitems_sync.state.store import BatchCommit, Mark, StateStore
 from aitems_sync.sync.batches import BoundaryTracker
 from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer, show
-
-log = logging.getLogger(__name__)
 
 #: What a dataset's staging is called in the state store: ``users~bootstrap``.
 STAGING_SUFFIX = "~bootstrap"
@@ -130,9 +127,8 @@ class FileLoad:
     def _refuse_unplaceable(self, preparer: Preparer, chunk: Sequence[Sequence[Any]]) -> None:
         found = preparer.unplaceable(chunk)
         if found is not None:
-            raise UnreadableRowError(found[1].message(self.dataset.name).replace(
-                "the rows before it were delivered and the mark stays before it",
-                "nothing was handed over"))
+            raise UnreadableRowError(found[1].message(self.dataset.name,
+                                                      "nothing was handed over"))
 
     def _shape(self, preparer: Preparer, chunk: Sequence[Sequence[Any]],
                snapshot: Snapshot) -> list[tuple[Any, ...]]:

@@ -81,14 +81,16 @@ class Unplaceable:
     value: Undecodable
     place: Place  # the row's cursor and key values as read
 
-    def message(self, dataset: str) -> str:
-        """What the run reports: the row, the value, and what to do."""
+    def message(self, dataset: str, outcome: str = "the rows before it were delivered and "
+                "the mark stays before it") -> str:
+        """What the run reports: the row, the value, what happened (``outcome``) and what to
+        do."""
         where = ", ".join(f"{show(v)}" for v in self.place[1:])
         row = f"the row at cursor {show(self.place[0])}" + (f" with key {where}" if where else "")
         return (
             f"dataset {dataset}: {row} has a {self.role} value the source's driver cannot read: "
-            f"column {self.column} = {self.value.describe()}; the rows before it were delivered "
-            f"and the mark stays before it. {_fix_hint(self.column, self.value)}, then run again"
+            f"column {self.column} = {self.value.describe()}; {outcome}. "
+            f"{_fix_hint(self.column, self.value)}, then run again"
         )
 
 
