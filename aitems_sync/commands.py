@@ -125,7 +125,7 @@ def bootstrap(
     storage = s3_client(where.endpoint, where.region, spec.aitems.access_key,
                         spec.aitems.secret_key)
     settings = BootstrapSettings(run_id=engine.new_run_id(), ready_timeout=timeout,
-                                 lease_ttl=lease_ttl or RunOptions.lease_ttl, wait=wait or 0.0)
+                                 lease_ttl=lease_ttl or RunOptions.lease_ttl, wait=wait)
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems) as client:
         return run_bootstrap(spec, selected, state=state, sources=sources, api=client,

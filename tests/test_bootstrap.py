@@ -215,3 +215,39 @@ def test_a_bootstrap_killed_mid_upload_moves_nothing_and_the_rerun_succeeds(
     finally:
         emulator.stop()
         shop.close()
+
+
+def test_an_aitems_that_never_reads_the_file_hands_nothing_over(
+    tmp_path: Path, bucket: str
+) -> None:
+    """The emulator without Object Storage makes a modified dataset `enable` at once, reading
+    nothing: bootstrap must not take that for the file being read."""
+    source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
+    shop = Shop(source_url)
+    shop.add_customers(customer_rows(30))
+    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0)  # no object_storage
+    emulator.start()
+    try:
+        spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
+                          source_url=source_url, state_url=state_url)
+        spec.write_text(spec.read_text() + f"object_storage: {{endpoint: '{bucket}', bucket: "
+                        f"{BUCKET}, prefix: n-{tmp_path.name}/}}\n")
+        result = CliRunner().invoke(main_group, ["--config", str(spec), "bootstrap", "users"])
+
+        assert result.exit_code == 1, result.output
+        assert "was 'enable' at once" in result.stderr
+        with StateStore.open(state_url) as state:
+            assert state.get_mark("users") is None
+    finally:
+        emulator.stop()
+        shop.close()
+
+
+def test_a_dataset_another_run_holds_exits_75(setup: Setup) -> None:
+    with StateStore.open(setup.state_url) as state:
+        state.acquire_lease("users", owner="someone", host="h", pid=1, ttl=60)
+
+    result = setup.cli("bootstrap", "users")
+
+    assert result.exit_code == 75, result.output
+    assert "is locked by another run" in result.stderr

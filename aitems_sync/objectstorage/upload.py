@@ -160,13 +160,8 @@ class GzipWriter:
 def abort_unfinished(client: Any, bucket: str, prefix: str) -> int:
     """Abort every unfinished multipart upload under ``prefix`` (a bootstrap killed mid-upload
     leaves one; everything under a dataset's prefix is its bootstraps'); the number aborted."""
-    try:
-        answer = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
-    except Exception as error:
-        raise storage_error(f"could not list the unfinished uploads under s3://{bucket}/{prefix}",
-                            error) from error
     aborted = 0
-    for upload in answer.get("Uploads", []):
+    for upload in _unfinished(client, bucket, prefix):
         key = str(upload.get("Key", ""))
         if not key.startswith(prefix):
             continue
@@ -180,6 +175,24 @@ def abort_unfinished(client: Any, bucket: str, prefix: str) -> int:
         log.info("aborted %d unfinished multipart upload(s) under s3://%s/%s left by an earlier "
                  "bootstrap", aborted, bucket, prefix, extra={"event": "aborted_leftover"})
     return aborted
+
+
+def _unfinished(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every unfinished multipart upload under ``prefix``, page after page."""
+    found: list[dict[str, Any]] = []
+    markers: dict[str, str] = {}
+    while True:
+        try:
+            answer = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix, **markers)
+        except Exception as error:
+            raise storage_error(
+                f"could not list the unfinished uploads under s3://{bucket}/{prefix}",
+                error) from error
+        found += answer.get("Uploads", [])
+        if not answer.get("IsTruncated"):
+            return found
+        markers = {"KeyMarker": answer.get("NextKeyMarker", ""),
+                   "UploadIdMarker": answer.get("NextUploadIdMarker", "")}
 
 
 def storage_error(what: str, error: BaseException) -> ObjectStorageError:

@@ -28,6 +28,7 @@ from aitems_sync.errors import (
     AitemsSyncError,
     ApiError,
     InvalidRowsError,
+    LockHeldError,
     ObjectStorageError,
     SpecError,
     SpecProblem,
@@ -104,7 +105,8 @@ class BootstrapReport:
 class BootstrapSettings:
     run_id: str
     lease_ttl: float = 60.0
-    wait: float = 0.0  # seconds to wait for a lease another run holds (math.inf: no limit)
+    # Seconds to wait for a lease another run holds (math.inf: no limit); None: fail at once.
+    wait: float | None = None
     ready_timeout: float = READY_TIMEOUT_SECONDS
     poll_seconds: float = POLL_SECONDS
     chunk_rows: int = 5000
@@ -140,6 +142,8 @@ def bootstrap(
         try:
             _Load(spec, dataset, where, state, sources[dataset.source], api, storage, settings,
                   stop, load).run()
+        except LockHeldError:
+            raise  # another run holds the dataset: exit 75, as run does
         except InvalidRowsError as error:
             load.status, load.error = INVALID, str(error)
         except AitemsSyncError as error:
@@ -169,7 +173,9 @@ class _Load:
         remote = self._remote()
         leases = Leases(self.state, [self.dataset.name], self.settings.run_id,
                         self.settings.lease_ttl)
-        leases.acquire(wait=self.settings.wait, stop=self.stop)
+        if not leases.acquire(wait=self.settings.wait, stop=self.stop):
+            raise ObjectStorageError("stopped by a signal while waiting for the dataset's "
+                                     "lease: nothing was done")
         try:
             snapshot = self._write_file()
             self._have_aitems_read_it(remote)
@@ -179,8 +185,12 @@ class _Load:
             leases.release()
 
     def _remote(self) -> dict[str, Any]:
-        """The AiTEMS dataset, checked to be of the spec's type."""
+        """The AiTEMS dataset, checked to be of the spec's type and not reading a file now."""
         remote = self.api.get_dataset(self.dataset.dataset_id)
+        if remote.get("status") in READING:
+            raise ObjectStorageError(
+                f"AiTEMS dataset {self.dataset.dataset_id} is reading a file now (status "
+                f"{remote.get('status')!r}); wait until it is done, then run bootstrap again")
         if remote.get("type") != self.dataset.type:
             raise SpecError([self.spec.problem(
                 ("datasets", self.dataset.name, "dataset_id"),
@@ -209,7 +219,7 @@ class _Load:
         """Point the AiTEMS dataset at the file and wait until it has read it."""
         dataset_id = self.dataset.dataset_id
         try:
-            self.api.modify_dataset(
+            answer = self.api.modify_dataset(
                 dataset_id, dataset_type=self.dataset.type, name=str(remote.get("name", "")),
                 schema_name=str(remote.get("schemaName", "")), bucket=self.where.bucket,
                 key=self.key, region="KR", description=str(remote.get("description") or ""))
@@ -217,7 +227,8 @@ class _Load:
             raise type(error)(f"AiTEMS refused to read {self.load.file} into dataset "
                               f"{dataset_id}: {error}") from error
         wait_until_read(self.api, dataset_id, timeout=self.settings.ready_timeout,
-                        poll=self.settings.poll_seconds, stop=self.stop, file=self.load.file)
+                        poll=self.settings.poll_seconds, stop=self.stop, file=self.load.file,
+                        reading=answer.get("status") in READING)
 
     def _hand_over(self, snapshot: Snapshot) -> None:
         name = self.dataset.name
@@ -233,18 +244,27 @@ class _Load:
 
 
 def wait_until_read(api: DatasetApi, dataset_id: str, *, timeout: float, poll: float,
-                    stop: threading.Event, file: str,
+                    stop: threading.Event, file: str, reading: bool = False,
                     clock: Callable[[], float] = time.monotonic) -> None:
-    """Poll the dataset until AiTEMS has read the file (``enable``). ObjectStorageError, naming
-    the status and AiTEMS's reason, when it fails to, the timeout passes, or ``stop`` is set."""
+    """Poll the dataset until AiTEMS has read the file: ``enable`` after it was seen reading
+    (``waiting`` or ``processing``; ``reading``: the modify's answer showed it). An ``enable``
+    never preceded by a reading status is no proof the file was read (a dataset enable from
+    before, or an emulator without Object Storage): ObjectStorageError, as when AiTEMS fails to
+    read it, the timeout passes, or ``stop`` is set."""
     deadline = clock() + timeout
     last = None
     delay = min(FIRST_POLL_SECONDS, poll)
     while True:
         answer = api.get_dataset(dataset_id)
         status = str(answer.get("status", ""))
-        if status == READY:
+        if status == READY and reading:
             return
+        if status == READY:
+            raise ObjectStorageError(
+                f"AiTEMS dataset {dataset_id} was {READY!r} at once after being pointed at "
+                f"{file}, never reading it (waiting, processing): nothing was handed over. If "
+                "this is the emulator, start it with --object-storage")
+        reading = True
         if status not in READING:
             reason = answer.get("statusReason") or "AiTEMS gives no reason"
             raise ObjectStorageError(
