@@ -93,6 +93,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, bucket: str) -> Iterat
 def test_a_first_load_goes_through_object_storage_and_run_then_sends_only_changes(
     setup: Setup,
 ) -> None:
+    setup.shop.update_customer("u00005", gender="")  # an empty string, not null
     result = setup.cli("bootstrap", "users", "events")
 
     assert result.exit_code == 0, result.output
@@ -105,11 +106,12 @@ def test_a_first_load_goes_through_object_storage_and_run_then_sends_only_change
     key = users["file"].removeprefix(f"s3://{BUCKET}/")
     rows = setup.file_rows(key)
     assert rows[0] == ["USER_ID", "AGE", "GENDER"]
-    assert rows[1:] == [[u, str(a), g] for u, a, g, _ in customer_rows(3000)
-                        if u not in INVALID]
+    assert rows[1:] == [[u, str(a), "" if u == "u00005" else g]
+                        for u, a, g, _ in customer_rows(3000) if u not in INVALID]
     # AiTEMS (the emulator) read both files into the datasets.
     held = setup.emulator.received("dsusers0001")
     assert held.rows_loaded == 3000 - len(INVALID) and held.rows_received == 0
+    assert {r["USER_ID"]: r["GENDER"] for r in held.rows}["u00005"] == ""
     assert setup.emulator.received("dsevent0001").rows_loaded == 2000
     assert setup.unfinished() == []
 

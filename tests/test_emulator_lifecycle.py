@@ -148,6 +148,18 @@ def check_the_first_ingest(
     assert (held["rowsLoaded"], held["uploads"], held["deliveries"]) == (4, 0, [])
 
 
+def test_quoting_tells_an_empty_string_from_null_and_text_from_a_number(
+    server: EmulatorServer, client: AitemsClient, bucket: tuple[Any, str]
+) -> None:
+    """The file format bootstrap writes: text is quoted, null is an empty unquoted field."""
+    put(bucket, "quoted.csv", USERS_HEADER + '"007",,""\r\n"u,8",21,\r\n')
+    users = create_users(client, bucket, "quoted.csv")["datasetId"]
+    assert settle(client, users)[0]["status"] == "enable"
+    assert inspect(server, users)["rows"] == [
+        {"USER_ID": "007", "AGE": None, "GENDER": ""},
+        {"USER_ID": "u,8", "AGE": 21, "GENDER": None}]
+
+
 def test_uploads_after_an_ingest_upsert_on_top_of_the_files_rows(
     server: EmulatorServer, client: AitemsClient, bucket: tuple[Any, str]
 ) -> None:
@@ -193,7 +205,8 @@ def test_interaction_rows_of_the_file_come_before_the_uploaded_ones(
         (USERS_HEADER + "u1,2.5,F\n", "line 2: field AGE: the value is not int"),
         (USERS_HEADER + "u1,2147483648,F\n", "line 2: field AGE: the value is not int"),
         (USERS_HEADER + "u1,20,F\n,21,M\n", "line 3: field USER_ID is required and empty"),
-        (USERS_HEADER + 'u1,20,F\n"",21,M\n', "line 3: field USER_ID is required and empty"),
+        (USERS_HEADER + 'u1,20,F\n"",21,M\n21,"",M\n', "line 4: field AGE: the value is not int"),
+        (USERS_HEADER + 'u1,20,F"x"\n', "line 2: not valid CSV (a quote inside a field"),
         (USERS_HEADER + "u1,20\n", "line 2: expected 3 values, got 2"),
         (USERS_HEADER + "u1,20,F\n\n", "line 3: expected 3 values, got 0"),
         (USERS_HEADER + "u1,20,F\nu1,21,M\n", "data row 2: USER_ID repeats data row 1"),

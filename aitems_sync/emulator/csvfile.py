@@ -4,17 +4,19 @@ Pure: a binary stream in, rows or a `FileRejected` out; where the bytes come fro
 ``objectstorage.py``'s business. The format is the project's choice (AiTEMS documents only "csv
 or csv.gz, columns matching the schema in name, order and case"): a header row naming the schema's
 fields in schema order with their exact case, comma separated, RFC 4180 quoting, UTF-8 without a
-byte order mark, an empty field for null (``""`` too: the reader cannot tell them apart), gzip when
-the key ends in ``.gz``. A value is read as the first of its field's types (schema order, ``null``
-aside) whose syntax it has: ``string`` any text; ``int``/``long`` ``-?[0-9]+`` in the signed
-32/64-bit range; ``float``/``double`` a decimal number (``-1.5``, ``2e3``); ``boolean`` ``true`` or
-``false``. Problems name the line and field, never a value: the reason may end up in logs.
+byte order mark, an empty unquoted field for null and ``""`` for an empty string, gzip when the
+key ends in ``.gz``. A quoted value is text in a field that takes strings (``"007"`` stays the
+string ``007`` in a ``[long, string]`` field); any other value is read as the first of its
+field's types (schema order, ``null`` aside) whose syntax it has: ``string`` any text;
+``int``/``long`` ``-?[0-9]+`` in the signed 32/64-bit range; ``float``/``double`` a decimal
+number (``-1.5``, ``2e3``); ``boolean`` ``true`` or ``false``. Quoting is read by this module's
+own tokenizer (Python's ``csv`` reader drops it). Problems name the line and field, never a
+value: the reason may end up in logs.
 """
 
 from __future__ import annotations
 
 import codecs
-import csv
 import gzip
 import io
 import math
@@ -75,53 +77,83 @@ def _records(
     stream: IO[bytes], gzipped: bool, schema: dict[str, Any], problems: list[str]
 ) -> Iterator[dict[str, Any] | None]:
     raw = gzip.GzipFile(fileobj=stream, mode="rb") if gzipped else stream
-    text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
-    reader = csv.reader(text, strict=True)
+    text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="").read()
     fields = schema["fields"]
     names = [f["name"] for f in fields]
-    header = _header(reader)
+    records = _tokens(text)
+    header = _header(records)
     if header[:1] and header[0].startswith(codecs.BOM_UTF8.decode()):
         raise FileRejected("the file starts with a byte order mark; write UTF-8 without one")
     if header != names:
         raise FileRejected(
             f"the header does not match schema {schema['name']} in name, order and case: "
             f"expected {','.join(names)}; got {','.join(h[:64] for h in header[:50])}")
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise FileRejected(f"line {reader.line_num}: not valid CSV ({error})") from None
-        yield _row(reader.line_num, record, fields, problems)
+    for line, record in records:
+        yield _row(line, record, fields, problems)
 
 
-def _header(reader: Any) -> list[str]:
+#: One field: quoted (``"..."`` with ``""`` for a quote; may hold commas and line breaks), or
+#: bare (no quote, comma or line break).
+_FIELD = re.compile(r'"([^"]*(?:""[^"]*)*)"|([^",\r\n]*)')
+
+
+def _tokens(text: str) -> Iterator[tuple[int, list[tuple[str, bool]]]]:
+    """Each record's line and its fields as (text, quoted), RFC 4180; a blank line is a record
+    of no fields. FileRejected for a quote out of place."""
+    pos, line, end = 0, 1, len(text)
+    while pos < end:
+        first, record = line, []
+        while True:
+            match = _FIELD.match(text, pos)
+            assert match is not None  # the bare alternative matches the empty string
+            quoted = match.group(1) is not None
+            value = match.group(1).replace('""', '"') if quoted else match.group(2)
+            line += match.group(0).count("\n")
+            record.append((value, quoted))
+            pos = match.end()
+            if pos >= end or text[pos] in "\r\n":
+                break
+            if text[pos] != ",":
+                raise FileRejected(f"line {line}: not valid CSV (a quote inside a field, or an "
+                                   "unclosed quote)")
+            pos += 1
+        if text.startswith("\r\n", pos):
+            pos += 2
+        elif pos < end:
+            pos += 1
+        line += 1
+        yield first, [] if record == [("", False)] else record
+
+
+def _header(records: Iterator[tuple[int, list[tuple[str, bool]]]]) -> list[str]:
     try:
-        return list(next(reader))
+        _, record = next(records)
     except StopIteration:
         raise FileRejected("the file is empty; it needs a header row naming the schema's "
                            "fields") from None
-    except csv.Error as error:
-        raise FileRejected(f"line 1: not valid CSV ({error})") from None
+    return [text for text, _ in record]
 
 
 def _row(
-    line: int, record: list[str], fields: list[dict[str, Any]], problems: list[str]
+    line: int, record: list[tuple[str, bool]], fields: list[dict[str, Any]],
+    problems: list[str],
 ) -> dict[str, Any] | None:
     if len(record) != len(fields):
         problems.append(f"line {line}: expected {len(fields)} values, got {len(record)}")
         return None
     row: dict[str, Any] = {}
     before = len(problems)
-    for field, text in zip(fields, record, strict=True):
-        row[field["name"]] = _value(line, field, text, problems)
+    for field, (text, quoted) in zip(fields, record, strict=True):
+        row[field["name"]] = _value(line, field, text, quoted, problems)
     return row if len(problems) == before else None
 
 
-def _value(line: int, field: dict[str, Any], text: str, problems: list[str]) -> Any:
+def _value(line: int, field: dict[str, Any], text: str, quoted: bool,
+           problems: list[str]) -> Any:
     types = field["type"]
-    if text == "":
+    if quoted and "string" in types:
+        return text
+    if text == "" and not quoted:
         if "null" not in types:
             problems.append(f"line {line}: field {field['name']} is required and empty")
         return None
