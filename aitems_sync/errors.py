@@ -10,6 +10,7 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     │   ├── QueryError                       the database refused the query itself
     │   └── UnreadableRowError               a row's cursor or key the driver cannot read
     ├── StateError                  exit 1   the state store failed
+    │   ├── HandoverPendingError             a bootstrap's hand-over is not finished
     │   ├── LockHeldError           exit 75  another run holds a dataset's lease
     │   └── LeaseLostError          exit 1   this run can no longer prove it holds one
     ├── ObjectStorageError          exit 1   a bootstrap file was not written, or not read
@@ -109,6 +110,11 @@ class UnreadableRowError(SourceError):
 
 class StateError(AitemsSyncError):
     """The state store could not be opened, migrated or written."""
+
+
+class HandoverPendingError(StateError):
+    """A bootstrap asked AiTEMS to read a dataset's file and did not take the snapshot: runs
+    refuse the dataset until a bootstrap finishes (or gives up) the hand-over."""
 
 
 class LockHeldError(StateError):

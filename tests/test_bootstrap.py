@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from aitems_sync import commands
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.lifecycle import Timing
 from aitems_sync.emulator.objectstorage import ObjectStorage
 from aitems_sync.emulator.server import EmulatorServer, load_seed
 from aitems_sync.objectstorage.client import s3_client
+from aitems_sync.spec.load import load_spec
 from aitems_sync.state.store import StateStore
 from tests.conftest import DEMO_SEED, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
@@ -142,6 +145,7 @@ def test_a_failed_read_hands_nothing_over_and_a_rerun_succeeds(setup: Setup) -> 
     with StateStore.open(setup.state_url) as state:
         assert state.get_mark("users") is None  # nothing handed over
         assert state.ledger_size("users") == 0
+        assert state.handover("users") is None  # AiTEMS said it did not take the file
 
     setup.spec.write_text(text)
     again = setup.cli("bootstrap", "users")
@@ -253,3 +257,59 @@ def test_a_dataset_another_run_holds_exits_75(setup: Setup) -> None:
 
     assert result.exit_code == 75, result.output
     assert "is locked by another run" in result.stderr
+
+
+def test_a_bootstrap_stopped_while_aitems_reads_is_finished_by_the_next(
+    tmp_path: Path, bucket: str
+) -> None:
+    """Once AiTEMS is asked to read the file, AiTEMS may hold its rows whatever happens next:
+    the store records the hand-over, runs refuse the dataset, and the next bootstrap takes
+    the snapshot without writing another file."""
+    source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
+    shop = Shop(source_url)
+    shop.add_customers(customer_rows(300))
+    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
+                              object_storage=ObjectStorage(bucket),
+                              timing=Timing(ingest_seconds=1.0))
+    emulator.start()
+    try:
+        spec_path = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
+                               source_url=source_url, state_url=state_url)
+        spec_path.write_text(spec_path.read_text() + f"object_storage: {{endpoint: '{bucket}', "
+                             f"bucket: {BUCKET}, prefix: h-{tmp_path.name}/}}\n")
+        spec = load_spec(spec_path)
+        stop = threading.Event()
+
+        def stop_once_aitems_reads() -> None:
+            while emulator.model.get_dataset("dsusers0001")["status"] == "enable":
+                time.sleep(0.01)
+            stop.set()
+
+        threading.Thread(target=stop_once_aitems_reads, daemon=True).start()
+        first = commands.bootstrap(spec, ["users"], stop=stop)
+
+        [load] = first.datasets
+        assert load.status == "interrupted" and "run bootstrap again" in (load.error or "")
+        with StateStore.open(state_url) as state:
+            pending = state.handover("users")
+            assert pending is not None and state.get_mark("users") is None
+        refused = CliRunner().invoke(main_group, ["--config", str(spec_path), "run", "users"])
+        assert refused.exit_code == 1
+        assert "Run `aitems-sync bootstrap users` to finish" in refused.stderr
+
+        second = commands.bootstrap(spec, ["users"])
+
+        [load] = second.datasets
+        assert load.status == "ok" and load.file.endswith(pending.object_key)
+        assert load.rows == 0  # no second file: the first one's snapshot is taken
+        with StateStore.open(state_url) as state:
+            assert state.handover("users") is None
+            mark = state.get_mark("users")
+            assert mark is not None and mark.key == ("u00299",)
+        assert emulator.received("dsusers0001").rows_loaded == 300
+        ran = CliRunner().invoke(main_group, ["--config", str(spec_path), "--json", "run",
+                                              "users"])
+        assert ran.exit_code == 0 and json.loads(ran.stdout)["datasets"][0]["sent"] == 0
+    finally:
+        emulator.stop()
+        shop.close()

@@ -15,7 +15,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from aitems_sync.errors import StateError
-from aitems_sync.state.marks import Mark, mark_from_json
+from aitems_sync.state.marks import Mark, mark_from_json, mark_to_json
 from aitems_sync.state.values import decode_mapping, dumps, encode_mapping, encode_value, loads
 from aitems_sync.undecodable import Undecodable
 
@@ -59,6 +59,41 @@ class Boundary:
 
     entries: Mapping[int, int]
     fresh: bool
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A first load AiTEMS was asked to read and the state store has not taken yet (see
+    ``tables.handovers``): the AiTEMS dataset, the file, and the snapshot to take."""
+
+    run_id: str
+    aitems_dataset_id: str
+    object_key: str
+    mark: Mark
+    boundary: Boundary | None
+    identity: tuple[str, ...]
+    created_at: datetime
+
+
+def handover_snapshot(mark: Mark, boundary: Boundary | None, identity: Sequence[str]) -> str:
+    """The JSON text of a hand-over's snapshot."""
+    bounds = None if boundary is None else {
+        "entries": sorted(boundary.entries.items()), "fresh": boundary.fresh}
+    return dumps({"mark": mark_to_json(mark), "boundary": bounds, "identity": list(identity)})
+
+
+def handover_record(row: Any) -> Handover:
+    """A ``handovers`` row as a Handover."""
+    snapshot = loads(row.snapshot)
+    mark = mark_from_json(snapshot["mark"])
+    if mark is None:
+        raise StateError("a pending first load in the state store has no mark: the store is "
+                         "damaged; run `aitems-sync state reset` for the dataset")
+    bounds = snapshot["boundary"]
+    boundary = None if bounds is None else Boundary(
+        {int(k): int(p) for k, p in bounds["entries"]}, bool(bounds["fresh"]))
+    return Handover(row.run_id, row.aitems_dataset_id, row.object_key, mark, boundary,
+                    tuple(snapshot["identity"]), row.created_at)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from aitems_sync.state.records import (
     BatchCommit,
     BatchRecord,
     Boundary,
+    Handover,
     LateBatch,
     LeaseHolder,
     LedgerEntry,
@@ -422,7 +423,8 @@ class StateStore:
             return
         with self._write(f"reset dataset {dataset!r}") as conn:
             for table in (tables.marks, tables.boundary, tables.ledger, tables.ledger_recent,
-                          tables.ledger_log, tables.batches, tables.late_batches):
+                          tables.ledger_log, tables.batches, tables.late_batches,
+                          tables.handovers):
                 conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
             conn.execute(sa.update(tables.datasets).where(tables.datasets.c.id == dataset_id)
                          .values(aitems_service_id=None, aitems_dataset_id=None, identity=None))
@@ -436,6 +438,41 @@ class StateStore:
             with self._write(f"clear dataset {dataset!r}") as conn:
                 conn.execute(sa.delete(tables.quarantine)
                              .where(tables.quarantine.c.dataset_id == dataset_id))
+
+    def begin_handover(self, dataset: str, *, run_id: str, aitems_dataset_id: str,
+                       object_key: str, mark: Mark, boundary: Boundary | None,
+                       identity: Sequence[str]) -> None:
+        """Record, while ``run_id`` holds the dataset's lease, that AiTEMS is about to be asked
+        to read a first load's file, with the snapshot to take once it has (see
+        ``tables.handovers``); replaces an earlier record."""
+        dataset_id = self._known_id(dataset)
+        row = {"dataset_id": dataset_id, "run_id": run_id,
+               "aitems_dataset_id": aitems_dataset_id, "object_key": object_key,
+               "snapshot": records.handover_snapshot(mark, boundary, identity),
+               "created_at": self._clock()}
+        with self._write(f"record the first load of dataset {dataset!r}") as conn:
+            self._hold_lease(conn, dataset_id, dataset, run_id)
+            conn.execute(sa.delete(tables.handovers)
+                         .where(tables.handovers.c.dataset_id == dataset_id))
+            conn.execute(sa.insert(tables.handovers), row)
+
+    def handover(self, dataset: str) -> Handover | None:
+        """The dataset's first load AiTEMS was asked to read and the store has not taken."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return None
+        query = sa.select(tables.handovers).where(tables.handovers.c.dataset_id == dataset_id)
+        with self._read(f"look up the first load of dataset {dataset!r}") as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else records.handover_record(row)
+
+    def end_handover(self, dataset: str) -> None:
+        """Forget the dataset's pending first load (AiTEMS did not take the file)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is not None:
+            with self._write(f"forget the first load of dataset {dataset!r}") as conn:
+                conn.execute(sa.delete(tables.handovers)
+                             .where(tables.handovers.c.dataset_id == dataset_id))
 
     def adopt(self, dataset: str, staging: str, *, run_id: str, mark: Mark,
               boundary: Boundary | None, binding: tuple[str, str],
@@ -451,8 +488,13 @@ class StateStore:
         with self._write(f"hand the first load of dataset {dataset!r} over") as conn:
             self._hold_lease(conn, dataset_id, dataset, run_id)
             for table in (tables.marks, tables.boundary, tables.ledger, tables.ledger_recent,
-                          tables.ledger_log, tables.batches, tables.late_batches):
+                          tables.ledger_log, tables.batches, tables.late_batches,
+                          tables.handovers):
                 conn.execute(sa.delete(table).where(table.c.dataset_id == dataset_id))
+            # The quarantine of before: the snapshot read every row again, and its own invalid
+            # ones are moved in below; a retry of an old entry could send a row twice.
+            conn.execute(sa.delete(tables.quarantine)
+                         .where(tables.quarantine.c.dataset_id == dataset_id))
             for table in (tables.ledger, tables.ledger_recent, tables.ledger_log,
                           tables.quarantine):
                 conn.execute(sa.update(table).where(table.c.dataset_id == staged)

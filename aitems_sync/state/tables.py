@@ -225,6 +225,21 @@ late_batches = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
+# A first load AiTEMS was asked to read (version 8): from the moment bootstrap points the AiTEMS
+# dataset at its file until the state store has taken the snapshot (StateStore.adopt). While a
+# row is here AiTEMS may hold the file's rows and the dataset's mark does not know it: runs
+# refuse the dataset, and the next bootstrap finishes the hand-over or gives it up.
+handovers = sa.Table(
+    "handovers",
+    metadata,
+    sa.Column("dataset_id", sa.Integer, _dataset_fk(), primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("aitems_dataset_id", sa.String(128), nullable=False),
+    sa.Column("object_key", sa.String(1024), nullable=False),
+    sa.Column("snapshot", _JSON, nullable=False),  # mark, boundary and identity, JSON
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 #: A journalled batch's outcome: ``sending`` until it commits (``committed``) or its answer
 #: proves nothing unacknowledged was stored (``failed``); ``ambiguous`` once a later run found it
 #: ``sending`` (its run died with it on the wire), until a run that completes has reported it
@@ -338,6 +353,10 @@ def _add_boundary(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE marks ADD COLUMN boundary TEXT"))
 
 
+def _add_handovers(conn: sa.Connection) -> None:
+    _create(conn, (handovers,))
+
+
 def _widen_batch_statuses(conn: sa.Connection) -> None:
     """Let the journal hold every status of :data:`BATCH_STATUSES`. SQLite cannot change a
     table's constraint: the table is rebuilt (its AUTOINCREMENT counter carried over)."""
@@ -379,6 +398,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (5, _add_ledger_recent),
     (6, _add_dataset_binding),
     (7, _add_boundary),
+    (8, _add_handovers),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

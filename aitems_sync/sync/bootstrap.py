@@ -36,7 +36,8 @@ from aitems_sync.errors import (
 from aitems_sync.objectstorage.upload import GzipWriter, MultipartUpload, abort_unfinished
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, ObjectStorageConfig, Spec
-from aitems_sync.state.store import StateStore
+from aitems_sync.state.records import Boundary, Handover
+from aitems_sync.state.store import Mark, StateStore
 from aitems_sync.sync.fileload import FileLoad, Snapshot, staging_name
 from aitems_sync.sync.leases import Leases
 from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, OK
@@ -177,20 +178,45 @@ class _Load:
             raise ObjectStorageError("stopped by a signal while waiting for the dataset's "
                                      "lease: nothing was done")
         try:
+            pending = self.state.handover(self.dataset.name)
+            if pending is not None and self._finish(pending, remote):
+                return
+            if remote.get("status") in READING:
+                raise ObjectStorageError(
+                    f"AiTEMS dataset {self.dataset.dataset_id} is reading a file now (status "
+                    f"{remote.get('status')!r}); wait until it is done, then run bootstrap "
+                    "again")
             snapshot = self._write_file()
-            self._have_aitems_read_it(remote)
+            self._have_aitems_read_it(remote, snapshot)
             leases.check(self.dataset.name)
-            self._hand_over(snapshot)
+            self._hand_over(snapshot.mark, snapshot.boundary, snapshot.identity)
         finally:
             leases.release()
 
+    def _finish(self, pending: Handover, remote: Mapping[str, Any]) -> bool:
+        """An earlier bootstrap's hand-over: taken, once AiTEMS has read its file (True), or
+        given up when AiTEMS did not take it (False: this bootstrap starts afresh)."""
+        name, file = self.dataset.name, f"s3://{self.where.bucket}/{pending.object_key}"
+        read_key = (remote.get("osInfo") or {}).get("key")
+        status = remote.get("status")
+        if (pending.aitems_dataset_id != self.dataset.dataset_id or read_key != pending.object_key
+                or status not in (*READING, READY)):
+            log.warning("dataset %s: AiTEMS did not take the file of bootstrap %s (%s, status "
+                        "%s): starting afresh", name, pending.run_id, file, status,
+                        extra={"event": "bootstrap_given_up", "dataset": name})
+            self.state.end_handover(name)
+            return False
+        log.info("dataset %s: finishing the hand-over of bootstrap %s (%s)", name,
+                 pending.run_id, file, extra={"event": "bootstrap_resumed", "dataset": name})
+        self.load.file = file
+        if status in READING:
+            self._wait(file, reading=True)
+        self._hand_over(pending.mark, pending.boundary, pending.identity)
+        return True
+
     def _remote(self) -> dict[str, Any]:
-        """The AiTEMS dataset, checked to be of the spec's type and not reading a file now."""
+        """The AiTEMS dataset, checked to be of the spec's type."""
         remote = self.api.get_dataset(self.dataset.dataset_id)
-        if remote.get("status") in READING:
-            raise ObjectStorageError(
-                f"AiTEMS dataset {self.dataset.dataset_id} is reading a file now (status "
-                f"{remote.get('status')!r}); wait until it is done, then run bootstrap again")
         if remote.get("type") != self.dataset.type:
             raise SpecError([self.spec.problem(
                 ("datasets", self.dataset.name, "dataset_id"),
@@ -215,42 +241,71 @@ class _Load:
         self.load.rows, self.load.invalid = snapshot.rows, snapshot.invalid
         return snapshot
 
-    def _have_aitems_read_it(self, remote: Mapping[str, Any]) -> None:
-        """Point the AiTEMS dataset at the file and wait until it has read it."""
-        dataset_id = self.dataset.dataset_id
+    def _have_aitems_read_it(self, remote: Mapping[str, Any], snapshot: Snapshot) -> None:
+        """Point the AiTEMS dataset at the file and wait until it has read it. From the moment
+        it is asked until the snapshot is taken, the store records the hand-over (runs refuse
+        the dataset meanwhile, and a bootstrap after a failure finishes it): it is given up only
+        when AiTEMS's answer proves it did not take the file."""
+        dataset_id, name = self.dataset.dataset_id, self.dataset.name
+        if snapshot.mark is not None:
+            self.state.begin_handover(
+                name, run_id=self.settings.run_id, aitems_dataset_id=dataset_id,
+                object_key=self.key, mark=snapshot.mark, boundary=snapshot.boundary,
+                identity=snapshot.identity)
         try:
             answer = self.api.modify_dataset(
                 dataset_id, dataset_type=self.dataset.type, name=str(remote.get("name", "")),
                 schema_name=str(remote.get("schemaName", "")), bucket=self.where.bucket,
                 key=self.key, region="KR", description=str(remote.get("description") or ""))
         except ApiError as error:
-            raise type(error)(f"AiTEMS refused to read {self.load.file} into dataset "
-                              f"{dataset_id}: {error}") from error
-        wait_until_read(self.api, dataset_id, timeout=self.settings.ready_timeout,
-                        poll=self.settings.poll_seconds, stop=self.stop, file=self.load.file,
-                        reading=answer.get("status") in READING)
+            if not error.ambiguous:  # refused: AiTEMS did not take the file
+                self.state.end_handover(name)
+            raise type(error)(f"AiTEMS did not accept reading {self.load.file} into dataset "
+                              f"{dataset_id}: {error}{_UNFINISHED if error.ambiguous else ''}"
+                              ) from error
+        self._wait(self.load.file, reading=answer.get("status") in READING)
 
-    def _hand_over(self, snapshot: Snapshot) -> None:
+    def _wait(self, file: str, *, reading: bool) -> None:
+        try:
+            wait_until_read(self.api, self.dataset.dataset_id,
+                            timeout=self.settings.ready_timeout, poll=self.settings.poll_seconds,
+                            stop=self.stop, file=file, reading=reading)
+        except FileNotRead:
+            self.state.end_handover(self.dataset.name)
+            raise
+        except AitemsSyncError as error:
+            raise type(error)(f"{error}{_UNFINISHED}") from error
+
+    def _hand_over(self, mark: Mark | None, boundary: Boundary | None,
+                   identity: Sequence[str]) -> None:
         name = self.dataset.name
         binding = (self.spec.aitems.service_id, self.dataset.dataset_id)
-        if snapshot.mark is None:  # an empty file: a run reads everything from the start
+        if mark is None:  # an empty file: a run reads everything from the start
             self.state.reset(name)
             self.state.discard(staging_name(name))
             return
-        self.state.adopt(name, staging_name(name), run_id=self.settings.run_id,
-                         mark=snapshot.mark, boundary=snapshot.boundary, binding=binding,
-                         identity=snapshot.identity)
+        self.state.adopt(name, staging_name(name), run_id=self.settings.run_id, mark=mark,
+                         boundary=boundary, binding=binding, identity=identity)
         self.state.discard(staging_name(name))
+
+
+#: Said of a hand-over left unfinished: AiTEMS may have taken (or still take) the file.
+_UNFINISHED = ("; AiTEMS may have taken the file: run bootstrap again for this dataset to "
+               "finish the hand-over (runs refuse the dataset until then)")
+
+
+class FileNotRead(ObjectStorageError):
+    """AiTEMS's answer proves it did not take the file: the hand-over is given up."""
 
 
 def wait_until_read(api: DatasetApi, dataset_id: str, *, timeout: float, poll: float,
                     stop: threading.Event, file: str, reading: bool = False,
                     clock: Callable[[], float] = time.monotonic) -> None:
     """Poll the dataset until AiTEMS has read the file: ``enable`` after it was seen reading
-    (``waiting`` or ``processing``; ``reading``: the modify's answer showed it). An ``enable``
-    never preceded by a reading status is no proof the file was read (a dataset enable from
-    before, or an emulator without Object Storage): ObjectStorageError, as when AiTEMS fails to
-    read it, the timeout passes, or ``stop`` is set."""
+    (``waiting`` or ``processing``; ``reading``: the modify's answer showed it). FileNotRead
+    when AiTEMS proves it did not take the file (a failed status; an ``enable`` never preceded
+    by a reading status: a dataset enable from before, or an emulator without Object Storage);
+    ObjectStorageError when the timeout passes or ``stop`` is set (it may still read it)."""
     deadline = clock() + timeout
     last = None
     delay = min(FIRST_POLL_SECONDS, poll)
@@ -260,14 +315,14 @@ def wait_until_read(api: DatasetApi, dataset_id: str, *, timeout: float, poll: f
         if status == READY and reading:
             return
         if status == READY:
-            raise ObjectStorageError(
+            raise FileNotRead(
                 f"AiTEMS dataset {dataset_id} was {READY!r} at once after being pointed at "
                 f"{file}, never reading it (waiting, processing): nothing was handed over. If "
                 "this is the emulator, start it with --object-storage")
         reading = True
         if status not in READING:
             reason = answer.get("statusReason") or "AiTEMS gives no reason"
-            raise ObjectStorageError(
+            raise FileNotRead(
                 f"AiTEMS could not read {file} into dataset {dataset_id} (status {status!r}: "
                 f"{reason}); fix the data or the spec, then run bootstrap again")
         if status != last:
@@ -277,10 +332,8 @@ def wait_until_read(api: DatasetApi, dataset_id: str, *, timeout: float, poll: f
         if clock() >= deadline:
             raise ObjectStorageError(
                 f"AiTEMS had not read {file} into dataset {dataset_id} after {timeout:g} s "
-                f"(status {status!r}); nothing was handed over: check the dataset in the NCP "
-                "console, then run bootstrap again (or raise --timeout)")
+                f"(status {status!r}; raise --timeout if it needs longer)")
         if stop.wait(min(delay, max(0.0, deadline - clock()))):
             raise ObjectStorageError(
-                f"stopped while AiTEMS was reading {file} into dataset {dataset_id}; nothing "
-                "was handed over: run bootstrap again")
+                f"stopped while AiTEMS was reading {file} into dataset {dataset_id}")
         delay = min(delay * 1.5, poll)

@@ -19,6 +19,7 @@ from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.errors import (
     ApiError,
     AuthError,
+    HandoverPendingError,
     NotFoundError,
     QueryError,
     SourceError,
@@ -90,9 +91,17 @@ def column_problems(spec: Spec, dataset: DatasetSpec, columns: Sequence[str]
 
 def check_dataset(spec: Spec, dataset: DatasetSpec, source: Source, state: StateStore
                   ) -> None:
-    """For ``run`` and ``plan``, before the dataset reads a row: SpecError when its query's
-    columns do not match its fields, key and cursor, or its lookback cannot move its mark
-    back."""
+    """For ``run`` and ``plan``, before the dataset reads a row: HandoverPendingError while a
+    bootstrap's hand-over is unfinished; SpecError when its query's columns do not match its
+    fields, key and cursor, or its lookback cannot move its mark back."""
+    pending = state.handover(dataset.name)
+    if pending is not None:
+        raise HandoverPendingError(
+            f"dataset {dataset.name}: bootstrap {pending.run_id} asked AiTEMS to read "
+            f"{pending.object_key} into dataset {pending.aitems_dataset_id} and did not take "
+            "its snapshot: AiTEMS may hold those rows already, and a run would send them again. "
+            f"Run `aitems-sync bootstrap {dataset.name}` to finish the hand-over (or give it "
+            "up, if AiTEMS did not take the file)")
     try:
         columns = source.columns(dataset.query, hint=QUERY_HINT)
     except QueryError as error:  # running again cannot help: a spec mistake (exit 2)
