@@ -129,25 +129,47 @@ def test_a_first_load_goes_through_object_storage_and_run_then_sends_only_change
         f"u{n * 29:05d}" for n in range(100)}
 
 
-def test_a_failed_read_hands_nothing_over_and_a_rerun_succeeds(setup: Setup) -> None:
-    # AiTEMS (the emulator) refuses the file: it has a column the schema does not.
+def test_fields_that_differ_from_the_aitems_schema_stop_before_any_upload(
+    setup: Setup,
+) -> None:
     text = setup.spec.read_text()
+    age = '      - {name: AGE, type: [int, "null"]}\n'
     gender = '      - {name: GENDER, type: [string, "null"], categorical: true}\n'
-    extra = "      - {name: EXTRA, type: int}\n"
-    setup.spec.write_text(text.replace("gender AS GENDER", "gender AS GENDER, 1 AS EXTRA")
-                          .replace(gender, gender + extra, 1))
+    setup.spec.write_text(text.replace(age + gender, gender + age, 1))  # AiTEMS: AGE first
 
-    failed = setup.cli("bootstrap", "users")
+    result = setup.cli("bootstrap", "users")
+
+    assert result.exit_code == 2, result.output
+    [load] = json.loads(result.stdout)["datasets"]
+    assert load["spec_error"] and "order" in load["error"]
+    assert load["file"] == "" and setup.unfinished() == []
+
+
+def test_a_file_aitems_cannot_read_hands_nothing_over_and_a_rerun_succeeds(
+    setup: Setup, tmp_path: Path, bucket: str
+) -> None:
+    from tests.test_client import closed_port
+
+    # An AiTEMS whose Object Storage is out of reach: the dataset ends failed.
+    blind = EmulatorServer(seed=load_seed(DEMO_SEED), port=0, timing=Timing(ingest_seconds=0.05),
+                           object_storage=ObjectStorage(f"http://127.0.0.1:{closed_port()}"))
+    blind.start()
+    text = setup.spec.read_text()
+    try:
+        setup.spec.write_text(text.replace(setup.emulator.base_url, blind.base_url))
+        failed = setup.cli("bootstrap", "users")
+    finally:
+        blind.stop()
+    setup.spec.write_text(text)
 
     assert failed.exit_code == 1, failed.output
     [load] = json.loads(failed.stdout)["datasets"]
-    assert "AiTEMS could not read" in load["error"] and "EXTRA" in load["error"]
+    assert "AiTEMS could not read" in load["error"]
     with StateStore.open(setup.state_url) as state:
         assert state.get_mark("users") is None  # nothing handed over
         assert state.ledger_size("users") == 0
         assert state.handover("users") is None  # AiTEMS said it did not take the file
 
-    setup.spec.write_text(text)
     again = setup.cli("bootstrap", "users")
 
     assert again.exit_code == 0, again.output

@@ -49,4 +49,6 @@ def bootstrap_summary(report: BootstrapReport) -> str:
         lines.append(f"{d.dataset}: {d.status}, {d.rows} rows, {d.invalid} invalid, "
                      f"{d.file or 'no file'} ({size}), {d.seconds:.1f} s")
     lines += [f"{d.dataset}: {d.error}" for d in report.datasets if d.error]
+    lines += [f"{d.dataset}: warning: {null_cursor_message(d.null_cursor)}"
+              for d in report.datasets if d.null_cursor]
     return "\n".join(lines)

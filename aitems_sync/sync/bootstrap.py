@@ -40,7 +40,8 @@ from aitems_sync.state.records import Boundary, Handover
 from aitems_sync.state.store import Mark, StateStore
 from aitems_sync.sync.fileload import FileLoad, Snapshot, staging_name
 from aitems_sync.sync.leases import Leases
-from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, OK
+from aitems_sync.sync.report import FAILED, INTERRUPTED, INVALID, OK, null_cursor_message
+from aitems_sync.sync.schemacheck import SchemaCheck
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class DatasetApi(Protocol):
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any]: ...
 
+    def get_schema(self, schema_name: str) -> dict[str, Any]: ...
+
     def modify_dataset(self, dataset_id: str, *, dataset_type: str, name: str, schema_name: str,
                        bucket: str, key: str, region: str = "KR",
                        description: str = "") -> dict[str, Any]: ...
@@ -75,13 +78,16 @@ class DatasetLoad:
     invalid: int = 0
     file: str = ""  # s3://bucket/key
     file_bytes: int = 0
+    null_cursor: int = 0  # rows left out: their cursor is NULL
     seconds: float = 0.0
     error: str | None = None
+    spec_error: bool = False  # failed on a mistake in the spec (exit 2)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "status": self.status, "rows": self.rows,
-                "invalid": self.invalid, "file": self.file, "file_bytes": self.file_bytes,
-                "seconds": self.seconds, "error": self.error}
+                "invalid": self.invalid, "null_cursor": self.null_cursor, "file": self.file,
+                "file_bytes": self.file_bytes, "seconds": self.seconds, "error": self.error,
+                "spec_error": self.spec_error}
 
 
 @dataclass
@@ -91,7 +97,10 @@ class BootstrapReport:
 
     @property
     def exit_code(self) -> int:
-        """1 when a dataset failed, 3 when one had too many invalid rows, else 0."""
+        """2 when a dataset failed on a spec mistake, 1 when one failed otherwise, 3 when one
+        had too many invalid rows, else 0."""
+        if any(d.spec_error for d in self.datasets):
+            return 2
         statuses = {d.status for d in self.datasets}
         if FAILED in statuses or INTERRUPTED in statuses:
             return 1
@@ -145,6 +154,9 @@ def bootstrap(
                   stop, load).run()
         except LockHeldError:
             raise  # another run holds the dataset: exit 75, as run does
+        except SpecError as error:
+            located = [spec.locate(p) if p.line is None else p for p in error.problems]
+            load.status, load.error, load.spec_error = FAILED, str(SpecError(located)), True
         except InvalidRowsError as error:
             load.status, load.error = INVALID, str(error)
         except AitemsSyncError as error:
@@ -186,6 +198,7 @@ class _Load:
                     f"AiTEMS dataset {self.dataset.dataset_id} is reading a file now (status "
                     f"{remote.get('status')!r}); wait until it is done, then run bootstrap "
                     "again")
+            self._check_schema()
             snapshot = self._write_file()
             self._have_aitems_read_it(remote, snapshot)
             leases.check(self.dataset.name)
@@ -214,6 +227,16 @@ class _Load:
         self._hand_over(pending.mark, pending.boundary, pending.identity)
         return True
 
+    def _check_schema(self) -> None:
+        """The spec's fields against the AiTEMS schema, before anything is written: the file's
+        header must match it in name, order and case, or AiTEMS refuses the whole file."""
+        problems, warnings = SchemaCheck(self.api).problems(self.spec, self.dataset)
+        for warning in warnings:
+            log.warning("%s", warning, extra={"event": "schema_warning",
+                                              "dataset": self.dataset.name})
+        if problems:
+            raise SpecError(problems)
+
     def _remote(self) -> dict[str, Any]:
         """The AiTEMS dataset, checked to be of the spec's type."""
         remote = self.api.get_dataset(self.dataset.dataset_id)
@@ -239,6 +262,11 @@ class _Load:
             upload.complete()
             self.load.file_bytes = upload.bytes_written
         self.load.rows, self.load.invalid = snapshot.rows, snapshot.invalid
+        self.load.null_cursor = snapshot.null_cursor
+        if snapshot.null_cursor:
+            log.warning("dataset %s: %s", self.dataset.name,
+                        null_cursor_message(snapshot.null_cursor, self.dataset.cursor),
+                        extra={"event": "null_cursor", "dataset": self.dataset.name})
         return snapshot
 
     def _have_aitems_read_it(self, remote: Mapping[str, Any], snapshot: Snapshot) -> None:

@@ -28,7 +28,7 @@ from aitems_sync.rows.encode import row_hash
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec
 from aitems_sync.state.records import Boundary, LedgerEntry, QuarantineEntry
-from aitems_sync.state.store import BatchCommit, Mark, StateStore
+from aitems_sync.state.store import MERGE_EVERY, BatchCommit, Mark, StateStore
 from aitems_sync.sync.batches import BoundaryTracker
 from aitems_sync.sync.prepare import Layout, Place, Prepared, Preparer, show
 
@@ -64,6 +64,7 @@ class Snapshot:
     mark: Mark | None = None  # the last row read; None when the query returned none
     boundary: Boundary | None = None
     identity: tuple[str, ...] = field(default_factory=tuple)  # the key the ledger is by
+    null_cursor: int = 0  # rows left out of the file: their cursor is NULL
 
 
 class FileLoad:
@@ -83,6 +84,7 @@ class FileLoad:
         # The ledger a run consults: user and item datasets always, interactions with a lookback.
         self.keeps_ledger = not self.is_interaction or dataset.lookback.total_seconds() > 0
         self.tracker = BoundaryTracker(valid_rows=self.is_interaction)
+        self.logged = 0  # ledger entries staged in the log since it was last merged
 
     def write(self, sink: TextSink) -> Snapshot:
         """Write the header and every valid row to ``sink``; stage the rest. Raises
@@ -94,7 +96,9 @@ class FileLoad:
         last: Place | None = None
         with self.source.extract(self.dataset.query, cursor=self.dataset.cursor,
                                  key=self.dataset.key_fields, mark=None, sort=True,
-                                 chunk_rows=self.chunk_rows) as extraction:
+                                 chunk_rows=self.chunk_rows,
+                                 count_null_cursors=True) as extraction:
+            snapshot.null_cursor = extraction.null_cursors or 0
             layout = Layout(tuple(extraction.columns), extraction.cursor_index,
                             tuple(extraction.key_indices))
             preparer = Preparer(self.dataset, layout, self.source.timezone,
@@ -170,6 +174,12 @@ class FileLoad:
         if entries or rejected:
             self.state.commit_batches(self.staging, run_id=self.run_id,
                                       commits=[BatchCommit(None, entries, None, rejected)])
+        self.logged += len(entries)
+        if self.logged >= MERGE_EVERY:
+            # The duplicate check looks keys up in the staging: in the log, without an index
+            # by key, each lookup would cost more as the log grows (quadratic in all).
+            self.state.merge_ledger(self.staging)
+            self.logged = 0
 
     def _note(self, chunk: Prepared, scheme: str) -> None:
         """The boundary tracker follows the rows at the newest cursor value."""
