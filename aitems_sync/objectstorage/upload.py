@@ -71,13 +71,18 @@ class MultipartUpload:
             self.abort()
 
     def write(self, data: bytes) -> None:
-        """Add bytes; a full part is handed to the upload thread (after the previous one)."""
+        """Add bytes; each full part is handed to the upload thread (after the previous one),
+        so the buffer never holds more than a part however large ``data`` is."""
         self._buffer += data
         self.bytes_written += len(data)
-        limit = part_size(len(self._parts) + 1 + (self._pending is not None), self._first_part)
-        if len(self._buffer) >= limit:
-            self._send(bytes(self._buffer[:limit]))
+        while len(self._buffer) >= (limit := self._next_part_size()):
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:limit])  # one copy, for the upload thread
             del self._buffer[:limit]
+            self._send(part)
+
+    def _next_part_size(self) -> int:
+        return part_size(len(self._parts) + 1 + (self._pending is not None), self._first_part)
 
     def complete(self) -> None:
         """Upload what is left as the last part and complete the object."""
