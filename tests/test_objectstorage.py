@@ -128,6 +128,20 @@ def test_a_gzip_csv_streamed_in_parts_reads_back_equal(client: Any) -> None:
     assert _unfinished(client, key) == []
 
 
+def test_a_large_write_is_cut_into_parts_at_once(client: Any) -> None:
+    """One write of several parts' worth (a chunk of long texts) leaves at most a part behind:
+    memory stays flat whatever the writes' sizes."""
+    key = "boot/large-writes.bin"
+    data = bytes(range(256)) * (4096 * 13)  # 13 MiB
+    with MultipartUpload(client, BUCKET, key, first_part=5 * MIB) as upload:
+        for _ in range(3):
+            upload.write(data)
+            assert len(upload._buffer) < 5 * MIB
+        upload.complete()
+
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == data * 3
+
+
 def test_an_empty_file_is_one_empty_part(client: Any) -> None:
     with MultipartUpload(client, BUCKET, "boot/empty.csv") as upload:
         upload.complete()

@@ -276,6 +276,20 @@ def test_a_key_that_is_not_utf8_stops_the_dataset_at_its_row(lite: Setup) -> Non
     assert lite.users() == Counter({f"u{n:02d}": 1 for n in range(6)})
 
 
+@pytest.mark.parametrize("worker_after", [None, 20_000], ids=["in-process", "worker-later"])
+@pytest.mark.parametrize("row", [4, 6], ids=["first-of-a-chunk", "mid-chunk"])
+def test_an_unreadable_key_anywhere_in_a_chunk_stops_the_dataset_cleanly(
+    lite: Setup, worker_after: int | None, row: int
+) -> None:
+    # chunk_rows 4: row 4 opens the second chunk, which the dataset then prepares empty.
+    _lite_members(lite, {f"u{row:02d}": "id"})
+
+    report = lite.run("users", worker_after=worker_after).datasets[0]
+
+    assert report.status == "failed" and "has a key value" in (report.error or "")
+    assert lite.users() == Counter({f"u{n:02d}": 1 for n in range(row)})
+
+
 def test_undecodable_values_round_trip_through_the_state_store(lite: Setup) -> None:
     value = Undecodable("\\xffA", "not valid UTF-8 (byte 0 of 2)")
     from aitems_sync.state.values import decode_value, encode_value

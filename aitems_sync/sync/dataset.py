@@ -336,8 +336,12 @@ class DatasetSync:
         one read here (``mark``: where the extraction began, with the dataset's lookback)."""
         after = self.settings.options.worker_after
         if after is None or not self.source.shareable:
-            # No raw chunk is kept while its prepared one is routed and the next one read.
-            yield from map(self.preparer.prepare, extraction.chunks)
+            for chunk in extraction.chunks:
+                prepared = self.preparer.prepare(chunk)
+                del chunk  # not kept while the prepared one is routed and the next one read
+                yield prepared
+                if prepared.unplaceable is not None:
+                    return  # the dataset stops at that row (_stop_before): read no further
             return
         from aitems_sync.sync.worker import Start  # here: start-up time (see TYPE_CHECKING)
 
@@ -355,8 +359,10 @@ class DatasetSync:
                 for chunk in extraction.chunks:
                     prepared = self.preparer.prepare(chunk)
                     yield prepared
+                    if prepared.unplaceable is not None:
+                        return  # the dataset stops at that row (_stop_before)
                     read += len(prepared)
-                    if not _bindable(prepared.places[-1]):
+                    if not prepared.places or not _bindable(prepared.places[-1]):
                         continue  # the worker could not be told where to start: read on here
                     start = Start(_mark_at(prepared.places[-1]), sort=sort)
                     if worker is None and read >= after:
