@@ -32,6 +32,7 @@ from aitems_sync.emulator.server import EmulatorServer, load_seed
 from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.spec.load import load_spec
 from aitems_sync.state.store import StateStore
+from aitems_sync.sync.bootstrap import READ_GRACE_SECONDS, read_verdict
 from tests.conftest import DEMO_SEED, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
@@ -164,7 +165,7 @@ def test_a_file_aitems_cannot_read_hands_nothing_over_and_a_rerun_succeeds(
 
     assert failed.exit_code == 1, failed.output
     [load] = json.loads(failed.stdout)["datasets"]
-    assert "AiTEMS could not read" in load["error"]
+    assert "AiTEMS did not read" in load["error"]
     with StateStore.open(setup.state_url) as state:
         assert state.get_mark("users") is None  # nothing handed over
         assert state.ledger_size("users") == 0
@@ -263,7 +264,7 @@ def test_an_aitems_that_never_reads_the_file_hands_nothing_over(
         result = CliRunner().invoke(main_group, ["--config", str(spec), "bootstrap", "users"])
 
         assert result.exit_code == 1, result.output
-        assert "was 'enable' at once" in result.stderr
+        assert "no file read: the emulator runs without --object-storage" in result.stderr
         with StateStore.open(state_url) as state:
             assert state.get_mark("users") is None
     finally:
@@ -335,3 +336,26 @@ def test_a_bootstrap_stopped_while_aitems_reads_is_finished_by_the_next(
     finally:
         emulator.stop()
         shop.close()
+
+
+KEY = "p/users/run2.csv.gz"
+
+
+@pytest.mark.parametrize(("answer", "reading", "waited", "verdict"), [
+    ({"status": "waiting", "osInfo": {"key": KEY}}, False, 0, "reading"),
+    ({"status": "processing"}, False, 0, "reading"),  # no osInfo: taken as ours
+    ({"status": "processing", "osInfo": {"key": "p/users/run1.csv.gz"}}, False, 0, "not read"),
+    ({"status": "enable", "osInfo": {"key": KEY}}, True, 0, "read"),
+    ({"status": "enable", "osInfo": {"key": KEY}}, False, 0, None),  # not seen reading yet
+    ({"status": "enable", "osInfo": {"key": KEY}}, False, READ_GRACE_SECONDS, "read"),
+    ({"status": "enable", "osInfo": {"key": "p/users/run1.csv.gz"}}, True, 0, "not read"),
+    ({"status": "enable", "osInfo": {"key": KEY}, "statusReason": "no file read"}, True, 0,
+     "not read"),
+    ({"status": "failed", "osInfo": {"key": KEY}, "statusReason": "bad header"}, True, 0,
+     "not read"),
+    ({"status": "suspended", "osInfo": {"key": KEY}}, True, 99, None),  # says nothing
+])
+def test_what_a_datasets_answer_says_of_the_file(
+    answer: dict[str, Any], reading: bool, waited: float, verdict: str | None
+) -> None:
+    assert read_verdict(answer, KEY, reading=reading, waited=waited) == verdict

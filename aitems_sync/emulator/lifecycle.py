@@ -36,6 +36,11 @@ class Timing:
     train_seconds: float = 1.0  # how long a train runs
 
 
+#: The statusReason of a dataset an emulator without Object Storage created or modified: it is
+#: enable, but no file was read (so that a client can tell; bootstrap does).
+NOT_READ = "no file read: the emulator runs without --object-storage"
+
+
 class Lifecycle:
     """Starts ingests and schedules for the API calls that need them, and stops them all."""
 
@@ -57,13 +62,15 @@ class Lifecycle:
 
     def create_dataset(self, body: Any, access_key: str) -> Document:
         """``POST /datasets``: with Object Storage, the file is ingested; without, ``enable``."""
-        dataset = self.model.create_dataset(body, ingest=self.storage is not None)
+        dataset = self.model.create_dataset(body, ingest=self.storage is not None,
+                                            unread=NOT_READ)
         self._ingest_later(dataset, access_key)
         return dataset
 
     def modify_dataset(self, dataset_id: str, body: Any, access_key: str) -> Document:
         """``POST /datasets/{datasetId}``: the file is ingested again (with Object Storage)."""
-        dataset = self.model.modify_dataset(dataset_id, body, ingest=self.storage is not None)
+        dataset = self.model.modify_dataset(dataset_id, body, ingest=self.storage is not None,
+                                            unread=NOT_READ)
         self._ingest_later(dataset, access_key)
         return dataset
 

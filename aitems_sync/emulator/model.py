@@ -135,9 +135,11 @@ class Model:
     # -- datasets ------------------------------------------------------------------------------
 
     def create_dataset(
-        self, body: Any, dataset_id: str | None = None, *, ingest: bool = False
+        self, body: Any, dataset_id: str | None = None, *, ingest: bool = False,
+        unread: str | None = None,
     ) -> Document:
         """``POST /datasets``: a dataset of a type, following an existing schema of that type.
+        Without ``ingest`` its ``statusReason`` is ``unread`` (why no file was read).
 
         With ``ingest`` the dataset starts ``waiting`` for its file (see `begin_ingest`);
         otherwise it is ``enable`` at once and its ``osInfo`` is only stored.
@@ -152,14 +154,16 @@ class Model:
                 "datasetId": dataset_id or self._new_id(self._datasets), "type": body["type"],
                 "name": body["name"], "description": body.get("description", ""),
                 "schemaName": body["schemaName"], "status": WAITING if ingest else ENABLE,
-                "statusReason": None, "osInfo": dict(body["osInfo"]), "connectedServices": [],
+                "statusReason": None if ingest else unread, "osInfo": dict(body["osInfo"]),
+                "connectedServices": [],
                 "createdDate": now, "updatedDate": now,
             }
             self._datasets[dataset["datasetId"]] = dataset
             self._save("dataset", dataset["datasetId"], dataset)
             return copy.deepcopy(dataset)
 
-    def modify_dataset(self, dataset_id: str, body: Any, *, ingest: bool = False) -> Document:
+    def modify_dataset(self, dataset_id: str, body: Any, *, ingest: bool = False,
+                       unread: str | None = None) -> Document:
         """``POST /datasets/{datasetId}``: the body as for create; name, description and osInfo
         change, type and schema stay. With ``ingest`` the file is read again (``waiting``)."""
         body = require_object(body, "modify dataset")
@@ -177,7 +181,8 @@ class Model:
                 raise Rejection(400, f"the dataset is invalid: {problems[0].message}", problems)
             dataset.update(name=body["name"], description=body.get("description", ""),
                            osInfo=dict(body["osInfo"]), status=WAITING if ingest else ENABLE,
-                           statusReason=None, updatedDate=format_date(self._clock()))
+                           statusReason=None if ingest else unread,
+                           updatedDate=format_date(self._clock()))
             for service in self._services.values():
                 for attached in service["datasets"]:
                     if attached["datasetId"] == dataset_id and attached["name"] != body["name"]:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from aitems_sync.errors import (
     AitemsSyncError,
     ApiError,
+    HandoverPendingError,
     InvalidRowsError,
     LockHeldError,
     ObjectStorageError,
@@ -54,6 +55,11 @@ POLL_SECONDS = 10.0
 #: The dataset statuses while AiTEMS reads a file, and when it has (aitems-api.md).
 READING = ("waiting", "processing")
 READY = "enable"
+#: Statuses that say AiTEMS refused a file (the emulator's ``failed``; AiTEMS's undocumented).
+FAILED_STATUSES = frozenset({"failed", "fail", "error"})
+#: How long an ``enable`` with our file is awaited to be preceded by a reading status before
+#: it counts as read anyway (AiTEMS may read a small file between two polls).
+READ_GRACE_SECONDS = 30.0
 
 
 class DatasetApi(Protocol):
@@ -190,6 +196,7 @@ class _Load:
             raise ObjectStorageError("stopped by a signal while waiting for the dataset's "
                                      "lease: nothing was done")
         try:
+            remote = self._remote()  # again: the lease may have been waited for
             pending = self.state.handover(self.dataset.name)
             if pending is not None and self._finish(pending, remote):
                 return
@@ -207,23 +214,29 @@ class _Load:
             leases.release()
 
     def _finish(self, pending: Handover, remote: Mapping[str, Any]) -> bool:
-        """An earlier bootstrap's hand-over: taken, once AiTEMS has read its file (True), or
-        given up when AiTEMS did not take it (False: this bootstrap starts afresh)."""
+        """An earlier bootstrap's hand-over: taken once AiTEMS has read its file (True), given
+        up when AiTEMS proves it did not take it (False: this bootstrap starts afresh), left
+        pending (HandoverPendingError) when AiTEMS's answer says neither."""
         name, file = self.dataset.name, f"s3://{self.where.bucket}/{pending.object_key}"
-        read_key = (remote.get("osInfo") or {}).get("key")
-        status = remote.get("status")
-        if (pending.aitems_dataset_id != self.dataset.dataset_id or read_key != pending.object_key
-                or status not in (*READING, READY)):
+        verdict = read_verdict(remote, pending.object_key, reading=False,
+                               waited=READ_GRACE_SECONDS)
+        if pending.aitems_dataset_id != self.dataset.dataset_id or verdict == "not read":
             log.warning("dataset %s: AiTEMS did not take the file of bootstrap %s (%s, status "
-                        "%s): starting afresh", name, pending.run_id, file, status,
+                        "%s): starting afresh", name, pending.run_id, file, remote.get("status"),
                         extra={"event": "bootstrap_given_up", "dataset": name})
             self.state.end_handover(name)
             return False
+        if verdict is None:
+            raise HandoverPendingError(
+                f"dataset {name}: AiTEMS dataset {self.dataset.dataset_id} is in status "
+                f"{remote.get('status')!r}, which says neither that it read {file} (bootstrap "
+                f"{pending.run_id}) nor that it refused it: check the dataset in the NCP "
+                "console, then run bootstrap again")
         log.info("dataset %s: finishing the hand-over of bootstrap %s (%s)", name,
                  pending.run_id, file, extra={"event": "bootstrap_resumed", "dataset": name})
         self.load.file = file
-        if status in READING:
-            self._wait(file, reading=True)
+        if verdict == "reading":
+            self._wait(file, pending.object_key, reading=True)
         self._hand_over(pending.mark, pending.boundary, pending.identity)
         return True
 
@@ -286,18 +299,18 @@ class _Load:
                 schema_name=str(remote.get("schemaName", "")), bucket=self.where.bucket,
                 key=self.key, region="KR", description=str(remote.get("description") or ""))
         except ApiError as error:
-            if not error.ambiguous:  # refused: AiTEMS did not take the file
-                self.state.end_handover(name)
-            raise type(error)(f"AiTEMS did not accept reading {self.load.file} into dataset "
-                              f"{dataset_id}: {error}{_UNFINISHED if error.ambiguous else ''}"
+            # Kept even when refused: only the dataset's own answer, read by the next bootstrap,
+            # tells whether AiTEMS took the file (an error may follow a modify that landed).
+            raise type(error)(f"AiTEMS answered the modify of dataset {dataset_id} (to read "
+                              f"{self.load.file}) with an error: {error}{_UNFINISHED}"
                               ) from error
-        self._wait(self.load.file, reading=answer.get("status") in READING)
+        self._wait(self.load.file, self.key, reading=answer.get("status") in READING)
 
-    def _wait(self, file: str, *, reading: bool) -> None:
+    def _wait(self, file: str, key: str, *, reading: bool) -> None:
         try:
             wait_until_read(self.api, self.dataset.dataset_id,
                             timeout=self.settings.ready_timeout, poll=self.settings.poll_seconds,
-                            stop=self.stop, file=file, reading=reading)
+                            stop=self.stop, file=file, key=key, reading=reading)
         except FileNotRead:
             self.state.end_handover(self.dataset.name)
             raise
@@ -326,33 +339,53 @@ class FileNotRead(ObjectStorageError):
     """AiTEMS's answer proves it did not take the file: the hand-over is given up."""
 
 
+def read_verdict(answer: Mapping[str, Any], key: str, *, reading: bool,
+                 waited: float) -> str | None:
+    """What a dataset's answer says of AiTEMS reading the file ``key`` (pure): ``"read"``,
+    ``"reading"``, ``"not read"`` (it proves AiTEMS did not take the file), or None (it says
+    nothing yet: poll again).
+
+    ``reading``: a reading status was seen since the modify. An ``enable`` holding our key
+    counts as read once reading was seen, or once READ_GRACE_SECONDS have passed without
+    seeing it (AiTEMS read the file faster than the polls; its statuses are undocumented). An
+    ``enable`` with a ``statusReason`` read nothing (the emulator without Object Storage says
+    so); a status of FAILED is a refusal. Any other status says nothing.
+    """
+    status = str(answer.get("status", ""))
+    ours = (answer.get("osInfo") or {}).get("key") in (None, key)
+    if status in READING:
+        return "reading" if ours else "not read"
+    if status.lower() in FAILED_STATUSES:
+        return "not read"
+    if status == READY:
+        if not ours or answer.get("statusReason"):
+            return "not read"
+        return "read" if reading or waited >= READ_GRACE_SECONDS else None
+    return None
+
+
 def wait_until_read(api: DatasetApi, dataset_id: str, *, timeout: float, poll: float,
-                    stop: threading.Event, file: str, reading: bool = False,
+                    stop: threading.Event, file: str, key: str, reading: bool = False,
                     clock: Callable[[], float] = time.monotonic) -> None:
-    """Poll the dataset until AiTEMS has read the file: ``enable`` after it was seen reading
-    (``waiting`` or ``processing``; ``reading``: the modify's answer showed it). FileNotRead
-    when AiTEMS proves it did not take the file (a failed status; an ``enable`` never preceded
-    by a reading status: a dataset enable from before, or an emulator without Object Storage);
-    ObjectStorageError when the timeout passes or ``stop`` is set (it may still read it)."""
-    deadline = clock() + timeout
+    """Poll the dataset until AiTEMS has read the file (:func:`read_verdict`). FileNotRead when
+    AiTEMS proves it did not take the file; ObjectStorageError when the timeout passes or
+    ``stop`` is set (it may still read it: the hand-over stays pending)."""
+    started = clock()
+    deadline = started + timeout
     last = None
     delay = min(FIRST_POLL_SECONDS, poll)
     while True:
         answer = api.get_dataset(dataset_id)
         status = str(answer.get("status", ""))
-        if status == READY and reading:
+        verdict = read_verdict(answer, key, reading=reading, waited=clock() - started)
+        if verdict == "read":
             return
-        if status == READY:
-            raise FileNotRead(
-                f"AiTEMS dataset {dataset_id} was {READY!r} at once after being pointed at "
-                f"{file}, never reading it (waiting, processing): nothing was handed over. If "
-                "this is the emulator, start it with --object-storage")
-        reading = True
-        if status not in READING:
+        if verdict == "not read":
             reason = answer.get("statusReason") or "AiTEMS gives no reason"
             raise FileNotRead(
-                f"AiTEMS could not read {file} into dataset {dataset_id} (status {status!r}: "
-                f"{reason}); fix the data or the spec, then run bootstrap again")
+                f"AiTEMS did not read {file} into dataset {dataset_id} (status {status!r}: "
+                f"{reason}); fix what it says, then run bootstrap again")
+        reading = reading or verdict == "reading"
         if status != last:
             log.info("dataset %s: AiTEMS is reading the file (%s)", dataset_id, status,
                      extra={"event": "bootstrap_status", "status": status})
