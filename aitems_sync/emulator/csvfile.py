@@ -7,11 +7,11 @@ fields in schema order with their exact case, comma separated, RFC 4180 quoting,
 byte order mark, an empty unquoted field for null and ``""`` for an empty string, gzip when the
 key ends in ``.gz``. A quoted value is text in a field that takes strings (``"007"`` stays the
 string ``007`` in a ``[long, string]`` field); any other value is read as the first of its
-field's types (schema order, ``null`` aside) whose syntax it has: ``string`` any text;
-``int``/``long`` ``-?[0-9]+`` in the signed 32/64-bit range; ``float``/``double`` a decimal
-number (``-1.5``, ``2e3``); ``boolean`` ``true`` or ``false``. Quoting is read by this module's
-own tokenizer (Python's ``csv`` reader drops it). Problems name the line and field, never a
-value: the reason may end up in logs.
+field's types (schema order, ``null`` aside, ``string`` last) whose syntax it has: ``string``
+any text; ``int``/``long`` ``-?[0-9]+`` in the signed 32/64-bit range; ``float``/``double`` a
+decimal number (``-1.5``, ``2e3``); ``boolean`` ``true`` or ``false``. Quoting is read by
+this module's own tokenizer (Python's ``csv`` reader drops it). Problems name the line and
+field, never a value: the reason may end up in logs.
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def _value(line: int, field: dict[str, Any], text: str, quoted: bool,
         if "null" not in types:
             problems.append(f"line {line}: field {field['name']} is required and empty")
         return None
-    for kind in types:
+    # Bare text is a number or a boolean where the field takes one (bootstrap quotes text).
+    for kind in sorted(types, key=lambda t: t == "string"):
         found, value = _parse(kind, text)
         if found:
             return value

@@ -189,10 +189,11 @@ def _unfinished(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
                 f"could not list the unfinished uploads under s3://{bucket}/{prefix}",
                 error) from error
         found += answer.get("Uploads", [])
-        if not answer.get("IsTruncated"):
-            return found
-        markers = {"KeyMarker": answer.get("NextKeyMarker", ""),
-                   "UploadIdMarker": answer.get("NextUploadIdMarker", "")}
+        following = {"KeyMarker": answer.get("NextKeyMarker", ""),
+                     "UploadIdMarker": answer.get("NextUploadIdMarker", "")}
+        if not answer.get("IsTruncated") or following == markers:
+            return found  # the last page (or a server that does not move on: no endless loop)
+        markers = following
 
 
 def storage_error(what: str, error: BaseException) -> ObjectStorageError:

@@ -207,6 +207,7 @@ class _Load:
                     "again")
             self._check_schema()
             snapshot = self._write_file()
+            leases.check(self.dataset.name)  # a run past its lease asks AiTEMS nothing
             self._have_aitems_read_it(remote, snapshot)
             leases.check(self.dataset.name)
             self._hand_over(snapshot.mark, snapshot.boundary, snapshot.identity)
