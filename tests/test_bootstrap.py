@@ -359,3 +359,16 @@ def test_what_a_datasets_answer_says_of_the_file(
     answer: dict[str, Any], reading: bool, waited: float, verdict: str | None
 ) -> None:
     assert read_verdict(answer, KEY, reading=reading, waited=waited) == verdict
+
+
+def test_a_query_without_rows_loads_an_empty_file_and_leaves_no_mark(setup: Setup) -> None:
+    setup.spec.write_text(setup.spec.read_text().replace(
+        "updated_at FROM customers", "updated_at FROM customers WHERE 1 = 0", 1))
+
+    result = setup.cli("bootstrap", "users")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["datasets"][0]["rows"] == 0
+    with StateStore.open(setup.state_url) as state:
+        assert state.get_mark("users") is None and state.handover("users") is None
+    assert setup.emulator.received("dsusers0001").rows_loaded == 0

@@ -230,19 +230,21 @@ def bootstrap(ctx: Context, datasets: tuple[str, ...], timeout: float | None,
     gzip CSV file in Object Storage (object_storage in the spec), AiTEMS reads it into the
     dataset, and the state store takes the snapshot, so the next run sends only what changed.
 
-    Exit codes: 0 done; 1 a dataset failed (nothing of it was handed over; run again); 2 usage
-    or spec error; 3 a dataset had more invalid rows than max_invalid allows.
+    Exit codes: 0 done; 1 a dataset failed (run again: it finishes or starts the dataset's
+    hand-over); 2 usage or spec error; 3 a dataset had more invalid rows than max_invalid
+    allows; 75 another run holds a dataset's lease; 143 or 130 stopped by SIGTERM or SIGINT.
     """
     spec = ctx.spec()
     with signals.stop_on_signals() as stop:  # a signal aborts the upload, moves nothing
         report = commands.bootstrap(spec, datasets, stop=stop.event, lease_ttl=lease_ttl,
                                     wait=wait,
                                     **({} if timeout is None else {"timeout": timeout}))
+    report.interrupted_exit_code = stop.exit_code
     if ctx.json_output:
         click.echo(json.dumps(report.to_dict(), default=str))
     else:
         click.echo(render.bootstrap_summary(report))
-    sys.exit(stop.exit_code or report.exit_code)
+    sys.exit(report.exit_code)
 
 
 @main_group.command()

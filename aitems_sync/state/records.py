@@ -69,13 +69,14 @@ class Handover:
     run_id: str
     aitems_dataset_id: str
     object_key: str
-    mark: Mark
+    mark: Mark | None  # None: the file held no row
     boundary: Boundary | None
     identity: tuple[str, ...]
     created_at: datetime
 
 
-def handover_snapshot(mark: Mark, boundary: Boundary | None, identity: Sequence[str]) -> str:
+def handover_snapshot(mark: Mark | None, boundary: Boundary | None,
+                      identity: Sequence[str]) -> str:
     """The JSON text of a hand-over's snapshot."""
     bounds = None if boundary is None else {
         "entries": sorted(boundary.entries.items()), "fresh": boundary.fresh}
@@ -86,9 +87,6 @@ def handover_record(row: Any) -> Handover:
     """A ``handovers`` row as a Handover."""
     snapshot = loads(row.snapshot)
     mark = mark_from_json(snapshot["mark"])
-    if mark is None:
-        raise StateError("a pending first load in the state store has no mark: the store is "
-                         "damaged; run `aitems-sync state reset` for the dataset")
     bounds = snapshot["boundary"]
     boundary = None if bounds is None else Boundary(
         {int(k): int(p) for k, p in bounds["entries"]}, bool(bounds["fresh"]))

@@ -440,7 +440,7 @@ class StateStore:
                              .where(tables.quarantine.c.dataset_id == dataset_id))
 
     def begin_handover(self, dataset: str, *, run_id: str, aitems_dataset_id: str,
-                       object_key: str, mark: Mark, boundary: Boundary | None,
+                       object_key: str, mark: Mark | None, boundary: Boundary | None,
                        identity: Sequence[str]) -> None:
         """Record, while ``run_id`` holds the dataset's lease, that AiTEMS is about to be asked
         to read a first load's file, with the snapshot to take once it has (see
@@ -466,13 +466,14 @@ class StateStore:
             row = conn.execute(query).one_or_none()
         return None if row is None else records.handover_record(row)
 
-    def end_handover(self, dataset: str) -> None:
-        """Forget the dataset's pending first load (AiTEMS did not take the file)."""
-        dataset_id = self._dataset_id(dataset)
-        if dataset_id is not None:
-            with self._write(f"forget the first load of dataset {dataset!r}") as conn:
-                conn.execute(sa.delete(tables.handovers)
-                             .where(tables.handovers.c.dataset_id == dataset_id))
+    def end_handover(self, dataset: str, *, run_id: str) -> None:
+        """Forget the dataset's pending first load (AiTEMS did not take the file), while
+        ``run_id`` holds the dataset's lease (LeaseLostError, and nothing forgotten, else)."""
+        dataset_id = self._known_id(dataset)
+        with self._write(f"forget the first load of dataset {dataset!r}") as conn:
+            self._hold_lease(conn, dataset_id, dataset, run_id)
+            conn.execute(sa.delete(tables.handovers)
+                         .where(tables.handovers.c.dataset_id == dataset_id))
 
     def adopt(self, dataset: str, staging: str, *, run_id: str, mark: Mark,
               boundary: Boundary | None, binding: tuple[str, str],

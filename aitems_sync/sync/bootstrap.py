@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aitems_sync.errors import (
+    EXIT_LOCKED,
     AitemsSyncError,
     ApiError,
     HandoverPendingError,
@@ -96,20 +97,31 @@ class DatasetLoad:
                 "spec_error": self.spec_error}
 
 
+#: A dataset's status when another run held its lease.
+LOCKED = "locked"
+
+
 @dataclass
 class BootstrapReport:
     run_id: str
     datasets: list[DatasetLoad] = field(default_factory=list)
+    # The exit code of the signal that stopped the bootstrap (143, 130), if one did.
+    interrupted_exit_code: int | None = None
 
     @property
     def exit_code(self) -> int:
-        """2 when a dataset failed on a spec mistake, 1 when one failed otherwise, 3 when one
-        had too many invalid rows, else 0."""
+        """The signal's code when one stopped it; else 2 when a dataset failed on a spec
+        mistake, 1 when one failed otherwise, 75 when another run held one, 3 when one had
+        too many invalid rows, 0 when all went well."""
+        if self.interrupted_exit_code is not None:
+            return self.interrupted_exit_code
         if any(d.spec_error for d in self.datasets):
             return 2
         statuses = {d.status for d in self.datasets}
         if FAILED in statuses or INTERRUPTED in statuses:
             return 1
+        if LOCKED in statuses:
+            return EXIT_LOCKED
         return 3 if INVALID in statuses else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,8 +170,8 @@ def bootstrap(
         try:
             _Load(spec, dataset, where, state, sources[dataset.source], api, storage, settings,
                   stop, load).run()
-        except LockHeldError:
-            raise  # another run holds the dataset: exit 75, as run does
+        except LockHeldError as error:  # another run holds the dataset: exit 75, as run does
+            load.status, load.error = LOCKED, str(error)
         except SpecError as error:
             located = [spec.locate(p) if p.line is None else p for p in error.problems]
             load.status, load.error, load.spec_error = FAILED, str(SpecError(located)), True
@@ -225,7 +237,7 @@ class _Load:
             log.warning("dataset %s: AiTEMS did not take the file of bootstrap %s (%s, status "
                         "%s): starting afresh", name, pending.run_id, file, remote.get("status"),
                         extra={"event": "bootstrap_given_up", "dataset": name})
-            self.state.end_handover(name)
+            self.state.end_handover(name, run_id=self.settings.run_id)
             return False
         if verdict is None:
             raise HandoverPendingError(
@@ -289,11 +301,10 @@ class _Load:
         the dataset meanwhile, and a bootstrap after a failure finishes it): it is given up only
         when AiTEMS's answer proves it did not take the file."""
         dataset_id, name = self.dataset.dataset_id, self.dataset.name
-        if snapshot.mark is not None:
-            self.state.begin_handover(
-                name, run_id=self.settings.run_id, aitems_dataset_id=dataset_id,
-                object_key=self.key, mark=snapshot.mark, boundary=snapshot.boundary,
-                identity=snapshot.identity)
+        self.state.begin_handover(
+            name, run_id=self.settings.run_id, aitems_dataset_id=dataset_id,
+            object_key=self.key, mark=snapshot.mark, boundary=snapshot.boundary,
+            identity=snapshot.identity)
         try:
             answer = self.api.modify_dataset(
                 dataset_id, dataset_type=self.dataset.type, name=str(remote.get("name", "")),
@@ -313,7 +324,7 @@ class _Load:
                             timeout=self.settings.ready_timeout, poll=self.settings.poll_seconds,
                             stop=self.stop, file=file, key=key, reading=reading)
         except FileNotRead:
-            self.state.end_handover(self.dataset.name)
+            self.state.end_handover(self.dataset.name, run_id=self.settings.run_id)
             raise
         except AitemsSyncError as error:
             raise type(error)(f"{error}{_UNFINISHED}") from error
