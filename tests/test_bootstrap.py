@@ -319,6 +319,9 @@ def test_a_bootstrap_stopped_while_aitems_reads_is_finished_by_the_next(
         refused = CliRunner().invoke(main_group, ["--config", str(spec_path), "run", "users"])
         assert refused.exit_code == 1
         assert "Run `aitems-sync bootstrap users` to finish" in refused.stderr
+        retried = CliRunner().invoke(main_group, ["--config", str(spec_path), "quarantine",
+                                                  "retry", "users"])
+        assert retried.exit_code == 1 and "has not finished its hand-over" in retried.stderr
 
         second = commands.bootstrap(spec, ["users"])
 

@@ -41,7 +41,8 @@ class Setup:
         out = io.StringIO()
         with open_state(spec) as state, open_sources(spec) as sources:
             chosen = spec.datasets[dataset]
-            state.acquire_lease(dataset, owner="boot-1", host="h", pid=1, ttl=60)
+            for name in (dataset, staging_name(dataset)):
+                state.acquire_lease(name, owner="boot-1", host="h", pid=1, ttl=60)
             snapshot = FileLoad(chosen, sources[chosen.source], state, run_id="boot-1",
                                 chunk_rows=700).write(out)
             if hand_over and snapshot.mark is not None:
@@ -49,7 +50,8 @@ class Setup:
                             boundary=snapshot.boundary,
                             binding=(spec.aitems.service_id, chosen.dataset_id),
                             identity=snapshot.identity)
-            state.release_lease(dataset, owner="boot-1")
+            for name in (dataset, staging_name(dataset)):
+                state.release_lease(name, owner="boot-1")
         return snapshot, out.getvalue()
 
     def run(self, *datasets: str) -> dict[str, Any]:

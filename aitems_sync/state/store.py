@@ -488,6 +488,7 @@ class StateStore:
         row_hash = self.row_hash_of(staging)
         with self._write(f"hand the first load of dataset {dataset!r} over") as conn:
             self._hold_lease(conn, dataset_id, dataset, run_id)
+            self._hold_lease(conn, staged, staging, run_id)
             for table in (tables.marks, tables.boundary, tables.ledger, tables.ledger_recent,
                           tables.ledger_log, tables.batches, tables.late_batches,
                           tables.handovers):

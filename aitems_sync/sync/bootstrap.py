@@ -202,8 +202,10 @@ class _Load:
 
     def run(self) -> None:
         remote = self._remote()
-        leases = Leases(self.state, [self.dataset.name], self.settings.run_id,
-                        self.settings.lease_ttl)
+        # The dataset's lease keeps runs and other bootstraps off it; its staging's, a bootstrap
+        # that stalled and lost them off the staging this one writes.
+        leases = Leases(self.state, [self.dataset.name, staging_name(self.dataset.name)],
+                        self.settings.run_id, self.settings.lease_ttl)
         if not leases.acquire(wait=self.settings.wait, stop=self.stop):
             raise ObjectStorageError("stopped by a signal while waiting for the dataset's "
                                      "lease: nothing was done")
@@ -283,7 +285,7 @@ class _Load:
             gzip = GzipWriter(upload)
             snapshot = FileLoad(self.dataset, self.source, self.state,
                                 run_id=self.settings.run_id, chunk_rows=self.settings.chunk_rows,
-                                stop=self.stop).write(gzip)
+                                stop=self.stop, fenced=True).write(gzip)
             gzip.close()
             upload.complete()
             self.load.file_bytes = upload.bytes_written

@@ -72,13 +72,17 @@ class FileLoad:
     under :func:`staging_name` in the state store."""
 
     def __init__(self, dataset: DatasetSpec, source: Source, state: StateStore, *, run_id: str,
-                 chunk_rows: int = 5000, stop: StopFlag | None = None) -> None:
+                 chunk_rows: int = 5000, stop: StopFlag | None = None,
+                 fenced: bool = False) -> None:
         self.dataset = dataset
         self.source = source
         self.state = state
         self.run_id = run_id
         self.chunk_rows = chunk_rows
         self.stop = stop or _Never()
+        # Write the staging only while run_id holds its lease (the caller took it): a load that
+        # stalled and lost it must not write into another load's staging.
+        self.fenced = fenced
         self.staging = staging_name(dataset.name)
         self.is_interaction = dataset.type == "interaction"
         # The ledger a run consults: user and item datasets always, interactions with a lookback.
@@ -146,7 +150,8 @@ class FileLoad:
                         for i, row in enumerate(shaped) if row is None]
             snapshot.invalid += len(rejected)
             self.state.commit_batches(self.staging, run_id=self.run_id,
-                                      commits=[BatchCommit(None, (), None, rejected)])
+                                      commits=[BatchCommit(None, (), None, rejected)],
+                                      fenced=self.fenced)
         if chunk:
             at = preparer.layout.cursor_index
             start, newest = len(chunk) - 1, chunk[-1][at]
@@ -173,7 +178,8 @@ class FileLoad:
                                    None if positions is None else positions[i]) for i in valid]
         if entries or rejected:
             self.state.commit_batches(self.staging, run_id=self.run_id,
-                                      commits=[BatchCommit(None, entries, None, rejected)])
+                                      commits=[BatchCommit(None, entries, None, rejected)],
+                                      fenced=self.fenced)
         self.logged += len(entries)
         if self.logged >= MERGE_EVERY:
             # The duplicate check looks keys up in the staging: in the log, without an index

@@ -17,6 +17,7 @@ from datetime import tzinfo
 from typing import Any
 
 from aitems_sync.aitems.delivery import Target, Uploader, deliver
+from aitems_sync.errors import HandoverPendingError
 from aitems_sync.rows.encode import encode_row, identity_hash
 from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.model import DatasetSpec, Spec
@@ -67,6 +68,11 @@ def retry_quarantine(
     leases.acquire(stop=threading.Event())
     fenced = FencedUploader(uploader, lambda: leases.check(dataset.name))
     try:
+        pending = state.handover(dataset.name)
+        if pending is not None:  # AiTEMS may hold the rows a retry would send
+            raise HandoverPendingError(
+                f"dataset {dataset.name}: bootstrap {pending.run_id} has not finished its "
+                f"hand-over; run `aitems-sync bootstrap {dataset.name}` first")
         records = state.quarantined(dataset.name)
         report.checked = len(records)
         plan = _decide(dataset, records, state, timezone, report)
