@@ -38,6 +38,8 @@ from aitems_sync.sync.checks import ValidationReport, check_aitems, check_querie
 from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
 from aitems_sync.sync.report import RunReport
+from aitems_sync.sync.status import StatusReport
+from aitems_sync.sync.status import gather as gather_status
 
 __all__ = ["CURSOR_TYPES"]  # the --type choices of ``state set``, re-exported for the CLI
 
@@ -236,6 +238,15 @@ def history(spec: Spec, limit: int = 20) -> list[RunRecord]:
     """Past runs, newest first."""
     with open_state(spec) as store:
         return store.runs(limit)
+
+
+def status(spec: Spec, datasets: Sequence[str] = ()) -> StatusReport:
+    """How the service and each named dataset (all when none) stand at AiTEMS and in the state
+    store: ``exit_code`` 1 when one alerts (a failed dataset or latest train). Writes
+    nothing."""
+    selected = select_datasets(spec, datasets)
+    with open_state(spec) as state, AitemsClient.from_config(spec.aitems) as client:
+        return gather_status(spec, selected, api=client, state=state)
 
 
 def schema_pull(spec: Spec, dataset: str) -> str:

@@ -7,11 +7,13 @@ Parse, call :mod:`aitems_sync.commands`, render. Registered on the main group by
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
 from aitems_sync import commands
+from aitems_sync.cli import render
 from aitems_sync.cli.context import Context
 from aitems_sync.cli.types import COUNT, ENTRY_ID, OutputFile
 
@@ -146,6 +148,25 @@ def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None
 
 
 @click.command()
+@click.argument("datasets", nargs=-1)
+@click.pass_obj
+def status(ctx: Context, datasets: tuple[str, ...]) -> None:
+    """How the service and every dataset (or the DATASETS named) stand: at AiTEMS (status,
+    schema, the service's cycle, schedule and latest trains) and in the state store (the last
+    run, mark, quarantine, unfinished batches, lease). Writes nothing.
+
+    Exit codes: 0 nothing wrong; 1 a dataset failed at AiTEMS or is unknown to it, or the
+    latest train failed (for a CronJob or CI step to alert on); 2 usage or spec error.
+    """
+    report = commands.status(ctx.spec(), datasets)
+    if ctx.json_output:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(render.status_summary(report))
+    sys.exit(report.exit_code)
+
+
+@click.command()
 @click.option("--limit", type=COUNT, default=20, show_default=True, help="At most this many runs.")
 @click.pass_obj
 def history(ctx: Context, limit: int) -> None:
@@ -178,4 +199,4 @@ def schema_pull(ctx: Context, dataset: str) -> None:
     click.echo(commands.schema_pull(ctx.spec(), dataset), nl=False)
 
 
-COMMANDS = (state, quarantine, history, schema)
+COMMANDS = (state, quarantine, history, schema, status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aitems_sync.sync.bootstrap import BootstrapReport
 from aitems_sync.sync.report import RunReport, null_cursor_message
+from aitems_sync.sync.status import StatusReport
 
 _COLUMNS = ("dataset", "status", "read", "new", "changed", "unchanged", "invalid", "sent",
             "batches", "ambiguous", "seconds")
@@ -51,4 +52,30 @@ def bootstrap_summary(report: BootstrapReport) -> str:
     lines += [f"{d.dataset}: {d.error}" for d in report.datasets if d.error]
     lines += [f"{d.dataset}: warning: {null_cursor_message(d.null_cursor)}"
               for d in report.datasets if d.null_cursor]
+    return "\n".join(lines)
+
+
+def status_summary(report: StatusReport) -> str:
+    """The service, then a line per dataset, then what is wrong."""
+    s = report.service
+    lines = [f"service {s.service_id}" + (f" ({s.name})" if s.name else "") + ": "
+             + ", ".join(f"{k} {v}" for k, v in (("type", s.type), ("status", s.status),
+                                                 ("cycle", s.term), ("schedule", s.schedule))
+                         if v is not None)]
+    for train in s.trains:
+        lines.append(f"  train {train.get('trainId')}: {train.get('status')}, started "
+                     f"{train.get('createdDate')}, finished {train.get('finishedDate') or '-'}")
+    rows = [("dataset", "aitems", "schema", "last run", "sent", "invalid", "ambiguous",
+             "quarantined", "mark")]
+    for d in report.datasets:
+        run = d.last_run
+        rows.append((d.dataset, d.aitems_status or "?", d.schema_name or "?",
+                     f"{run.finished_at or run.run_id} {run.status or run.run_status}"
+                     if run else "never", str(run.sent if run else 0),
+                     str(run.invalid if run else 0), str(run.ambiguous if run else 0),
+                     str(d.quarantined), "-" if d.mark is None else str(d.mark)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    lines += [f"ALERT: {alert}" for alert in report.alerts]
     return "\n".join(lines)
