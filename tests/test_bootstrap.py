@@ -322,6 +322,10 @@ def test_a_bootstrap_stopped_while_aitems_reads_is_finished_by_the_next(
         retried = CliRunner().invoke(main_group, ["--config", str(spec_path), "quarantine",
                                                   "retry", "users"])
         assert retried.exit_code == 1 and "has not finished its hand-over" in retried.stderr
+        shown = CliRunner().invoke(main_group, ["--config", str(spec_path), "--json", "status",
+                                                "users"])
+        assert shown.exit_code == 1
+        assert "did not finish handing" in json.loads(shown.stdout)["alerts"][0]
 
         second = commands.bootstrap(spec, ["users"])
 

@@ -63,11 +63,13 @@ class DatasetStatus:
     quarantined: int = 0
     unfinished_batches: int = 0
     lease_owner: str | None = None
+    pending_handover: str | None = None  # a bootstrap's unfinished hand-over: runs refuse it
     error: str | None = None  # AiTEMS could not tell
 
     @property
     def alert(self) -> bool:
-        return self.error is not None or (self.aitems_status or "").lower() in FAILED
+        return (self.error is not None or self.pending_handover is not None
+                or (self.aitems_status or "").lower() in FAILED)
 
 
 @dataclass
@@ -104,9 +106,12 @@ class StatusReport:
             found.append(f"service {self.service.service_id}: the latest train "
                          f"{latest.get('trainId')} is {latest.get('status')}: {reason}")
         for d in self.datasets:
+            if d.pending_handover:
+                found.append(f"dataset {d.dataset}: {d.pending_handover}; runs refuse the "
+                             f"dataset until `aitems-sync bootstrap {d.dataset}` finishes it")
             if d.error:
                 found.append(f"dataset {d.dataset}: {d.error}")
-            elif d.alert:
+            elif (d.aitems_status or "").lower() in FAILED:
                 found.append(f"dataset {d.dataset}: AiTEMS dataset {d.dataset_id} is "
                              f"{d.aitems_status}: {d.status_reason or 'AiTEMS gives no reason'}")
         return found
@@ -157,6 +162,10 @@ def dataset_status(dataset: DatasetSpec, api: StatusApi, state: StateStore,
     status.mark = None if mark is None else shown(mark.cursor)
     status.quarantined = state.quarantine_count(dataset.name)
     status.unfinished_batches = len(state.unfinished_batches(dataset.name))
+    pending = state.handover(dataset.name)
+    if pending is not None:
+        status.pending_handover = (f"bootstrap {pending.run_id} did not finish handing "
+                                   f"{pending.object_key} over")
     holder = state.lease_holder(dataset.name)
     status.lease_owner = None if holder is None else f"{holder.owner} ({holder.host}:{holder.pid})"
     return status
