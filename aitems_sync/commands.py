@@ -35,6 +35,7 @@ from aitems_sync.sync.bootstrap import (
 )
 from aitems_sync.sync.bootstrap import bootstrap as run_bootstrap
 from aitems_sync.sync.checks import ValidationReport, check_aitems, check_queries, check_state
+from aitems_sync.sync.leases import Leases
 from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
 from aitems_sync.sync.report import RunReport
@@ -179,10 +180,25 @@ def state_show(spec: Spec) -> list[DatasetState]:
 
 
 def state_reset(spec: Spec, dataset: str) -> None:
-    """Forget a dataset's mark, ledger and journal: the next run sends every row again."""
+    """Forget a dataset's mark, ledger and journal: the next run sends every row again.
+    LockHeldError (exit 75) while a run or bootstrap holds the dataset: it would write its own
+    mark and ledger over the reset (a bootstrap waiting on AiTEMS would hand its snapshot
+    over afterwards)."""
     dataset_named(spec, dataset)
-    with open_state(spec) as store:
+    with open_state(spec) as store, _holding(store, dataset):
         store.reset(dataset)
+
+
+@contextmanager
+def _holding(store: StateStore, dataset: str) -> Iterator[None]:
+    """The dataset's lease, for a command that changes its state: LockHeldError at once when
+    another holds it (a run that died keeps it until its lease expires)."""
+    leases = Leases(store, [dataset], f"state-{engine.new_run_id()}", RunOptions.lease_ttl)
+    leases.acquire()
+    try:
+        yield
+    finally:
+        leases.release()
 
 
 def state_set(spec: Spec, dataset: str, cursor: str, kind: str = "auto", *,
@@ -195,10 +211,11 @@ def state_set(spec: Spec, dataset: str, cursor: str, kind: str = "auto", *,
     so moving its mark back sends the events after it again: that needs ``resend`` (the CLI's
     ``--yes``), else UsageError says so. ``kind`` picks the cursor's type; ``auto`` keeps the
     type of the current mark. A value of another type than the current mark's, NaN, an
-    infinity or an integer past 64 bits is refused.
+    infinity or an integer past 64 bits is refused. LockHeldError (exit 75) while a run or
+    bootstrap holds the dataset.
     """
     chosen = dataset_named(spec, dataset)
-    with open_state(spec) as store:
+    with open_state(spec) as store, _holding(store, dataset):
         current = store.get_mark(dataset)
         like = current.cursor if current else None
         value = parse_cursor(cursor, kind, like)

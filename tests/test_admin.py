@@ -232,3 +232,23 @@ def test_an_existing_state_file_is_made_private_with_its_wal(synced: Path, tmp_p
     assert files[0] == state
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
         f.name: "0o600" for f in files}
+
+
+@pytest.mark.parametrize("command", [["state", "reset", "users", "--yes"],
+                                     ["state", "set", "users", "--cursor", "2026-01-01"]])
+def test_state_changes_are_refused_while_a_run_holds_the_dataset(
+    synced: Path, command: list[str]
+) -> None:
+    """A run (or a bootstrap waiting on AiTEMS) holding the dataset would write its own mark
+    and ledger over the change: exit 75, and nothing changed."""
+    state_url = f"sqlite:///{synced.parent / 'state.db'}"
+    with StateStore.open(state_url) as store:
+        before = store.get_mark("users")
+        store.acquire_lease("users", owner="a-run", host="h", pid=1, ttl=60)
+
+    result = cli(synced, *command)
+
+    assert result.exit_code == 75, result.output
+    assert "locked by another run: a-run" in result.stderr
+    with StateStore.open(state_url) as store:
+        assert store.get_mark("users") == before and store.ledger_size("users") > 0
