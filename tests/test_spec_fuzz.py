@@ -60,8 +60,10 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 PATHS = _paths(VALID)
 
 
-def _mutated(path: tuple[Any, ...], value: Any, drop: bool) -> str:
-    spec = yaml.safe_load(yaml.safe_dump(VALID))
+def _mutated(path: tuple[Any, ...], value: Any, drop: bool,
+             base: dict[str, Any] = VALID) -> str:
+    """``base`` as YAML with the value at ``path`` replaced by ``value`` (or its key dropped)."""
+    spec = yaml.safe_load(yaml.safe_dump(base))
     node = spec
     for part in path[:-1]:
         node = node[part]
@@ -122,14 +124,7 @@ def _run_spec(tmp: Path, endpoint: str, path: tuple[Any, ...], value: Any, drop:
     spec["aitems"]["endpoint"] = endpoint
     spec["state"] = f"sqlite:///{tmp}/state.db"
     spec["sources"]["shop"]["url"] = f"sqlite:///{tmp}/shop.db"
-    node = spec
-    for part in path[:-1]:
-        node = node[part]
-    if drop and isinstance(node, dict):
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return yaml.safe_dump(spec, allow_unicode=True)
+    return _mutated(path, value, drop, base=spec)
 
 
 @settings(max_examples=60, deadline=None,
