@@ -255,22 +255,34 @@ class AitemsClient:
 
     def list_datasets(self) -> list[dict[str, Any]]:
         """Every dataset of the account, following ``offset``/``limit`` pages."""
-        datasets: list[dict[str, Any]] = []
+        return self._list_all("/datasets", "datasets")
+
+    def list_services(self) -> list[dict[str, Any]]:
+        """Every service of the account, following ``offset``/``limit`` pages."""
+        return self._list_all("/services", "services")
+
+    def list_schemas(self, dataset_type: str) -> list[dict[str, Any]]:
+        """Every schema of a dataset type, following ``offset``/``limit`` pages."""
+        return self._list_all("/schemas", "schemas", {"datasetType": dataset_type})
+
+    def _list_all(self, path: str, what: str,
+                  params: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
         offset = 0
         while True:
-            params = {"offset": str(offset), "limit": str(PAGE_LIMIT)}
-            answer = self.request("GET", "/datasets", params=params)
-            page = answer.get("datasets", []) if isinstance(answer, dict) else answer
+            query = {**(params or {}), "offset": str(offset), "limit": str(PAGE_LIMIT)}
+            answer = self.request("GET", path, params=query)
+            page = answer.get(what, []) if isinstance(answer, dict) else answer
             if not isinstance(page, list):
                 raise FatalApiError(
-                    f"GET {self._base_path}/datasets answered without a list of datasets; "
+                    f"GET {self._base_path}{path} answered without a list of {what}; "
                     "check that aitems.endpoint points at the AiTEMS API",
                     method="GET",
-                    path=self._base_path + "/datasets",
+                    path=self._base_path + path,
                 )
-            datasets.extend(page)
+            found.extend(page)
             if len(page) < PAGE_LIMIT:
-                return datasets
+                return found
             offset += len(page)
 
     def get_schema(self, schema_name: str) -> dict[str, Any]:

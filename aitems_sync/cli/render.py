@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from aitems_sync.sync.apply import ApplyReport
 from aitems_sync.sync.bootstrap import BootstrapReport
+from aitems_sync.sync.provision import Plan
 from aitems_sync.sync.report import RunReport, null_cursor_message
 from aitems_sync.sync.status import StatusReport
 
@@ -78,4 +80,31 @@ def status_summary(report: StatusReport) -> str:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
               for row in rows]
     lines += [f"ALERT: {alert}" for alert in report.alerts]
+    return "\n".join(lines)
+
+
+_ACTIONS = {"+": "create", "~": "update in place", "-/+": "replace", "!": "refused",
+            "...": "waits for bootstrap"}
+
+
+def apply_plan(plan: Plan) -> str:
+    """The plan as Terraform shows one: a symbol per change, its details indented below."""
+    if plan.empty:
+        return "No changes: AiTEMS matches the spec."
+    lines = ["apply plan (+ create, ~ update in place, -/+ replace, ! refused, ... waits for "
+             "bootstrap):", ""]
+    for change in plan.changes:
+        lines.append(f"  {change.symbol} {change.kind} {change.name}")
+        lines.extend(f"      {detail}" for detail in change.details)
+    counts = {symbol: sum(c.symbol == symbol for c in plan.changes) for symbol in _ACTIONS}
+    lines += ["", "Plan: " + ", ".join(f"{counts[s]} to {_ACTIONS[s]}" if s in "+~-/+" else
+                                      f"{counts[s]} {_ACTIONS[s]}" for s in _ACTIONS
+                                      if counts[s] or s in ("+", "~", "-/+")) + "."]
+    return "\n".join(lines)
+
+
+def apply_summary(report: ApplyReport) -> str:
+    """What apply did, step by step, and how it ended."""
+    lines = [f"  done: {step}" for step in report.applied]
+    lines.append(f"apply failed: {report.error}" if report.error else "apply complete")
     return "\n".join(lines)

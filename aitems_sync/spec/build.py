@@ -27,12 +27,17 @@ Defaults (also in the descriptions of ``spec.schema.json``):
 ``datasets.*.fields[*]``         ``categorical: false``
 ``metrics``                      ``pushgateway: null`` (no push), ``job: aitems-sync``
 ``object_storage``               none (for bootstrap); KR endpoint, ``prefix: aitems-sync/``
+``service``                      none (apply manages no service); ``type: interval``,
+                                 ``cycle: 6h``, ``schedule: true``, ``description: ""``
+``datasets.*.schema_name``       the ``dataset_name``
+``datasets.*.description``       empty
 ===============================  ================================================
 
-``aitems.service_id``, ``access_key`` and ``secret_key`` have no default. A relative sqlite path
-in ``state`` or a source ``url`` (``sqlite:///state/x.db``) is made absolute against the spec
-file's folder; ``sqlite://``, ``:memory:`` and ``file:`` URIs are left as written. A trailing
-``/`` of ``aitems.endpoint`` is dropped.
+``aitems.access_key`` and ``secret_key`` have no default; ``aitems.service_id`` is required
+unless ``service.name`` is given, and each dataset needs ``dataset_id`` or ``dataset_name``.
+A relative sqlite path in ``state`` or a source ``url`` (``sqlite:///state/x.db``) is made
+absolute against the spec file's folder; ``sqlite://``, ``:memory:`` and ``file:`` URIs are
+left as written. A trailing ``/`` of ``aitems.endpoint`` is dropped.
 
 jsonschema is imported only to check a ``json_schema``: every run loads the spec, and the
 import adds start-up time that a spec without one need not pay.
@@ -72,6 +77,7 @@ from aitems_sync.spec.model import (
     ObjectStorageConfig,
     OnInvalid,
     RetryPolicy,
+    ServiceConfig,
     SourceConfig,
     Spec,
     duration_seconds,
@@ -111,8 +117,14 @@ def build_spec(data: Any, doc: Document, path: Path) -> Spec:
         datasets=MappingProxyType(datasets),
         metrics=_metrics(doc, _map(root.get("metrics")), ("metrics",)),
         object_storage=_object_storage(doc, root.get("object_storage"), ("object_storage",)),
+        service=_service(doc, root.get("service"), ("service",)),
         lines=MappingProxyType(dict(doc.lines)),
     )
+    _check_unique_names(doc, datasets)
+    if ("service_id" not in _map(root.get("aitems")) and "service" not in root
+            and not doc.bad(("aitems",))):
+        doc.add(("aitems", "service_id"), "missing required key 'service_id' (or name the "
+                "service in a service section, service.name, to find it by name)")
     _register_secrets(spec)
     return spec
 
@@ -308,6 +320,33 @@ def _object_storage(doc: Document, value: Any, p: KeyPath) -> ObjectStorageConfi
     )
 
 
+def _check_unique_names(doc: Document, datasets: Mapping[str, DatasetSpec]) -> None:
+    """Two datasets may not share an AiTEMS dataset name or schema name."""
+    for attribute, key in (("dataset_name", "dataset_name"), ("schema_base", "schema_name")):
+        first: dict[str, str] = {}
+        for name, dataset in datasets.items():
+            value = getattr(dataset, attribute)
+            if value is None:
+                continue
+            if value in first:
+                doc.add(("datasets", name, key), f"{value!r} is also datasets.{first[value]}'s "
+                        f"{key}; each dataset needs its own")
+            first.setdefault(value, name)
+
+
+def _service(doc: Document, value: Any, p: KeyPath) -> ServiceConfig | None:
+    if not isinstance(value, dict):
+        return None
+    defaults = ServiceConfig("")
+    return ServiceConfig(
+        name=_get(doc, value, p, "name", "", str),
+        type=_get(doc, value, p, "type", defaults.type, str),  # type: ignore[arg-type]
+        cycle=_get(doc, value, p, "cycle", defaults.cycle, str),
+        schedule=_get(doc, value, p, "schedule", defaults.schedule, bool),
+        description=_get(doc, value, p, "description", "", str),
+    )
+
+
 def _dataset(
     doc: Document, name: str, m: dict[str, Any], p: KeyPath, source_names: list[str]
 ) -> DatasetSpec:
@@ -319,6 +358,9 @@ def _dataset(
     cursor = _get(doc, m, p, "cursor", "", str)
     if query and cursor:
         _check_cursor(doc, query, cursor, (*p, "cursor"))
+    if "dataset_id" not in m and "dataset_name" not in m:
+        doc.add((*p, "dataset_id"), "missing required key 'dataset_id' (or give dataset_name "
+                "to find the AiTEMS dataset by name, or have bootstrap create it)")
     return DatasetSpec(
         name=name,
         type=cast(DatasetType, kind),
@@ -332,6 +374,9 @@ def _dataset(
         json_schema=_get(doc, m, p, "json_schema", None, lambda v: _json_schema(doc, v, p)),
         on_invalid=cast(OnInvalid, _get(doc, m, p, "on_invalid", "quarantine", str)),
         max_invalid=_get(doc, m, p, "max_invalid", InvalidLimit(ratio=0.01), invalid_limit),
+        dataset_name=_get(doc, m, p, "dataset_name", None, str),
+        schema_name=_get(doc, m, p, "schema_name", None, str),
+        description=_get(doc, m, p, "description", "", str),
     )
 
 

@@ -122,6 +122,16 @@ class DatasetSpec:
     json_schema: Mapping[str, Any] | None = None  # user's extra constraints, already loaded
     on_invalid: OnInvalid = "quarantine"
     max_invalid: InvalidLimit = InvalidLimit(ratio=0.01)
+    # The AiTEMS names apply and bootstrap create it under; with dataset_id "" the dataset is
+    # found by dataset_name (aitems_sync.sync.resolve).
+    dataset_name: str | None = None
+    schema_name: str | None = None  # the base name; default: dataset_name
+    description: str = ""
+
+    @property
+    def schema_base(self) -> str | None:
+        """The schema's name as the spec gives it (replacements add ``_2``, ``_3``...)."""
+        return self.schema_name or self.dataset_name
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -150,6 +160,26 @@ class ObjectStorageConfig:
     prefix: str = "aitems-sync/"
 
 
+#: The spec's ``service.cycle`` as AiTEMS's interval term.
+CYCLE_TERMS: Mapping[str, str] = {"1h": "hour1", "3h": "hour3", "6h": "hour6", "12h": "hour12"}
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The AiTEMS service ``apply`` manages (the spec's optional ``service`` section)."""
+
+    name: str
+    type: Literal["interval", "batch"] = "interval"
+    cycle: str = "6h"  # a key of CYCLE_TERMS
+    schedule: bool = True  # whether an interval service's schedule runs
+    description: str = ""
+
+    @property
+    def term(self) -> str | None:
+        """The AiTEMS interval term, or None for a batch service."""
+        return CYCLE_TERMS[self.cycle] if self.type == "interval" else None
+
+
 @dataclass(frozen=True)
 class Spec:
     path: Path  # the spec file; relative paths in it resolve against path.parent
@@ -159,6 +189,7 @@ class Spec:
     datasets: Mapping[str, DatasetSpec]
     metrics: MetricsConfig = MetricsConfig()
     object_storage: ObjectStorageConfig | None = None  # None: bootstrap is not set up
+    service: ServiceConfig | None = None  # None: apply manages no service
     version: int = 1
     #: The line of each key path written in the file, for problems found after loading.
     lines: Mapping[KeyPath, int] = field(

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from aitems_sync.errors import (
@@ -74,6 +74,9 @@ class DatasetApi(Protocol):
                        bucket: str, key: str, region: str = "KR",
                        description: str = "") -> dict[str, Any]: ...
 
+    def create_dataset(self, *, dataset_type: str, name: str, schema_name: str, bucket: str,
+                       key: str, region: str = "KR", description: str = "") -> dict[str, Any]: ...
+
 
 @dataclass
 class DatasetLoad:
@@ -81,6 +84,7 @@ class DatasetLoad:
 
     dataset: str
     status: str = OK
+    dataset_id: str = ""  # the AiTEMS dataset (created by this bootstrap when it had none)
     rows: int = 0  # in the file
     invalid: int = 0
     file: str = ""  # s3://bucket/key
@@ -91,7 +95,8 @@ class DatasetLoad:
     spec_error: bool = False  # failed on a mistake in the spec (exit 2)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "status": self.status, "rows": self.rows,
+        return {"dataset": self.dataset, "status": self.status, "dataset_id": self.dataset_id,
+                "rows": self.rows,
                 "invalid": self.invalid, "null_cursor": self.null_cursor, "file": self.file,
                 "file_bytes": self.file_bytes, "seconds": self.seconds, "error": self.error,
                 "spec_error": self.spec_error}
@@ -161,7 +166,7 @@ def bootstrap(
     report = BootstrapReport(settings.run_id)
     stop = stop or threading.Event()
     for dataset in datasets:
-        load = DatasetLoad(dataset.name)
+        load = DatasetLoad(dataset.name, dataset_id=dataset.dataset_id)
         report.datasets.append(load)
         if stop.is_set():
             load.status, load.error = INTERRUPTED, "not started: stopped by a signal"
@@ -214,7 +219,7 @@ class _Load:
             pending = self.state.handover(self.dataset.name)
             if pending is not None and self._finish(pending, remote):
                 return
-            if remote.get("status") in READING:
+            if remote is not None and remote.get("status") in READING:
                 raise ObjectStorageError(
                     f"AiTEMS dataset {self.dataset.dataset_id} is reading a file now (status "
                     f"{remote.get('status')!r}); wait until it is done, then run bootstrap "
@@ -228,16 +233,18 @@ class _Load:
         finally:
             leases.release()
 
-    def _finish(self, pending: Handover, remote: Mapping[str, Any]) -> bool:
+    def _finish(self, pending: Handover, remote: Mapping[str, Any] | None) -> bool:
         """An earlier bootstrap's hand-over: taken once AiTEMS has read its file (True), given
         up when AiTEMS proves it did not take it (False: this bootstrap starts afresh), left
         pending (HandoverPendingError) when AiTEMS's answer says neither."""
         name, file = self.dataset.name, f"s3://{self.where.bucket}/{pending.object_key}"
-        verdict = read_verdict(remote, pending.object_key, reading=False,
-                               waited=READ_GRACE_SECONDS)
-        if pending.aitems_dataset_id != self.dataset.dataset_id or verdict == "not read":
+        verdict = "not read" if remote is None else read_verdict(
+            remote, pending.object_key, reading=False, waited=READ_GRACE_SECONDS)
+        if (remote is None or pending.aitems_dataset_id != self.dataset.dataset_id
+                or verdict == "not read"):
             log.warning("dataset %s: AiTEMS did not take the file of bootstrap %s (%s, status "
-                        "%s): starting afresh", name, pending.run_id, file, remote.get("status"),
+                        "%s): starting afresh", name, pending.run_id, file,
+                        (remote or {}).get("status"),
                         extra={"event": "bootstrap_given_up", "dataset": name})
             self.state.end_handover(name, run_id=self.settings.run_id)
             return False
@@ -258,6 +265,8 @@ class _Load:
     def _check_schema(self) -> None:
         """The spec's fields against the AiTEMS schema, before anything is written: the file's
         header must match it in name, order and case, or AiTEMS refuses the whole file."""
+        if not self.dataset.dataset_id:  # created with the schema that holds its fields
+            return
         problems, warnings = SchemaCheck(self.api).problems(self.spec, self.dataset)
         for warning in warnings:
             log.warning("%s", warning, extra={"event": "schema_warning",
@@ -265,8 +274,10 @@ class _Load:
         if problems:
             raise SpecError(problems)
 
-    def _remote(self) -> dict[str, Any]:
-        """The AiTEMS dataset, checked to be of the spec's type."""
+    def _remote(self) -> dict[str, Any] | None:
+        """The AiTEMS dataset, checked to be of the spec's type; None: it is to be created."""
+        if not self.dataset.dataset_id:
+            return None
         remote = self.api.get_dataset(self.dataset.dataset_id)
         if remote.get("type") != self.dataset.type:
             raise SpecError([self.spec.problem(
@@ -297,7 +308,7 @@ class _Load:
                         extra={"event": "null_cursor", "dataset": self.dataset.name})
         return snapshot
 
-    def _have_aitems_read_it(self, remote: Mapping[str, Any], snapshot: Snapshot) -> None:
+    def _have_aitems_read_it(self, remote: Mapping[str, Any] | None, snapshot: Snapshot) -> None:
         """Point the AiTEMS dataset at the file and wait until it has read it. From the moment
         it is asked until the snapshot is taken, the store records the hand-over (runs refuse
         the dataset meanwhile, and a bootstrap after a failure finishes it): it is given up only
@@ -308,10 +319,14 @@ class _Load:
             object_key=self.key, mark=snapshot.mark, boundary=snapshot.boundary,
             identity=snapshot.identity)
         try:
-            answer = self.api.modify_dataset(
-                dataset_id, dataset_type=self.dataset.type, name=str(remote.get("name", "")),
-                schema_name=str(remote.get("schemaName", "")), bucket=self.where.bucket,
-                key=self.key, region="KR", description=str(remote.get("description") or ""))
+            if remote is None:
+                answer = self._create(dataset_id)
+                dataset_id = self.dataset.dataset_id
+            else:
+                answer = self.api.modify_dataset(
+                    dataset_id, dataset_type=self.dataset.type, name=str(remote.get("name", "")),
+                    schema_name=str(remote.get("schemaName", "")), bucket=self.where.bucket,
+                    key=self.key, region="KR", description=str(remote.get("description") or ""))
         except ApiError as error:
             # Kept even when refused: only the dataset's own answer, read by the next bootstrap,
             # tells whether AiTEMS took the file (an error may follow a modify that landed).
@@ -319,6 +334,25 @@ class _Load:
                               f"{self.load.file}) with an error: {error}{_UNFINISHED}"
                               ) from error
         self._wait(self.load.file, self.key, reading=answer.get("status") in READING)
+
+    def _create(self, dataset_id: str) -> dict[str, Any]:
+        """Create the AiTEMS dataset from the file, under the spec's ``dataset_name`` and the
+        schema chosen for its fields. A bootstrap killed before the hand-over is recorded with
+        the new id leaves a dataset the next one finds by name and loads afresh."""
+        answer = self.api.create_dataset(
+            dataset_type=self.dataset.type, name=str(self.dataset.dataset_name),
+            schema_name=str(self.dataset.schema_name), bucket=self.where.bucket, key=self.key,
+            region="KR", description=self.dataset.description)
+        created = str(answer.get("datasetId") or "")
+        if not created:
+            raise ObjectStorageError(f"AiTEMS created dataset {self.dataset.dataset_name} "
+                                     "without answering its datasetId")
+        log.info("dataset %s: created AiTEMS dataset %s (%s)", self.dataset.name, created,
+                 self.dataset.dataset_name, extra={"event": "dataset_created",
+                                                   "dataset": self.dataset.name})
+        self.dataset = replace(self.dataset, dataset_id=created)
+        self.load.dataset_id = created
+        return answer
 
     def _wait(self, file: str, key: str, *, reading: bool) -> None:
         try:

@@ -34,6 +34,7 @@ from aitems_sync.spec.columns import ColumnMatchError, match_column
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state import probe
 from aitems_sync.state.store import StateStore
+from aitems_sync.sync.resolve import resolve
 from aitems_sync.sync.schemacheck import SchemaCheck
 
 #: What a failed query's message advises in validate (which is the command checking queries).
@@ -213,7 +214,11 @@ def check_aitems(spec: Spec, report: ValidationReport) -> None:
 
 def _check_aitems(spec: Spec, client: AitemsClient, report: ValidationReport) -> None:
     try:
+        spec = resolve(spec, client)
         service = client.get_service(spec.aitems.service_id)
+    except SpecError as error:
+        report.problems.extend(error.problems)
+        return
     except ApiError as error:
         which = ("access_key" if isinstance(error, AuthError) else
                  "service_id" if isinstance(error, NotFoundError) else "endpoint")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from aitems_sync.errors import ApiError
+from aitems_sync.errors import ApiError, NotFoundError
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.records import RunRecord
 from aitems_sync.state.store import StateStore
@@ -136,6 +136,10 @@ def gather(spec: Spec, datasets: Sequence[DatasetSpec], *, api: StatusApi,
 
 def service_status(service_id: str, api: StatusApi) -> ServiceStatus:
     status = ServiceStatus(service_id)
+    if not service_id:
+        status.error = ("AiTEMS has no service of the spec's service.name: `aitems-sync apply` "
+                        "creates it")
+        return status
     try:
         service = api.get_service(service_id)
         status.name, status.type = service.get("name"), service.get("type")
@@ -151,6 +155,10 @@ def dataset_status(dataset: DatasetSpec, api: StatusApi, state: StateStore,
                    runs: Sequence[RunRecord]) -> DatasetStatus:
     status = DatasetStatus(dataset.name, dataset.dataset_id)
     try:
+        if not dataset.dataset_id:
+            raise NotFoundError(
+                f"AiTEMS has no {dataset.type} dataset named {dataset.dataset_name!r}: "
+                f"`aitems-sync bootstrap {dataset.name}` creates it")
         remote = api.get_dataset(dataset.dataset_id)
         status.aitems_status = remote.get("status")
         status.status_reason = remote.get("statusReason")
