@@ -16,10 +16,27 @@ from aitems_sync import commands
 from aitems_sync.cli import render
 from aitems_sync.cli.context import Context
 from aitems_sync.cli.types import COUNT, ENTRY_ID, OutputFile
+from aitems_sync.sync.status import shown
 
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, default=str, ensure_ascii=False, allow_nan=False))
+
+
+def _echo(ctx: Context, data: Any, text: str) -> None:
+    """``data`` as JSON with --json, else ``text``."""
+    if ctx.json_output:
+        _echo_json(data)
+    else:
+        click.echo(text)
+
+
+def _confirm(ctx: Context, question: str) -> None:
+    """Ask on a terminal (aborting on no); with --json, where stdout is a document and nobody
+    answers, refuse: --yes is the answer."""
+    if ctx.json_output:
+        raise click.UsageError("--json cannot answer a confirmation: pass --yes")
+    click.confirm(question, abort=True)
 
 
 @click.group()
@@ -37,7 +54,8 @@ def state_show(ctx: Context) -> None:
         return
     for s in states:
         mark = "none (the next run reads everything)" if s.mark is None else (
-            f"{s.mark.cursor!r} ({type(s.mark.cursor).__name__}), key {list(s.mark.key)!r}")
+            f"{shown(s.mark.cursor)} ({type(s.mark.cursor).__name__}), key "
+            f"{', '.join(str(shown(k)) for k in s.mark.key) or '(none)'}")
         click.echo(f"{s.dataset}: mark {mark}")
         click.echo(f"  ledger {s.ledger_size} keys, quarantine {s.quarantined} rows, "
                    f"unfinished batches {[b.batch_id for b in s.unfinished] or 'none'}")
@@ -54,10 +72,10 @@ def state_reset(ctx: Context, dataset: str, yes: bool) -> None:
     """Forget DATASET's mark, ledger and journal: the next run sends every row again."""
     commands.dataset_named(ctx.spec(), dataset)  # an unknown name is refused before asking
     if not yes:
-        click.confirm(f"Forget the mark and ledger of {dataset}? The next run re-sends every "
-                      "row", abort=True)
+        _confirm(ctx, f"Forget the mark and ledger of {dataset}? The next run re-sends every "
+                 "row")
     commands.state_reset(ctx.spec(), dataset)
-    click.echo(f"reset {dataset}")
+    _echo(ctx, {"dataset": dataset, "reset": True}, f"reset {dataset}")
 
 
 @state.command("set")
@@ -75,7 +93,9 @@ def state_set(ctx: Context, dataset: str, cursor: str, kind: str, yes: bool) -> 
     the rows already delivered; on interaction datasets the events after the new mark are sent
     again, so moving the mark back needs --yes."""
     mark = commands.state_set(ctx.spec(), dataset, cursor, kind, resend=yes)
-    click.echo(f"{dataset}: mark set to {mark.cursor!r} ({type(mark.cursor).__name__})")
+    kind_name = type(mark.cursor).__name__
+    _echo(ctx, {"dataset": dataset, "mark": shown(mark.cursor), "type": kind_name},
+          f"{dataset}: mark set to {shown(mark.cursor)} ({kind_name})")
 
 
 @click.group()
@@ -113,10 +133,17 @@ def quarantine_show(ctx: Context, entry_id: int) -> None:
               help="Write JSON lines here (default stdout).")
 @click.pass_obj
 def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
-    """Every quarantined row (of DATASET, or all) as JSON lines."""
-    for record in commands.quarantine_list(ctx.spec(), dataset):
+    """Every quarantined row (of DATASET, or all) as JSON lines (with --json on stdout: one
+    JSON array; to a file: the lines, and the count on stdout)."""
+    records = commands.quarantine_list(ctx.spec(), dataset)
+    if ctx.json_output and getattr(output, "name", None) == "<stdout>":
+        _echo_json([r.to_dict() for r in records])
+        return
+    for record in records:
         output.write(json.dumps(record.to_dict(), default=str, ensure_ascii=False,
                                 allow_nan=False) + "\n")
+    if ctx.json_output:
+        _echo_json({"exported": len(records)})
 
 
 @quarantine.command("retry")
@@ -142,9 +169,9 @@ def quarantine_retry(ctx: Context, datasets: tuple[str, ...]) -> None:
 def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None:
     """Delete quarantined rows for good (they are not sent)."""
     if not yes:
-        click.confirm(f"Delete {len(entry_ids)} quarantined rows for good?", abort=True)
+        _confirm(ctx, f"Delete {len(entry_ids)} quarantined rows for good?")
     dropped = commands.quarantine_drop(ctx.spec(), entry_ids)
-    click.echo(f"dropped {dropped} rows")
+    _echo(ctx, {"dropped": dropped}, f"dropped {dropped} rows")
 
 
 @click.command()

@@ -1,0 +1,148 @@
+"""Machine-readable on every path, through the installed console script: with --json every
+command writes exactly one JSON document on stdout whatever happens (its report, or an error
+object), and with --log-format json every line on stderr is a JSON record, the final failure
+included. The global options work before and after the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EmulatorServer
+from tests.shop import Shop, customer_rows, write_spec
+
+SCRIPT = shutil.which("aitems-sync", path=str(Path(sys.executable).parent))
+
+#: Every command that reads the spec, with arguments that make it do its work.
+COMMANDS = [
+    ["validate"], ["validate", "--connect"], ["plan"], ["run"], ["state", "show"],
+    ["state", "reset", "users", "--yes"], ["state", "set", "users", "--cursor", "2026-01-01"],
+    ["quarantine", "list"], ["quarantine", "show", "1"], ["quarantine", "export"],
+    ["quarantine", "retry"], ["quarantine", "drop", "1", "--yes"], ["history"],
+    ["status"], ["bootstrap", "users"], ["apply", "--exit-code"],
+]
+SCENARIOS = ["ok", "spec-error", "wrong-secret", "aitems-unreachable", "database-unreachable"]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One spec per scenario, against the emulator of the module."""
+    folder = tmp_path_factory.mktemp("json")
+    server = EmulatorServer(seed=_demo_seed(), port=0)
+    server.start()
+    shop = Shop(f"sqlite:///{folder / 'shop.db'}")
+    shop.add_customers(customer_rows(20))
+    shop.close()
+    base = write_spec(folder / "ok.yaml", endpoint=server.base_url,
+                      source_url=f"sqlite:///{folder / 'shop.db'}",
+                      state_url=f"sqlite:///{folder / 'state.db'}").read_text()
+    down = f"http://127.0.0.1:{closed_port()}/api/v1"
+    variants = {
+        "ok": base,
+        "spec-error": base.replace("cursor: updated_at", "cursor: updated_at\n    cursr: x", 1),
+        "wrong-secret": base.replace("secret_key: demo-secret-key", "secret_key: wrong"),
+        "aitems-unreachable": base.replace(server.base_url, down),
+        "database-unreachable": base.replace(
+            f"sqlite:///{folder / 'shop.db'}",
+            f"postgresql+psycopg://nobody@127.0.0.1:{closed_port()}/shop"),
+    }
+    paths = {}
+    for name, text in variants.items():
+        paths[name] = folder / f"{name}.yaml"
+        paths[name].write_text(text)
+    yield paths
+    server.stop()
+
+
+def _demo_seed() -> Any:
+    from aitems_sync.emulator.server import load_seed
+    from tests.conftest import DEMO_SEED
+
+    return load_seed(DEMO_SEED)
+
+
+def invoke(args: list[str]) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT, "the aitems-sync console script is not installed in this environment"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AITEMS_SYNC")}
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_writes_one_json_document_and_json_log_lines_whatever_happens(
+    specs: dict[str, Path], command: list[str], scenario: str,
+) -> None:
+    # The global options after the command, as a person types them.
+    done = invoke([*command, "--config", str(specs[scenario]), "--json",
+                   "--log-format", "json"])
+
+    document = json.loads(done.stdout)  # exactly one document: a second one is "Extra data"
+    for line in done.stderr.splitlines():
+        record = json.loads(line)
+        assert {"time", "level", "message"} <= set(record), line
+    failed = isinstance(document, dict) and set(document) == {"error"}
+    if failed:
+        error = document["error"]
+        assert error["exit_code"] == done.returncode
+        assert {"type", "message", "exit_code", "location"} <= set(error)
+    if scenario == "spec-error":
+        assert done.returncode == 2
+        (problem,) = document["error"]["problems"]
+        assert problem["key"] == "datasets.users.cursr" and problem["line"] == 19
+        assert document["error"]["location"]["key"] == "datasets.users.cursr"
+
+
+def test_a_usage_error_is_a_json_error_too_and_says_what_is_wrong(
+    specs: dict[str, Path],
+) -> None:
+    done = invoke(["run", "--no-such-option", "--json", "--log-format", "json", "-c",
+                   str(specs["ok"])])
+
+    assert done.returncode == 2
+    error = json.loads(done.stdout)["error"]
+    assert error["type"] == "UsageError" and "--no-such-option" in error["message"]
+    (line,) = done.stderr.splitlines()
+    assert json.loads(line)["event"] == "failed"
+
+
+@pytest.mark.parametrize("args", [
+    ["--config", "{spec}", "--json", "history"],
+    ["history", "--config", "{spec}", "--json"],
+    ["history", "--json", "--config={spec}"],
+    ["--json", "history", "-c{spec}"],
+    ["--config", "/nowhere.yaml", "history", "--config", "{spec}", "--json"],  # later wins
+], ids=["before", "after", "after-equals", "short-attached", "twice-later-wins"])
+def test_global_options_are_accepted_before_and_after_the_command(
+    specs: dict[str, Path], args: list[str],
+) -> None:
+    done = invoke([a.format(spec=specs["ok"]) for a in args])
+
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), list)
+
+
+def test_a_command_option_value_that_looks_global_stays_the_value(
+    specs: dict[str, Path],
+) -> None:
+    """`--cursor --json` sets the cursor to the text "--json", it does not ask for JSON."""
+    done = invoke(["-c", str(specs["ok"]), "state", "set", "users", "--cursor", "--json",
+                   "--type", "str"])
+
+    assert "--json" in done.stdout + done.stderr
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(done.stdout)
