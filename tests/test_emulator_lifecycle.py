@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import subprocess
 import sys
 import time
@@ -20,8 +21,10 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 
 from aitems_sync.aitems.client import AitemsClient
+from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.csvfile import FileRejected, read_rows
 from aitems_sync.emulator.server import EmulatorServer, ObjectStorage, Timing, load_seed
 from aitems_sync.errors import BadRequestError
@@ -441,9 +444,11 @@ def test_the_emulator_command_ingests_from_object_storage(
     put(bucket, "users.csv.gz", USERS_HEADER + "u1,1,\n")
     command = [sys.executable, "-m", "aitems_sync", "emulator", "--port", "0",
                "--seed", str(DEMO_SEED), "--object-storage", s3_server.url,
-               "--object-storage-key", f"{s3_server.access_key}:{s3_server.secret_key}",
                "--ingest-seconds", "0.3"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # The key pair from the environment, so that the secret stays out of the process list.
+    key_pair = f"{s3_server.access_key}:{s3_server.secret_key}"
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "AITEMS_EMULATOR_OBJECT_STORAGE_KEY": key_pair})
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
@@ -460,6 +465,17 @@ def test_the_emulator_command_ingests_from_object_storage(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_key_pair_in_the_object_storage_url_is_refused_without_showing_it() -> None:
+    """A URL reaches logs and connection errors; the key pair has its own option."""
+    result = CliRunner().invoke(main_group, [
+        "emulator", "--port", "0", "--object-storage", "http://ak:the-secret@127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert ("--object-storage: the URL must not hold a key pair; give it with "
+            "--object-storage-key or the environment variable "
+            "AITEMS_EMULATOR_OBJECT_STORAGE_KEY") in result.output
+    assert "the-secret" not in result.output
 
 
 # -- interval services ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
 
 from aitems_sync.emulator.csvfile import FileRejected, is_data_key
 from aitems_sync.errors import UsageError
@@ -39,6 +40,14 @@ class ObjectStorage:
     secret_key: str | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        # A URL is shown in logs and in boto3's connection errors (which a dataset's
+        # statusReason carries): a key pair in its user info would leak there.
+        if "@" in urlsplit(self.endpoint).netloc:
+            raise UsageError("--object-storage: the URL must not hold a key pair; give it "
+                             "with --object-storage-key or the environment variable "
+                             "AITEMS_EMULATOR_OBJECT_STORAGE_KEY")
 
     def __repr__(self) -> str:
         return f"ObjectStorage(endpoint={self.endpoint!r}, access_key={self.access_key!r})"
