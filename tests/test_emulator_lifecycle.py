@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.cli.main import main_group
-from aitems_sync.emulator.csvfile import FileRejected, read_rows
+from aitems_sync.emulator.csvfile import CHUNK_BYTES, FileRejected, read_rows
 from aitems_sync.emulator.server import EmulatorServer, ObjectStorage, Timing, load_seed
 from aitems_sync.errors import BadRequestError
 from aitems_sync.spec.model import RetryPolicy
@@ -157,6 +157,24 @@ def test_quoting_tells_an_empty_string_from_null_and_text_from_a_number(
     assert inspect(server, users)["rows"] == [
         {"USER_ID": "007", "AGE": None, "GENDER": ""},
         {"USER_ID": "u,8", "AGE": 21, "GENDER": None}]
+
+
+@pytest.mark.parametrize("key", ["big.csv", "big.csv.gz"])
+def test_a_file_of_several_chunks_streams_from_object_storage_with_quoted_line_breaks(
+    server: EmulatorServer, client: AitemsClient, bucket: tuple[Any, str], key: str
+) -> None:
+    """Over a megabyte of text, read as it downloads: chunk boundaries fall inside quoted
+    values that hold line breaks, commas and quotes."""
+    rows = [user(f"u{n}", n % 90, f'line\r\none, "{n}"\nend') for n in range(50_000)]
+    text = USERS_HEADER + "".join(
+        f'"{r["USER_ID"]}",{r["AGE"]},"{r["GENDER"].replace(chr(34), 2 * chr(34))}"\r\n'
+        for r in rows)
+    assert len(text.encode()) > CHUNK_BYTES
+    put(bucket, key, text)
+    users = create_users(client, bucket, key)["datasetId"]
+    dataset, _ = settle(client, users, timeout=60)
+    assert (dataset["status"], dataset["statusReason"]) == ("enable", None)
+    assert inspect(server, users)["rows"] == rows
 
 
 def test_uploads_after_an_ingest_upsert_on_top_of_the_files_rows(

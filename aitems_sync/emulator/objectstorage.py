@@ -4,14 +4,14 @@ boto3 is an optional dependency (``pip install 'aitems-sync[objectstorage]'``), 
 here and only when ``--object-storage`` is given, so the emulator starts without it. The client is
 built as for NCP Object Storage (SigV4, path-style addressing, checksums only when required).
 ``osInfo.key`` names an object, or a prefix ending in ``/`` under which exactly one ``.csv`` or
-``.csv.gz`` object must be. Every failure becomes a `FileRejected` whose reason starts with the
-``s3://bucket/key`` it is about and never holds a key pair.
+``.csv.gz`` object must be. The object's body is handed to the parser as the stream it is, so
+the file is read (and gunzipped) as it downloads, never held whole in memory or on disk. Every
+failure, a connection lost halfway included, becomes a `FileRejected` whose reason starts with
+the ``s3://bucket/key`` it is about and never holds a key pair.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +26,6 @@ T = TypeVar("T")
 #: osInfo.region -> the Object Storage region name SigV4 signs with; others are used as given.
 REGIONS = {"KR": "kr-standard", "US": "us-standard", "SG": "sg-standard", "JP": "jp-standard",
            "DE": "de-standard"}
-_SPOOL_BYTES = 16 * 1024 * 1024  # a file larger than this is spooled to a temporary file
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
 
 
@@ -75,7 +74,8 @@ class ObjectReader:
         self, os_info: Mapping[str, str], credentials: tuple[str, str],
         parse: Callable[[IO[bytes], bool], T],
     ) -> T:
-        """Find the file ``os_info`` names, download it, and return ``parse(stream, gzipped)``.
+        """Find the file ``os_info`` names and return ``parse(body, gzipped)``, ``body`` being
+        the object's content as it downloads.
 
         ``credentials`` (access key, secret key) are used unless the storage fixes its own.
         """
@@ -105,14 +105,11 @@ def _read(
         client = make_client()
         found = _locate(client, bucket, key, where)
         where = f"s3://{bucket}/{found}"
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
-            body = client.get_object(Bucket=bucket, Key=found)["Body"]
-            try:
-                shutil.copyfileobj(body, spool, 1024 * 1024)
-            finally:
-                body.close()
-            spool.seek(0)
-            return parse(spool, found.lower().endswith(".gz"))
+        body = client.get_object(Bucket=bucket, Key=found)["Body"]
+        try:
+            return parse(body, found.lower().endswith(".gz"))
+        finally:
+            body.close()
     except FileRejected as rejected:
         raise FileRejected(f"{where}: {rejected.reason}") from None
     except ClientError as error:
