@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from aitems_sync.emulator.server import EmulatorServer, load_seed
+from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.state.store import StateStore
 from tests import mariadbserver, pgserver
 
@@ -77,10 +82,28 @@ def mariadb_url(mariadb_server: str) -> str:
     return mariadbserver.create_database(mariadb_server)
 
 
+@dataclass(frozen=True)
+class S3Server:
+    """moto's S3 server on loopback, checking SigV4 signatures, and the one key pair its IAM
+    knows (any other key is refused with 403 InvalidAccessKeyId, a wrong secret with 403
+    SignatureDoesNotMatch)."""
+
+    url: str
+    access_key: str
+    secret_key: str = field(repr=False)
+
+    def client(self, region: str = "kr-standard", *, access_key: str | None = None,
+               secret_key: str | None = None) -> Any:
+        """The project's S3 client for this server, with its key pair unless told otherwise."""
+        return s3_client(self.url, region, access_key or self.access_key,
+                         secret_key or self.secret_key)
+
+
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """Endpoint URL of a real S3 server on loopback (moto's server mode; its buckets last for
-    the session, so each test makes its own). Skips locally without moto; fails under CI."""
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 server on loopback (moto's server mode) that checks every request's SigV4
+    signature against its IAM, as NCP Object Storage does. Its buckets last for the session, so
+    each test makes its own. Skips locally without moto; fails under CI."""
     present = all(importlib.util.find_spec(name) for name in ("moto", "flask", "boto3"))
     require_server(present, "moto[server] or boto3",
                    "pip install 'moto[server]>=5' 'boto3>=1.36' (the test extra)")
@@ -89,15 +112,50 @@ def s3_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
     try:
-        yield f"http://{host}:{port}"
+        access_key, secret_key = _moto_key_pair(url)
+        SECRETS.add(secret_key)
+        # From now on moto authenticates every request (its INITIAL_NO_AUTH_ACTION_COUNT, set
+        # through its server-mode endpoint: the server may share this process or not).
+        previous = _moto_auth_after(url, 0)
+        try:
+            yield S3Server(url, access_key, secret_key)
+        finally:
+            _moto_auth_after(url, previous)
     finally:
         server.stop()
+
+
+def _moto_key_pair(url: str) -> tuple[str, str]:
+    """A user in moto's IAM allowed every S3 action, and a key pair of it (moto makes the
+    keys: an access key it has not issued is refused once authentication is on)."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                       aws_access_key_id="setup", aws_secret_access_key="setup")
+    iam.create_user(UserName="aitems-sync-tests")
+    iam.put_user_policy(UserName="aitems-sync-tests", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="aitems-sync-tests")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def _moto_auth_after(url: str, requests_without_auth: float) -> float:
+    """Make moto authenticate every request after the next ``requests_without_auth`` (0: all;
+    infinity: none, its default); the setting it had."""
+    answer = requests.post(f"{url}/moto-api/reset-auth", data=str(requests_without_auth),
+                           timeout=10)
+    answer.raise_for_status()
+    return float(answer.json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
 
 
 DEMO_SEED = Path(__file__).resolve().parent.parent / "examples" / "emulator-seed.yaml"
 DEMO_ACCESS_KEY = "demo-access-key"
 DEMO_SECRET_KEY = "demo-secret-key"
+#: Secrets that must never appear in a test's output: the demo's, and moto's once it started.
+SECRETS = {DEMO_SECRET_KEY}
 
 
 @pytest.fixture
@@ -115,13 +173,13 @@ def emulator() -> Iterator[EmulatorServer]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Fail any test whose captured output or logs contain the demo secret key.
+    """Fail any test whose captured output or logs contain a secret key of `SECRETS`.
 
-    Every spec and emulator in the tests uses it, so this scans all test output for a leak.
+    Every spec and emulator in the tests uses one, so this scans all test output for a leak.
     """
     report = yield
     leaked = [name for name, text in report.sections
-              if name.endswith(report.when) and DEMO_SECRET_KEY in text]
+              if name.endswith(report.when) and any(secret in text for secret in SECRETS)]
     if leaked and report.passed:
         report.outcome = "failed"
         report.longrepr = f"the secret key appeared in the captured {', '.join(leaked)}"

@@ -94,8 +94,8 @@ version: 1
 aitems:
   endpoint: {endpoint}
   service_id: svcdemo0001
-  access_key: demo-access-key
-  secret_key: demo-secret-key
+  access_key: {access_key}
+  secret_key: {secret_key}
   batch: {{max_rows: {max_rows}, in_flight: {in_flight}}}
   retry: {{attempts: 3, backoff: 0.01s, max_backoff: 0.05s}}
 state: "{state_url}"
@@ -123,12 +123,13 @@ def write_spec(path: Path, *, endpoint: str, source_url: str, state_url: str,
                max_rows: int = 1000, in_flight: int = 4, lookback: str = "0s",
                on_invalid: str = "quarantine", max_invalid: str = "50%",
                extra: str = "", age: str = "age", events_lookback: str = "0s",
-               events_key: str = "") -> Path:
+               events_key: str = "", access_key: str = "demo-access-key",
+               secret_key: str = "demo-secret-key") -> Path:
     """Write a spec for the shop to ``path`` and return it; ``age`` is the SQL of the users'
-    AGE column."""
+    AGE column, ``access_key`` and ``secret_key`` the aitems key pair (the demo's)."""
     path.write_text(SPEC.format(
         endpoint=endpoint, source_url=source_url, state_url=state_url, max_rows=max_rows,
         in_flight=in_flight, lookback=lookback, on_invalid=on_invalid,
         max_invalid=max_invalid, extra=extra, age=age, events_lookback=events_lookback,
-        events_key=events_key))
+        events_key=events_key, access_key=access_key, secret_key=secret_key))
     return path

@@ -1,7 +1,10 @@
-"""`bootstrap` end to end on loopback: a SQLite or PostgreSQL source, moto's S3 server and the
-emulator reading the file from it. The file read back equals the source rows in schema order;
-AiTEMS holds them; the next `run` sends exactly what changed after the snapshot; a failure or a
-signal hands nothing over and leaves no multipart upload open, and a rerun succeeds."""
+"""`bootstrap` end to end on loopback: a SQLite or PostgreSQL source, moto's S3 server (which
+checks every signature, with the one key pair its IAM issued: the spec's aitems keys here, as
+NCP takes the same keys for AiTEMS and Object Storage) and the emulator reading the file from
+it. The file read back equals the source rows in schema order; AiTEMS holds them; the next
+`run` sends exactly what changed after the snapshot; a failure or a signal hands nothing over
+and leaves no multipart upload open, and a rerun succeeds; a key pair Object Storage refuses
+stops the load before anything moves."""
 
 from __future__ import annotations
 
@@ -29,11 +32,10 @@ from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.lifecycle import Timing
 from aitems_sync.emulator.objectstorage import ObjectStorage
 from aitems_sync.emulator.server import EmulatorServer, load_seed
-from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.spec.load import load_spec
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync.bootstrap import READ_GRACE_SECONDS, read_verdict
-from tests.conftest import DEMO_SEED, source_and_state_urls
+from tests.conftest import DEMO_SEED, S3Server, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,30 +65,41 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server: str) -> str:
-    client = s3_client(s3_server, "kr-standard", "demo-access-key", "demo-secret-key")
-    client.create_bucket(Bucket=BUCKET,
-                         CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
+def bucket(s3_server: S3Server) -> S3Server:
+    """The S3 server, holding BUCKET."""
+    s3_server.client().create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
     return s3_server
 
 
+def aitems(s3: S3Server, **kw: Any) -> EmulatorServer:
+    """The demo AiTEMS, also taking S3's key pair (the spec's: see ``spec_for``)."""
+    return EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
+                          keys={s3.access_key: s3.secret_key}, **kw)
+
+
+def spec_for(path: Path, s3: S3Server, prefix: str, **kw: Any) -> Path:
+    """The shop's spec with S3's key pair as the aitems keys and files under ``prefix``."""
+    spec = write_spec(path, access_key=s3.access_key, secret_key=s3.secret_key, **kw)
+    spec.write_text(spec.read_text() + f"object_storage: {{endpoint: '{s3.url}', bucket: "
+                    f"{BUCKET}, prefix: {prefix}}}\n")
+    return spec
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path, bucket: str) -> Iterator[Setup]:
+def setup(request: pytest.FixtureRequest, tmp_path: Path, bucket: S3Server) -> Iterator[Setup]:
     source_url, state_url = source_and_state_urls(request, tmp_path)
     shop = Shop(source_url)
     shop.add_customers(customer_rows(3000))
     shop.add_events([(n, f"u{n % 97:05d}", f"i{n % 31:03d}", "view", T0 + timedelta(seconds=n))
                      for n in range(2000)])
-    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
-                              object_storage=ObjectStorage(bucket),
-                              timing=Timing(ingest_seconds=0.05))
+    emulator = aitems(bucket, object_storage=ObjectStorage(bucket.url),
+                      timing=Timing(ingest_seconds=0.05))
     emulator.start()
-    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source_url,
-                      state_url=state_url, age=AGE)
-    prefix = f"t-{tmp_path.name}/"
-    spec.write_text(spec.read_text() + f"object_storage: {{endpoint: '{bucket}', bucket: "
-                    f"{BUCKET}, prefix: {prefix}}}\n")
-    s3 = s3_client(bucket, "kr-standard", "demo-access-key", "demo-secret-key")
+    spec = spec_for(tmp_path / "sync.yaml", bucket, f"t-{tmp_path.name}/",
+                    endpoint=emulator.base_url, source_url=source_url, state_url=state_url,
+                    age=AGE)
+    s3 = bucket.client()
     try:
         yield Setup(shop, emulator, spec, s3, state_url)
     finally:
@@ -147,13 +160,13 @@ def test_fields_that_differ_from_the_aitems_schema_stop_before_any_upload(
 
 
 def test_a_file_aitems_cannot_read_hands_nothing_over_and_a_rerun_succeeds(
-    setup: Setup, tmp_path: Path, bucket: str
+    setup: Setup, tmp_path: Path, bucket: S3Server
 ) -> None:
     from tests.test_client import closed_port
 
     # An AiTEMS whose Object Storage is out of reach: the dataset ends failed.
-    blind = EmulatorServer(seed=load_seed(DEMO_SEED), port=0, timing=Timing(ingest_seconds=0.05),
-                           object_storage=ObjectStorage(f"http://127.0.0.1:{closed_port()}"))
+    blind = aitems(bucket, timing=Timing(ingest_seconds=0.05),
+                   object_storage=ObjectStorage(f"http://127.0.0.1:{closed_port()}"))
     blind.start()
     text = setup.spec.read_text()
     try:
@@ -193,22 +206,19 @@ def test_without_object_storage_bootstrap_is_a_spec_error(setup: Setup) -> None:
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_a_bootstrap_killed_mid_upload_moves_nothing_and_the_rerun_succeeds(
-    tmp_path: Path, bucket: str, how: signal.Signals
+    tmp_path: Path, bucket: S3Server, how: signal.Signals
 ) -> None:
     users = 200_000
     source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
     shop = Shop(source_url)
     shop.add_customers(customer_rows(users))
-    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
-                              object_storage=ObjectStorage(bucket),
-                              timing=Timing(ingest_seconds=0.05))
+    emulator = aitems(bucket, object_storage=ObjectStorage(bucket.url),
+                      timing=Timing(ingest_seconds=0.05))
     emulator.start()
     prefix = f"k-{tmp_path.name}/"
-    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source_url,
-                      state_url=state_url, age=AGE)
-    spec.write_text(spec.read_text() + f"object_storage: {{endpoint: '{bucket}', bucket: "
-                    f"{BUCKET}, prefix: {prefix}}}\n")
-    setup = Setup(shop, emulator, spec, s3_client(bucket, "kr-standard", "a", "b"), state_url)
+    spec = spec_for(tmp_path / "sync.yaml", bucket, prefix, endpoint=emulator.base_url,
+                    source_url=source_url, state_url=state_url, age=AGE)
+    setup = Setup(shop, emulator, spec, bucket.client(), state_url)
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "aitems_sync", "--config", str(spec), "bootstrap", "users",
@@ -247,26 +257,62 @@ def test_a_bootstrap_killed_mid_upload_moves_nothing_and_the_rerun_succeeds(
 
 
 def test_an_aitems_that_never_reads_the_file_hands_nothing_over(
-    tmp_path: Path, bucket: str
+    tmp_path: Path, bucket: S3Server
 ) -> None:
     """The emulator without Object Storage makes a modified dataset `enable` at once, reading
     nothing: bootstrap must not take that for the file being read."""
     source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
     shop = Shop(source_url)
     shop.add_customers(customer_rows(30))
-    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0)  # no object_storage
+    emulator = aitems(bucket)  # no object_storage
     emulator.start()
     try:
-        spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
-                          source_url=source_url, state_url=state_url)
-        spec.write_text(spec.read_text() + f"object_storage: {{endpoint: '{bucket}', bucket: "
-                        f"{BUCKET}, prefix: n-{tmp_path.name}/}}\n")
+        spec = spec_for(tmp_path / "sync.yaml", bucket, f"n-{tmp_path.name}/",
+                        endpoint=emulator.base_url, source_url=source_url, state_url=state_url)
         result = CliRunner().invoke(main_group, ["--config", str(spec), "bootstrap", "users"])
 
         assert result.exit_code == 1, result.output
         assert "no file read: the emulator runs without --object-storage" in result.stderr
         with StateStore.open(state_url) as state:
             assert state.get_mark("users") is None
+    finally:
+        emulator.stop()
+        shop.close()
+
+
+def test_a_secret_key_object_storage_refuses_stops_the_load_before_anything_moves(
+    tmp_path: Path, bucket: S3Server
+) -> None:
+    """moto checks the signature: a secret that AiTEMS takes (the emulator is told so) but
+    Object Storage does not fails the dataset with the likely cause, and moves nothing."""
+    source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
+    shop = Shop(source_url)
+    shop.add_customers(customer_rows(30))
+    wrong = S3Server(bucket.url, bucket.access_key, "not-the-secret-key")
+    emulator = aitems(wrong, object_storage=ObjectStorage(bucket.url),
+                      timing=Timing(ingest_seconds=0.05))
+    emulator.start()
+    prefix = f"w-{tmp_path.name}/"
+    try:
+        spec = spec_for(tmp_path / "sync.yaml", wrong, prefix, endpoint=emulator.base_url,
+                        source_url=source_url, state_url=state_url)
+        result = CliRunner().invoke(main_group, ["--config", str(spec), "--json", "bootstrap",
+                                                 "users"])
+
+        assert result.exit_code == 1, result.output
+        [load] = json.loads(result.stdout)["datasets"]
+        assert load["status"] == "failed" and load["file"] == ""
+        assert ("Object Storage answered 403 SignatureDoesNotMatch; check aitems.secret_key and "
+                "the machine's clock") in load["error"]
+        assert "not-the-secret-key" not in result.output
+        with StateStore.open(state_url) as state:
+            assert state.get_mark("users") is None and state.ledger_size("users") == 0
+            assert state.handover("users") is None
+        dataset = emulator.model.get_dataset("dsusers0001")
+        assert (dataset["status"], dataset["osInfo"]["key"]) == ("enable", "users.csv")
+        s3 = bucket.client()
+        assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+        assert s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", []) == []
     finally:
         emulator.stop()
         shop.close()
@@ -283,7 +329,7 @@ def test_a_dataset_another_run_holds_exits_75(setup: Setup) -> None:
 
 
 def test_a_bootstrap_stopped_while_aitems_reads_is_finished_by_the_next(
-    tmp_path: Path, bucket: str
+    tmp_path: Path, bucket: S3Server
 ) -> None:
     """Once AiTEMS is asked to read the file, AiTEMS may hold its rows whatever happens next:
     the store records the hand-over, runs refuse the dataset, and the next bootstrap takes
@@ -291,15 +337,13 @@ def test_a_bootstrap_stopped_while_aitems_reads_is_finished_by_the_next(
     source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
     shop = Shop(source_url)
     shop.add_customers(customer_rows(300))
-    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
-                              object_storage=ObjectStorage(bucket),
-                              timing=Timing(ingest_seconds=1.0))
+    emulator = aitems(bucket, object_storage=ObjectStorage(bucket.url),
+                      timing=Timing(ingest_seconds=1.0))
     emulator.start()
     try:
-        spec_path = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
-                               source_url=source_url, state_url=state_url)
-        spec_path.write_text(spec_path.read_text() + f"object_storage: {{endpoint: '{bucket}', "
-                             f"bucket: {BUCKET}, prefix: h-{tmp_path.name}/}}\n")
+        spec_path = spec_for(tmp_path / "sync.yaml", bucket, f"h-{tmp_path.name}/",
+                             endpoint=emulator.base_url, source_url=source_url,
+                             state_url=state_url)
         spec = load_spec(spec_path)
         stop = threading.Event()
 

@@ -1,14 +1,16 @@
 """The emulator's dataset lifecycle and interval services, over real loopback HTTP and a real S3.
 
-Dataset files are uploaded with boto3 to moto's S3 server; datasets are created and modified with
-the project's own client; the emulator reads the file, checks it against the schema and moves the
-dataset through ``waiting``, ``processing`` and ``enable`` or ``failed``.
+Dataset files are uploaded with boto3 to moto's S3 server (which checks every SigV4 signature);
+datasets are created and modified with the project's own client; the emulator reads the file with
+the key pair moto knows, checks it against the schema and moves the dataset through
+``waiting``, ``processing`` and ``enable`` or ``failed``.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import os
 import subprocess
 import sys
 import time
@@ -19,13 +21,15 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 
 from aitems_sync.aitems.client import AitemsClient
-from aitems_sync.emulator.csvfile import FileRejected, read_rows
+from aitems_sync.cli.main import main_group
+from aitems_sync.emulator.csvfile import CHUNK_BYTES, FileRejected, read_rows
 from aitems_sync.emulator.server import EmulatorServer, ObjectStorage, Timing, load_seed
 from aitems_sync.errors import BadRequestError
 from aitems_sync.spec.model import RetryPolicy
-from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_SEED
+from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_SEED, S3Server
 
 USERS, ITEMS, EVENTS = "dsusers0001", "dsitems0001", "dsevent0001"
 SERVICE = "svcdemo0001"  # the demo's interval service, with the three demo datasets attached
@@ -33,21 +37,10 @@ USERS_HEADER = "USER_ID,AGE,GENDER\n"
 FAST = Timing(ingest_seconds=0.05, hour_seconds=0.5, train_seconds=0.05)
 
 
-def s3_client(endpoint: str) -> Any:
-    """A boto3 S3 client for the test's own uploads (configured as the project's)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(signature_version="s3v4", request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required", s3={"addressing_style": "path"})
-    return boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1", config=config,
-                        aws_access_key_id=DEMO_ACCESS_KEY, aws_secret_access_key=DEMO_SECRET_KEY)
-
-
 @pytest.fixture
-def bucket(s3_server: str) -> tuple[Any, str]:
+def bucket(s3_server: S3Server) -> tuple[Any, str]:
     """A fresh bucket (outside us-east-1) and the client to fill it."""
-    client = s3_client(s3_server)
+    client = s3_server.client("eu-west-1")
     name = f"b-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name,
                          CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
@@ -59,10 +52,16 @@ def emulator_with(storage: ObjectStorage | None, **kw: Any) -> EmulatorServer:
     return EmulatorServer(object_storage=storage, timing=kw.pop("timing", FAST), **kw)
 
 
+def storage(s3: S3Server) -> ObjectStorage:
+    """The S3 server, read with the key pair it knows (``--object-storage-key``): the demo key
+    pair that signs the dataset calls is not moto's."""
+    return ObjectStorage(s3.url, s3.access_key, s3.secret_key)
+
+
 @pytest.fixture
-def server(s3_server: str) -> Iterator[EmulatorServer]:
+def server(s3_server: S3Server) -> Iterator[EmulatorServer]:
     """The demo emulator reading dataset files from the S3 server, with fast ingests."""
-    emulator = emulator_with(ObjectStorage(s3_server))
+    emulator = emulator_with(storage(s3_server))
     emulator.start()
     try:
         yield emulator
@@ -121,11 +120,11 @@ def user(user_id: str, age: int | None = None, gender: str | None = None) -> dic
 
 
 def test_a_dataset_from_a_gzip_csv_goes_waiting_processing_enable_and_holds_its_rows(
-    s3_server: str, bucket: tuple[Any, str]
+    s3_server: S3Server, bucket: tuple[Any, str]
 ) -> None:
     put(bucket, "users.csv.gz", USERS_HEADER + 'u1,20,F\r\nu2,,\n"u,3",31,"x ""y"""\nü4,-5,é\n')
     # Each status lasts 0.3 s here, so that polling sees every one even on a loaded machine.
-    server = emulator_with(ObjectStorage(s3_server), timing=Timing(ingest_seconds=0.3))
+    server = emulator_with(storage(s3_server), timing=Timing(ingest_seconds=0.3))
     server.start()
     try:
         with client_for(server) as client:
@@ -158,6 +157,24 @@ def test_quoting_tells_an_empty_string_from_null_and_text_from_a_number(
     assert inspect(server, users)["rows"] == [
         {"USER_ID": "007", "AGE": None, "GENDER": ""},
         {"USER_ID": "u,8", "AGE": 21, "GENDER": None}]
+
+
+@pytest.mark.parametrize("key", ["big.csv", "big.csv.gz"])
+def test_a_file_of_several_chunks_streams_from_object_storage_with_quoted_line_breaks(
+    server: EmulatorServer, client: AitemsClient, bucket: tuple[Any, str], key: str
+) -> None:
+    """Over a megabyte of text, read as it downloads: chunk boundaries fall inside quoted
+    values that hold line breaks, commas and quotes."""
+    rows = [user(f"u{n}", n % 90, f'line\r\none, "{n}"\nend') for n in range(50_000)]
+    text = USERS_HEADER + "".join(
+        f'"{r["USER_ID"]}",{r["AGE"]},"{r["GENDER"].replace(chr(34), 2 * chr(34))}"\r\n'
+        for r in rows)
+    assert len(text.encode()) > CHUNK_BYTES
+    put(bucket, key, text)
+    users = create_users(client, bucket, key)["datasetId"]
+    dataset, _ = settle(client, users, timeout=60)
+    assert (dataset["status"], dataset["statusReason"]) == ("enable", None)
+    assert inspect(server, users)["rows"] == rows
 
 
 def test_uploads_after_an_ingest_upsert_on_top_of_the_files_rows(
@@ -320,23 +337,23 @@ def test_without_object_storage_a_dataset_is_enable_at_once_and_reads_nothing() 
 
 
 def test_ingested_rows_and_statuses_survive_a_restart_with_state(
-    s3_server: str, bucket: tuple[Any, str], tmp_path: Path
+    s3_server: S3Server, bucket: tuple[Any, str], tmp_path: Path
 ) -> None:
     put(bucket, "users.csv.gz", USERS_HEADER + "u1,1,\n")
     state = tmp_path / "emulator.db"
     slow = Timing(ingest_seconds=30)
-    first = emulator_with(ObjectStorage(s3_server), state_path=state)
+    first = emulator_with(storage(s3_server), state_path=state)
     first.start()
     with client_for(first) as aitems:
         loaded = create_users(aitems, bucket, "users.csv.gz")["datasetId"]
         settle(aitems, loaded)
     first.stop()
-    second = emulator_with(ObjectStorage(s3_server), state_path=state, timing=slow)
+    second = emulator_with(storage(s3_server), state_path=state, timing=slow)
     second.start()
     with client_for(second) as aitems:
         cut_short = create_users(aitems, bucket, "users.csv.gz")["datasetId"]
     second.stop()
-    third = emulator_with(ObjectStorage(s3_server), state_path=state)
+    third = emulator_with(storage(s3_server), state_path=state)
     third.start()
     try:
         with client_for(third) as aitems:
@@ -348,39 +365,48 @@ def test_ingested_rows_and_statuses_survive_a_restart_with_state(
         third.stop()
 
 
-def test_a_key_pair_the_storage_refuses_ends_failed_with_a_hint(
-    s3_server: str, bucket: tuple[Any, str]
+def test_by_default_the_emulator_reads_with_the_key_pair_that_signed_the_call(
+    s3_server: S3Server, bucket: tuple[Any, str]
 ) -> None:
-    """moto checks no signature, so a refusing S3 is a tiny server of our own that answers 403."""
-    import http.server
-    import threading
+    """As NCP: the API gateway's key pair is also Object Storage's."""
+    put(bucket, "users.csv", USERS_HEADER + "u1,1,\n")
+    emulator = emulator_with(ObjectStorage(s3_server.url),
+                             keys={s3_server.access_key: s3_server.secret_key})
+    emulator.start()
+    try:
+        with AitemsClient(endpoint=emulator.base_url, access_key=s3_server.access_key,
+                          secret_key=s3_server.secret_key, retry=RetryPolicy(attempts=1)) as aitems:
+            dataset, _ = settle(aitems, create_users(aitems, bucket, "users.csv")["datasetId"])
+        assert (dataset["status"], dataset["statusReason"]) == ("enable", None)
+        assert inspect(emulator, dataset["datasetId"])["rows"] == [user("u1", 1)]
+    finally:
+        emulator.stop()
 
-    class Refuse(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = (b"<Error><Code>InvalidAccessKeyId</Code><Message>no</Message></Error>")
-            self.send_response(403)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=refusing.serve_forever, daemon=True).start()
-    emulator = emulator_with(ObjectStorage(f"http://127.0.0.1:{refusing.server_port}",
-                                           "other-key", "other-secret"))
+@pytest.mark.parametrize(
+    ("reads_with", "code"),
+    [
+        ("the-signer", "InvalidAccessKeyId"),  # the demo key pair, which moto never issued
+        ("a-wrong-secret", "SignatureDoesNotMatch"),  # moto's access key, another secret
+    ],
+)
+def test_a_key_pair_the_storage_refuses_ends_failed_with_a_hint(
+    s3_server: S3Server, bucket: tuple[Any, str], reads_with: str, code: str
+) -> None:
+    put(bucket, "users.csv", USERS_HEADER + "u1,1,\n")
+    fixed = (ObjectStorage(s3_server.url) if reads_with == "the-signer" else
+             ObjectStorage(s3_server.url, s3_server.access_key, "not-the-secret-key"))
+    emulator = emulator_with(fixed)
     emulator.start()
     try:
         with client_for(emulator) as aitems:
-            dataset, _ = settle(aitems, create_users(aitems, bucket, "u.csv")["datasetId"])
+            dataset, _ = settle(aitems, create_users(aitems, bucket, "users.csv")["datasetId"])
         assert dataset["status"] == "failed"
-        assert "access denied (InvalidAccessKeyId); check the key pair" in dataset["statusReason"]
-        assert "other-secret" not in dataset["statusReason"]
+        assert dataset["statusReason"] == (
+            f"s3://{bucket[1]}/users.csv: access denied ({code}); check the key pair the "
+            "emulator reads with (--object-storage-key, or the key that signed the dataset call)")
     finally:
         emulator.stop()
-        refusing.shutdown()
-        refusing.server_close()
 
 
 @pytest.mark.parametrize(
@@ -431,13 +457,16 @@ def test_object_storage_without_boto3_is_a_usage_error_naming_the_extra() -> Non
 
 
 def test_the_emulator_command_ingests_from_object_storage(
-    s3_server: str, bucket: tuple[Any, str]
+    s3_server: S3Server, bucket: tuple[Any, str]
 ) -> None:
     put(bucket, "users.csv.gz", USERS_HEADER + "u1,1,\n")
     command = [sys.executable, "-m", "aitems_sync", "emulator", "--port", "0",
-               "--seed", str(DEMO_SEED), "--object-storage", s3_server,
+               "--seed", str(DEMO_SEED), "--object-storage", s3_server.url,
                "--ingest-seconds", "0.3"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # The key pair from the environment, so that the secret stays out of the process list.
+    key_pair = f"{s3_server.access_key}:{s3_server.secret_key}"
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "AITEMS_EMULATOR_OBJECT_STORAGE_KEY": key_pair})
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
@@ -454,6 +483,17 @@ def test_the_emulator_command_ingests_from_object_storage(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_key_pair_in_the_object_storage_url_is_refused_without_showing_it() -> None:
+    """A URL reaches logs and connection errors; the key pair has its own option."""
+    result = CliRunner().invoke(main_group, [
+        "emulator", "--port", "0", "--object-storage", "http://ak:the-secret@127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert ("--object-storage: the URL must not hold a key pair; give it with "
+            "--object-storage-key or the environment variable "
+            "AITEMS_EMULATOR_OBJECT_STORAGE_KEY") in result.output
+    assert "the-secret" not in result.output
 
 
 # -- interval services ---------------------------------------------------------------------------
@@ -585,7 +625,7 @@ def test_trains_list_of_an_unknown_service_is_404_and_bad_paging_400(
         client.request("GET", f"/services/{SERVICE}/trains", params={"isRecent": "yes"})
 
 
-def test_a_running_schedule_goes_on_after_a_restart(s3_server: str, tmp_path: Path) -> None:
+def test_a_running_schedule_goes_on_after_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "emulator.db"
     first = emulator_with(None, state_path=state, timing=Timing(hour_seconds=3600,
                                                                 train_seconds=30))

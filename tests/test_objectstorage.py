@@ -1,7 +1,9 @@
 """The bootstrap file's way to Object Storage, against a real S3 server on loopback (moto's
-server mode): a gzip CSV streamed by multipart upload in parts, read back equal; an upload that
-fails or is given up leaves no multipart upload behind; the client never sends the checksum
-headers NCP refuses (a proxy that answers them with 403, as NCP has been seen to, proves it)."""
+server mode, checking SigV4 signatures): a gzip CSV streamed by multipart upload in parts, read
+back equal; an upload that fails or is given up leaves no multipart upload behind; a key pair
+Object Storage refuses is an operator error that names the likely cause; the client never sends
+the checksum headers NCP refuses (a proxy that answers them with 403, as NCP has been seen to,
+proves it)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from aitems_sync.objectstorage.upload import (
     part_size,
 )
 from aitems_sync.rows.csvfile import CsvEncoder
+from tests.conftest import S3Server
 
 BUCKET = "aitems-boot"
 REGION = "kr-standard"
@@ -71,24 +74,23 @@ class _RefusesChecksums(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def endpoint(s3_server: str) -> Iterator[str]:
+def endpoint(s3_server: S3Server) -> Iterator[str]:
     """moto behind the proxy that refuses checksum headers, as NCP does."""
-    host, port = s3_server.removeprefix("http://").split(":")
+    host, port = s3_server.url.removeprefix("http://").split(":")
     _RefusesChecksums.target = (host, int(port))
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _RefusesChecksums)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
-    client = s3_client(s3_server, REGION, "ak", "sk")
-    client.create_bucket(Bucket=BUCKET,
-                         CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3_server.client(REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     yield f"http://127.0.0.1:{proxy.server_address[1]}"
     proxy.shutdown()
 
 
 @pytest.fixture
-def client(endpoint: str) -> Any:
+def client(endpoint: str, s3_server: S3Server) -> Any:
     _RefusesChecksums.refused.clear()
-    yield s3_client(endpoint, REGION, "ak", "sk")
+    yield s3_client(endpoint, REGION, s3_server.access_key, s3_server.secret_key)
     assert _RefusesChecksums.refused == []  # no request carried a checksum header
 
 
@@ -170,14 +172,40 @@ def test_uploads_a_killed_process_left_are_aborted_before_the_next(client: Any) 
     assert len(_unfinished(client, "boot/other/")) == 1
 
 
-def test_a_missing_bucket_is_an_operator_error(endpoint: str) -> None:
-    client = s3_client(endpoint, REGION, "ak", "sk")
+def test_a_missing_bucket_is_an_operator_error(client: Any) -> None:
 
     with pytest.raises(ObjectStorageError) as failed:
         MultipartUpload(client, "no-such-bucket", "x.csv.gz")
 
     assert "s3://no-such-bucket/x.csv.gz" in str(failed.value)
     assert "NoSuchBucket; create the bucket, or fix object_storage.bucket" in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("access_key", "secret_key", "said"),
+    [
+        (None, "not-the-secret-key", "Object Storage answered 403 SignatureDoesNotMatch; check "
+                                     "aitems.secret_key and the machine's clock"),
+        ("AKIANOTISSUEDBYMOTO0", None, "Object Storage answered 403 InvalidAccessKeyId; check "
+                                       "aitems.access_key (Object Storage takes the same keys)"),
+    ],
+    ids=["wrong-secret-key", "unknown-access-key"],
+)
+def test_a_key_pair_object_storage_refuses_is_an_operator_error_naming_the_cause(
+    s3_server: S3Server, client: Any, access_key: str | None, secret_key: str | None, said: str
+) -> None:
+    """moto checks every signature: the wrong key pair is refused, the right one passes."""
+    refused = s3_server.client(REGION, access_key=access_key, secret_key=secret_key)
+    key = "boot/refused.csv.gz"
+
+    with pytest.raises(ObjectStorageError) as failed:
+        MultipartUpload(refused, BUCKET, key)
+
+    assert str(failed.value) == f"could not start the upload of s3://{BUCKET}/{key}: {said}"
+    assert "not-the-secret-key" not in str(failed.value)
+    assert _unfinished(client, key) == []
+    with MultipartUpload(client, BUCKET, key) as upload:  # the right key pair: accepted
+        upload.complete()
 
 
 def test_an_unreachable_endpoint_is_an_operator_error() -> None:
@@ -198,14 +226,17 @@ def test_parts_grow_so_ten_thousand_hold_hundreds_of_gigabytes() -> None:
     assert sum(part_size(n) for n in range(1, 10_001)) > 300 * 1024 * MIB
 
 
-def test_the_proxy_refuses_a_default_boto3_client_as_ncp_does(endpoint: str) -> None:
+def test_the_proxy_refuses_a_default_boto3_client_as_ncp_does(
+    endpoint: str, s3_server: S3Server
+) -> None:
     """The fake in front of moto is what makes the checks above mean something: boto3's
     defaults send checksum headers with an upload, and are refused."""
     import boto3
     from botocore.exceptions import ClientError
 
     default = boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
-                           aws_access_key_id="ak", aws_secret_access_key="sk")
+                           aws_access_key_id=s3_server.access_key,
+                           aws_secret_access_key=s3_server.secret_key)
 
     with pytest.raises(ClientError) as refused:
         default.put_object(Bucket=BUCKET, Key="boot/default.csv", Body=b"x")

@@ -269,6 +269,10 @@ def plan(ctx: Context, datasets: tuple[str, ...], full_refresh: bool, exit_code:
     sys.exit(report.exit_code or (1 if exit_code and pending else 0))
 
 
+#: Where the emulator's --object-storage-key may come from instead of the command line.
+OBJECT_STORAGE_KEY_ENV = "AITEMS_EMULATOR_OBJECT_STORAGE_KEY"
+
+
 def _key_pair(pair: str, option: str) -> tuple[str, str]:
     access, sep, secret = pair.partition(":")
     if not sep or not access or not secret:
@@ -323,9 +327,10 @@ def _key_pair(pair: str, option: str) -> tuple[str, str]:
 @click.option("--object-storage", "object_storage", metavar="URL",
               help="S3-compatible endpoint that dataset create and modify read their file from "
                    "(needs boto3).")
-@click.option("--object-storage-key", metavar="AK:SK",
+@click.option("--object-storage-key", metavar="AK:SK", envvar=OBJECT_STORAGE_KEY_ENV,
+              show_envvar=True,
               help="Key pair to read Object Storage with (default: the key that signed the "
-                   "call).")
+                   "call); the environment variable keeps the secret out of the process list.")
 @click.option("--ingest-seconds", type=FiniteRange(min=0, max=3600), default=1.0,
               show_default=True, help="How long a dataset stays waiting, then processing.")
 @click.option("--hour-seconds", type=FiniteRange(min=0.001, max=3600), default=3600.0,
@@ -353,10 +358,12 @@ def emulator(
     keys = dict(_key_pair(pair, "--access-key") for pair in access_keys)
     storage = None
     if object_storage is not None:
-        access, secret = (_key_pair(object_storage_key, "--object-storage-key")
-                          if object_storage_key else (None, None))
+        hint = f"--object-storage-key (or {OBJECT_STORAGE_KEY_ENV})"
+        access, secret = (_key_pair(object_storage_key, hint) if object_storage_key
+                          else (None, None))
         storage = ObjectStorage(object_storage, access, secret)
-    elif object_storage_key:
+    elif object_storage_key and click.get_current_context().get_parameter_source(
+            "object_storage_key") is not click.core.ParameterSource.ENVIRONMENT:
         raise click.BadParameter("needs --object-storage", param_hint="--object-storage-key")
     faults = Faults(
         latency=latency,

@@ -1,30 +1,34 @@
 """The emulator's reading of a dataset file: CSV (or gzip CSV) checked against a schema.
 
 Pure: a binary stream in, rows or a `FileRejected` out; where the bytes come from is
-``objectstorage.py``'s business. The format is the project's choice (AiTEMS documents only "csv
-or csv.gz, columns matching the schema in name, order and case"): a header row naming the schema's
-fields in schema order with their exact case, comma separated, RFC 4180 quoting, UTF-8 without a
-byte order mark, an empty unquoted field for null and ``""`` for an empty string, gzip when the
-key ends in ``.gz``. A quoted value is text in a field that takes strings (``"007"`` stays the
-string ``007`` in a ``[long, string]`` field); any other value is read as the first of its
-field's types (schema order, ``null`` aside, ``string`` last) whose syntax it has: ``string``
-any text; ``int``/``long`` ``-?[0-9]+`` in the signed 32/64-bit range; ``float``/``double`` a
-decimal number (``-1.5``, ``2e3``); ``boolean`` ``true`` or ``false``. Quoting is read by
-this module's own tokenizer (Python's ``csv`` reader drops it). Problems name the line and
-field, never a value: the reason may end up in logs.
+``objectstorage.py``'s business. The stream is read a chunk at a time, gunzipped and decoded on
+the fly and tokenized as it comes (``csvtokens.py``), so the file is never held whole; the
+first problem in file order is the one reported.
+
+The format is the project's choice (AiTEMS documents only "csv or csv.gz, columns matching the
+schema in name, order and case"): a header row naming the schema's fields in schema order with
+their exact case, comma separated, RFC 4180 quoting, UTF-8 without a byte order mark, an empty
+unquoted field for null and ``""`` for an empty string, gzip when the key ends in ``.gz``. A
+quoted value is text in a field that takes strings (``"007"`` stays the string ``007`` in a
+``[long, string]`` field); any other value is read as the first of its field's types (schema
+order, ``null`` aside, ``string`` last) whose syntax it has: ``string`` any text;
+``int``/``long`` ``-?[0-9]+`` in the signed 32/64-bit range; ``float``/``double`` a decimal
+number (``-1.5``, ``2e3``); ``boolean`` ``true`` or ``false``. Quoting is read by the
+emulator's own tokenizer (Python's ``csv`` reader drops it). Problems name the line and field,
+never a value: the reason may end up in logs.
 """
 
 from __future__ import annotations
 
 import codecs
 import gzip
-import io
 import math
 import re
 import zlib
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
+from aitems_sync.emulator.csvtokens import NotCsv, Record, records
 from aitems_sync.emulator.rows import INT32, INT64, KEY_FIELD, MAX_PROBLEMS
 
 _INT_RE = re.compile(r"-?[0-9]+")
@@ -32,6 +36,8 @@ _FLOAT_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _BOUNDS = {"int": INT32, "long": INT64}
 #: Object keys the emulator reads (compared case-insensitively).
 SUFFIXES = (".csv", ".csv.gz")
+#: Bytes read from the stream at a time (of the gzip data's content, for a .gz file).
+CHUNK_BYTES = 1024 * 1024
 
 
 class FileRejected(Exception):
@@ -48,17 +54,23 @@ def is_data_key(key: str) -> bool:
 
 
 def read_rows(
-    stream: IO[bytes], gzipped: bool, schema: dict[str, Any], dataset_type: str
+    stream: IO[bytes], gzipped: bool, schema: dict[str, Any], dataset_type: str, *,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> list[dict[str, Any]]:
-    """Every row of the file as a dict in schema order, or `FileRejected` with the problems."""
+    """Every row of the file as a dict in schema order, or `FileRejected` with the problems.
+
+    The stream is read ``chunk_bytes`` at a time, up to the end or the 100th problem.
+    """
     problems: list[str] = []
     rows: list[dict[str, Any]] = []
     try:
-        for row in _records(stream, gzipped, schema, problems):
+        for row in _rows(stream, gzipped, schema, problems, chunk_bytes):
             if row is not None:
                 rows.append(row)
             if len(problems) >= MAX_PROBLEMS:
                 break
+    except NotCsv as error:
+        raise FileRejected(str(error)) from None
     except (gzip.BadGzipFile, EOFError, zlib.error):
         raise FileRejected("the object is not gzip data, though its key ends in .gz") from None
     except UnicodeDecodeError as error:
@@ -73,61 +85,43 @@ def read_rows(
     return rows
 
 
-def _records(
-    stream: IO[bytes], gzipped: bool, schema: dict[str, Any], problems: list[str]
+def _rows(
+    stream: IO[bytes], gzipped: bool, schema: dict[str, Any], problems: list[str],
+    chunk_bytes: int,
 ) -> Iterator[dict[str, Any] | None]:
     raw = gzip.GzipFile(fileobj=stream, mode="rb") if gzipped else stream
-    text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="").read()
     fields = schema["fields"]
     names = [f["name"] for f in fields]
-    records = _tokens(text)
-    header = _header(records)
+    tokens = records(_text(raw, chunk_bytes))
+    header = _header(tokens)
     if header[:1] and header[0].startswith(codecs.BOM_UTF8.decode()):
         raise FileRejected("the file starts with a byte order mark; write UTF-8 without one")
     if header != names:
         raise FileRejected(
             f"the header does not match schema {schema['name']} in name, order and case: "
             f"expected {','.join(names)}; got {','.join(h[:64] for h in header[:50])}")
-    for line, record in records:
+    for line, record in tokens:
         yield _row(line, record, fields, problems)
 
 
-#: One field: quoted (``"..."`` with ``""`` for a quote; may hold commas and line breaks), or
-#: bare (no quote, comma or line break).
-_FIELD = re.compile(r'"([^"]*(?:""[^"]*)*)"|([^",\r\n]*)')
+class _Reads(Protocol):
+    """What the text is read from: a binary file, a gzip file or an S3 object's body."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
-def _tokens(text: str) -> Iterator[tuple[int, list[tuple[str, bool]]]]:
-    """Each record's line and its fields as (text, quoted), RFC 4180; a blank line is a record
-    of no fields. FileRejected for a quote out of place."""
-    pos, line, end = 0, 1, len(text)
-    while pos < end:
-        first, record = line, []
-        while True:
-            match = _FIELD.match(text, pos)
-            assert match is not None  # the bare alternative matches the empty string
-            quoted = match.group(1) is not None
-            value = match.group(1).replace('""', '"') if quoted else match.group(2)
-            line += match.group(0).count("\n")
-            record.append((value, quoted))
-            pos = match.end()
-            if pos >= end or text[pos] in "\r\n":
-                break
-            if text[pos] != ",":
-                raise FileRejected(f"line {line}: not valid CSV (a quote inside a field, or an "
-                                   "unclosed quote)")
-            pos += 1
-        if text.startswith("\r\n", pos):
-            pos += 2
-        elif pos < end:
-            pos += 1
-        line += 1
-        yield first, [] if record == [("", False)] else record
+def _text(raw: _Reads, chunk_bytes: int) -> Iterator[str]:
+    """The stream's UTF-8 text, a chunk at a time (a character cut by a chunk's end is
+    decoded with the next); UnicodeDecodeError for bytes that are not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    while data := raw.read(chunk_bytes):
+        yield decoder.decode(data)
+    yield decoder.decode(b"", final=True)
 
 
-def _header(records: Iterator[tuple[int, list[tuple[str, bool]]]]) -> list[str]:
+def _header(tokens: Iterator[Record]) -> list[str]:
     try:
-        _, record = next(records)
+        _, record = next(tokens)
     except StopIteration:
         raise FileRejected("the file is empty; it needs a header row naming the schema's "
                            "fields") from None

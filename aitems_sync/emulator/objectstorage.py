@@ -4,18 +4,19 @@ boto3 is an optional dependency (``pip install 'aitems-sync[objectstorage]'``), 
 here and only when ``--object-storage`` is given, so the emulator starts without it. The client is
 built as for NCP Object Storage (SigV4, path-style addressing, checksums only when required).
 ``osInfo.key`` names an object, or a prefix ending in ``/`` under which exactly one ``.csv`` or
-``.csv.gz`` object must be. Every failure becomes a `FileRejected` whose reason starts with the
-``s3://bucket/key`` it is about and never holds a key pair.
+``.csv.gz`` object must be. The object's body is handed to the parser as the stream it is, so
+the file is read (and gunzipped) as it downloads, never held whole in memory or on disk. Every
+failure, a connection lost halfway included, becomes a `FileRejected` whose reason starts with
+the ``s3://bucket/key`` it is about and never holds a key pair.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
 
 from aitems_sync.emulator.csvfile import FileRejected, is_data_key
 from aitems_sync.errors import UsageError
@@ -25,7 +26,6 @@ T = TypeVar("T")
 #: osInfo.region -> the Object Storage region name SigV4 signs with; others are used as given.
 REGIONS = {"KR": "kr-standard", "US": "us-standard", "SG": "sg-standard", "JP": "jp-standard",
            "DE": "de-standard"}
-_SPOOL_BYTES = 16 * 1024 * 1024  # a file larger than this is spooled to a temporary file
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
 
 
@@ -39,6 +39,14 @@ class ObjectStorage:
     secret_key: str | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        # A URL is shown in logs and in boto3's connection errors (which a dataset's
+        # statusReason carries): a key pair in its user info would leak there.
+        if "@" in urlsplit(self.endpoint).netloc:
+            raise UsageError("--object-storage: the URL must not hold a key pair; give it "
+                             "with --object-storage-key or the environment variable "
+                             "AITEMS_EMULATOR_OBJECT_STORAGE_KEY")
 
     def __repr__(self) -> str:
         return f"ObjectStorage(endpoint={self.endpoint!r}, access_key={self.access_key!r})"
@@ -66,7 +74,8 @@ class ObjectReader:
         self, os_info: Mapping[str, str], credentials: tuple[str, str],
         parse: Callable[[IO[bytes], bool], T],
     ) -> T:
-        """Find the file ``os_info`` names, download it, and return ``parse(stream, gzipped)``.
+        """Find the file ``os_info`` names and return ``parse(body, gzipped)``, ``body`` being
+        the object's content as it downloads.
 
         ``credentials`` (access key, secret key) are used unless the storage fixes its own.
         """
@@ -96,14 +105,11 @@ def _read(
         client = make_client()
         found = _locate(client, bucket, key, where)
         where = f"s3://{bucket}/{found}"
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
-            body = client.get_object(Bucket=bucket, Key=found)["Body"]
-            try:
-                shutil.copyfileobj(body, spool, 1024 * 1024)
-            finally:
-                body.close()
-            spool.seek(0)
-            return parse(spool, found.lower().endswith(".gz"))
+        body = client.get_object(Bucket=bucket, Key=found)["Body"]
+        try:
+            return parse(body, found.lower().endswith(".gz"))
+        finally:
+            body.close()
     except FileRejected as rejected:
         raise FileRejected(f"{where}: {rejected.reason}") from None
     except ClientError as error:
