@@ -24,8 +24,7 @@ from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.lifecycle import Timing
 from aitems_sync.emulator.objectstorage import ObjectStorage
 from aitems_sync.emulator.server import EmulatorServer
-from aitems_sync.objectstorage.client import s3_client
-from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, source_and_state_urls
+from tests.conftest import S3Server, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows
 
 BUCKET = "apply-e2e"
@@ -34,8 +33,8 @@ SPEC = """\
 version: 1
 aitems:
   endpoint: {endpoint}
-  access_key: demo-access-key
-  secret_key: demo-secret-key
+  access_key: {access_key}
+  secret_key: {secret_key}
   retry: {{attempts: 3, backoff: 0.01s, max_backoff: 0.05s}}
 state: "{state_url}"
 sources:
@@ -103,31 +102,32 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server: str) -> str:
-    client = s3_client(s3_server, "kr-standard", DEMO_ACCESS_KEY, DEMO_SECRET_KEY)
-    client.create_bucket(Bucket=BUCKET,
-                         CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
+def bucket(s3_server: S3Server) -> S3Server:
+    """moto's S3 server (checking SigV4 with the one key pair its IAM issued: the spec's aitems
+    keys here, as NCP takes the same keys for AiTEMS and Object Storage), holding BUCKET."""
+    s3_server.client().create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
     return s3_server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path, bucket: str) -> Iterator[Setup]:
+def setup(request: pytest.FixtureRequest, tmp_path: Path, bucket: S3Server) -> Iterator[Setup]:
     source_url, state_url = source_and_state_urls(request, tmp_path)
     shop = Shop(source_url)
     shop.add_customers(customer_rows(500))
     shop.add_events([(n, f"u{n % 97:05d}", f"i{n % 31:03d}", "view", T0 + timedelta(seconds=n))
                      for n in range(300)])
-    emulator = EmulatorServer(port=0, keys={DEMO_ACCESS_KEY: DEMO_SECRET_KEY},
-                              object_storage=ObjectStorage(bucket),
+    emulator = EmulatorServer(port=0, keys={bucket.access_key: bucket.secret_key},
+                              object_storage=ObjectStorage(bucket.url),
                               timing=Timing(ingest_seconds=0.05))
     emulator.start()
     spec = tmp_path / "sync.yaml"
     spec.write_text(SPEC.format(endpoint=emulator.base_url, state_url=state_url,
-                                source_url=source_url, s3=bucket, bucket=BUCKET,
-                                prefix=f"t-{tmp_path.name}/"))
+                                source_url=source_url, s3=bucket.url, bucket=BUCKET,
+                                prefix=f"t-{tmp_path.name}/", access_key=bucket.access_key,
+                                secret_key=bucket.secret_key))
     try:
-        yield Setup(shop, emulator, spec,
-                    s3_client(bucket, "kr-standard", DEMO_ACCESS_KEY, DEMO_SECRET_KEY))
+        yield Setup(shop, emulator, spec, bucket.client())
     finally:
         emulator.stop()
         shop.close()
