@@ -146,3 +146,34 @@ def test_a_command_option_value_that_looks_global_stays_the_value(
     assert "--json" in done.stdout + done.stderr
     with pytest.raises(json.JSONDecodeError):
         json.loads(done.stdout)
+
+
+STATE_COMMANDS = [
+    ["history"], ["state", "show"], ["state", "reset", "users", "--yes"],
+    ["state", "set", "users", "--cursor", "2026-01-01T00:00:00+00:00"],
+    ["quarantine", "list"], ["quarantine", "export"], ["quarantine", "show", "1"],
+    ["quarantine", "drop", "1", "--yes"],
+]
+
+
+@pytest.mark.parametrize("command", STATE_COMMANDS, ids=[" ".join(c) for c in STATE_COMMANDS])
+def test_state_commands_need_no_aitems_keys_or_source_urls(
+    specs: dict[str, Path], tmp_path: Path, command: list[str],
+) -> None:
+    text = specs["ok"].read_text()
+    for written, variable in (("demo-access-key", "${NO_KEY}"),
+                              ("demo-secret-key", "${NO_SECRET}")):
+        text = text.replace(written, variable)
+    source = text.split('shop: {url: "', 1)[1].split('"', 1)[0]
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(text.replace(source, "${NO_SHOP_URL}"))
+
+    done = invoke([*command, "-c", str(spec), "--json"])
+    needing = invoke(["run", "-c", str(spec), "--json"])
+
+    assert "error" not in json.loads(done.stdout) or \
+        json.loads(done.stdout)["error"]["type"] != "SpecError", done.stdout
+    assert {p["message"].split(" is not set")[0] for p in
+            json.loads(needing.stdout)["error"]["problems"]} == {
+        "environment variable NO_KEY", "environment variable NO_SECRET",
+        "environment variable NO_SHOP_URL"}

@@ -48,7 +48,7 @@ def state() -> None:
 @click.pass_obj
 def state_show(ctx: Context) -> None:
     """Each dataset's mark (with its type), ledger size, quarantine, unfinished batches, lease."""
-    states = commands.state_show(ctx.spec())
+    states = commands.state_show(ctx.spec(state_only=True))
     if ctx.json_output:
         _echo_json([s.to_dict() for s in states])
         return
@@ -70,11 +70,12 @@ def state_show(ctx: Context) -> None:
 @click.pass_obj
 def state_reset(ctx: Context, dataset: str, yes: bool) -> None:
     """Forget DATASET's mark, ledger and journal: the next run sends every row again."""
-    commands.dataset_named(ctx.spec(), dataset)  # an unknown name is refused before asking
+    spec = ctx.spec(state_only=True)
+    commands.dataset_named(spec, dataset)  # an unknown name is refused before asking
     if not yes:
         _confirm(ctx, f"Forget the mark and ledger of {dataset}? The next run re-sends every "
                  "row")
-    commands.state_reset(ctx.spec(), dataset)
+    commands.state_reset(spec, dataset)
     _echo(ctx, {"dataset": dataset, "reset": True}, f"reset {dataset}")
 
 
@@ -92,7 +93,7 @@ def state_set(ctx: Context, dataset: str, cursor: str, kind: str, yes: bool) -> 
     """Move DATASET's mark to a cursor value. On user and item datasets the ledger still skips
     the rows already delivered; on interaction datasets the events after the new mark are sent
     again, so moving the mark back needs --yes."""
-    mark = commands.state_set(ctx.spec(), dataset, cursor, kind, resend=yes)
+    mark = commands.state_set(ctx.spec(state_only=True), dataset, cursor, kind, resend=yes)
     kind_name = type(mark.cursor).__name__
     _echo(ctx, {"dataset": dataset, "mark": shown(mark.cursor), "type": kind_name},
           f"{dataset}: mark set to {shown(mark.cursor)} ({kind_name})")
@@ -109,7 +110,7 @@ def quarantine() -> None:
 @click.pass_obj
 def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
     """Quarantined rows (of DATASET, or all), oldest first, with their first error."""
-    records = commands.quarantine_list(ctx.spec(), dataset, limit)
+    records = commands.quarantine_list(ctx.spec(state_only=True), dataset, limit)
     if ctx.json_output:
         _echo_json([r.to_dict() for r in records])
         return
@@ -124,7 +125,7 @@ def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
 @click.pass_obj
 def quarantine_show(ctx: Context, entry_id: int) -> None:
     """One quarantined row with its raw values and every error."""
-    _echo_json(commands.quarantine_show(ctx.spec(), entry_id).to_dict())
+    _echo_json(commands.quarantine_show(ctx.spec(state_only=True), entry_id).to_dict())
 
 
 @quarantine.command("export")
@@ -135,7 +136,7 @@ def quarantine_show(ctx: Context, entry_id: int) -> None:
 def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
     """Every quarantined row (of DATASET, or all) as JSON lines (with --json on stdout: one
     JSON array; to a file: the lines, and the count on stdout)."""
-    records = commands.quarantine_list(ctx.spec(), dataset)
+    records = commands.quarantine_list(ctx.spec(state_only=True), dataset)
     if ctx.json_output and getattr(output, "name", None) == "<stdout>":
         _echo_json([r.to_dict() for r in records])
         return
@@ -170,7 +171,7 @@ def quarantine_drop(ctx: Context, entry_ids: tuple[int, ...], yes: bool) -> None
     """Delete quarantined rows for good (they are not sent)."""
     if not yes:
         _confirm(ctx, f"Delete {len(entry_ids)} quarantined rows for good?")
-    dropped = commands.quarantine_drop(ctx.spec(), entry_ids)
+    dropped = commands.quarantine_drop(ctx.spec(state_only=True), entry_ids)
     _echo(ctx, {"dropped": dropped}, f"dropped {dropped} rows")
 
 
@@ -198,7 +199,7 @@ def status(ctx: Context, datasets: tuple[str, ...]) -> None:
 @click.pass_obj
 def history(ctx: Context, limit: int) -> None:
     """Past runs, newest first, with their status, counts and duration."""
-    runs = [r.to_dict() for r in commands.history(ctx.spec(), limit)]
+    runs = [r.to_dict() for r in commands.history(ctx.spec(state_only=True), limit)]
     if ctx.json_output:
         _echo_json(runs)
         return

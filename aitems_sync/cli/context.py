@@ -22,6 +22,9 @@ from aitems_sync.spec.model import Spec
 
 log = logging.getLogger(__name__)
 
+#: The spec's sections a command that only touches the state store does not use.
+STATE_ONLY = (("aitems",), ("sources",), ("object_storage",), ("metrics",), ("service",))
+
 
 @dataclass
 class Context:
@@ -35,9 +38,13 @@ class Context:
         """A progress display only for a person at a terminal reading text."""
         return not self.json_output and self.log_format == "text" and sys.stderr.isatty()
 
-    def spec(self) -> Spec:
-        """The spec named by ``--config``, loaded (SpecError lists every problem)."""
-        return load_spec(self.config)
+    def spec(self, *, state_only: bool = False) -> Spec:
+        """The spec named by ``--config``, loaded (SpecError lists every problem).
+
+        ``state_only``: for commands that only read or repair the state store (history,
+        state, quarantine list/show/export/drop): the AiTEMS keys, source URLs, Object
+        Storage and metrics may then come from variables that are not set."""
+        return load_spec(self.config, unused=STATE_ONLY if state_only else ())
 
 
 class ErrorMappingGroup(click.Group):

@@ -36,6 +36,9 @@ class Document:
     #: Paths whose value came (partly) from the environment or a file.
     tainted: set[KeyPath] = field(default_factory=set)
     problems: list[SpecProblem] = field(default_factory=list)
+    #: Sections the command does not use: a value taken from outside the file there (a
+    #: variable that is not set, a file missing) is no problem for it (``load_spec``).
+    unused: tuple[KeyPath, ...] = ()
     _bad: set[KeyPath] = field(default_factory=set)
 
     def line(self, path: KeyPath) -> int | None:
@@ -54,10 +57,15 @@ class Document:
         """Report a problem at ``path``, once: later checks of a reported path stay quiet."""
         if self.bad(path):
             return
-        if mark:
+        if mark or self._unused(path):
             self._bad.add(path)
+        if self._unused(path):
+            return
         where = line if line is not None else self.line(path)
         self.problems.append(SpecProblem(self.file, where, dotted(path), message))
+
+    def _unused(self, path: KeyPath) -> bool:
+        return self.is_tainted(path) and any(path[: len(u)] == u for u in self.unused)
 
     def is_tainted(self, path: KeyPath) -> bool:
         """Whether the value at ``path`` (or anything inside it) came from outside the file."""

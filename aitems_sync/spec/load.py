@@ -33,7 +33,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,13 +63,18 @@ _JSON_TYPES = {
 }
 
 
-def load_spec(path: Path | str, env: Mapping[str, str] | None = None) -> Spec:
+def load_spec(path: Path | str, env: Mapping[str, str] | None = None, *,
+              unused: Sequence[KeyPath] = ()) -> Spec:
     """Load, interpolate and validate the spec at ``path``; ``env`` defaults to os.environ.
 
     Raises SpecError with every problem found. Defaults are listed in ``aitems_sync.spec.build``.
+    ``unused``: sections (key paths such as ``("aitems",)``) the caller will not use: a value
+    there that comes from a variable that is not set (or a file that cannot be read) is left
+    empty instead of being a problem, so that ``history`` needs no AiTEMS keys. Every other
+    problem is still one.
     """
     absolute = Path(os.path.abspath(path))
-    doc = Document(file=str(path), folder=absolute.parent)
+    doc = Document(file=str(path), folder=absolute.parent, unused=tuple(unused))
     data = read_document(absolute, doc, os.environ if env is None else env)
     quick = _quick_verdict()
     if quick is None or not quick(data):  # jsonschema judges, and says why
