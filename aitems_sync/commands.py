@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from aitems_sync.aitems.client import AitemsClient
-from aitems_sync.errors import EXIT_USAGE, SpecError, SpecProblem, UsageError
+from aitems_sync.errors import SpecError, SpecProblem, UsageError
 from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
@@ -27,7 +27,8 @@ from aitems_sync.state.probe import url_problem
 from aitems_sync.state.records import DatasetState, QuarantineRecord, RunRecord
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import engine
-from aitems_sync.sync.apply import ApplyReport, carry_out, plan_apply
+from aitems_sync.sync.apply import ApplyOptions, ApplyReport
+from aitems_sync.sync.apply import apply as run_apply
 from aitems_sync.sync.bootstrap import (
     READY_TIMEOUT_SECONDS,
     BootstrapReport,
@@ -35,13 +36,19 @@ from aitems_sync.sync.bootstrap import (
     object_storage_of,
 )
 from aitems_sync.sync.bootstrap import bootstrap as run_bootstrap
-from aitems_sync.sync.checks import ValidationReport, check_aitems, check_queries, check_state
+from aitems_sync.sync.checks import (
+    ValidationReport,
+    check_aitems,
+    check_queries,
+    check_service,
+    check_state,
+)
 from aitems_sync.sync.leases import Leases
 from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.provision import Plan, matching_schema
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
 from aitems_sync.sync.report import RunReport
-from aitems_sync.sync.resolve import needs_lookup, resolve
+from aitems_sync.sync.resolve import bound_ids, needs_lookup, resolve
 from aitems_sync.sync.status import StatusReport
 from aitems_sync.sync.status import gather as gather_status
 
@@ -101,10 +108,12 @@ def run(
     uploads = spec.aitems.batch.in_flight * max(1, min(parallel, len(selected)))
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems, pool_size=max(8, uploads * 2)) as client:
-        spec, selected = resolved(spec, client, selected)
+        spec, selected = resolved(spec, client, selected, state)
+        # The preflight: keys AiTEMS refuses fail even a run with nothing to send.
         report = engine.run(spec, selected, state=state, uploader=client, sources=sources,
                             options=options, stop=stop, progress=progress, report=report,
-                            schemas=client)
+                            schemas=client,
+                            preflight=lambda: check_service(spec, client, selected))
     if spec.metrics.pushgateway:
         # Imported here for start-up time: prometheus_client is needed only by runs that push.
         from aitems_sync.sync.metrics import push_run_metrics
@@ -135,7 +144,7 @@ def bootstrap(
                                  lease_ttl=lease_ttl or RunOptions.lease_ttl, wait=wait)
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems) as client:
-        spec, selected = resolved(spec, client, selected, datasets_needed=False)
+        spec, selected = resolved(spec, client, selected, state, datasets_needed=False)
         selected = [with_schema(spec, client, dataset) for dataset in selected]
         return run_bootstrap(spec, selected, state=state, sources=sources, api=client,
                              storage=storage, settings=settings, stop=stop)
@@ -153,46 +162,27 @@ def apply(
     """Plan the changes that make AiTEMS match the spec, and (unless ``plan_only``, when the
     plan has changes, none is refused and ``confirm(plan)`` says yes) carry them out; see
     :mod:`aitems_sync.sync.apply`. The report's ``exit_code``: 0 done or nothing to do, 1 a step
-    failed or the plan was not confirmed, 2 a change the plan refuses (the reason in ``error``).
+    failed or the plan was not confirmed, 2 a change the plan refuses (the reason in ``error``);
+    LockHeldError (exit 75) while another apply runs.
     """
-    with AitemsClient.from_config(spec.aitems) as client:
-        plan, current = plan_apply(spec, client, allow_replace=allow_replace)
-        report = ApplyReport(plan)
-        if plan.refused:
-            report.error = "; ".join(f"{c.kind} {c.name}: {c.details[0]}" for c in plan.refused)
-            report.error_exit_code = EXIT_USAGE
-        if plan_only or plan.empty or report.error:
-            return report
-        if not confirm(plan):
-            report.error = "not applied: the plan was not confirmed"
-            return report
-        if not plan.replacements:
-            return carry_out(spec, plan, current, client, _no_replacer, timeout=timeout,
-                             stop=stop)
-        where = object_storage_of(spec)  # a replacement loads a file: a spec error first
-        storage = s3_client(where.endpoint, where.region, spec.aitems.access_key,
-                            spec.aitems.secret_key)
-        named = resolve(spec, client, service_needed=False, datasets_needed=False)
-        with open_state(spec) as state, open_sources(spec) as sources:
-            def replacer(dataset: DatasetSpec) -> BootstrapReport:
-                settings = BootstrapSettings(run_id=engine.new_run_id(), ready_timeout=timeout)
-                return run_bootstrap(named, [dataset], state=state, sources=sources, api=client,
-                                     storage=storage, settings=settings, stop=stop)
-
-            return carry_out(spec, plan, current, client, replacer, timeout=timeout, stop=stop)
-
-
-def _no_replacer(dataset: DatasetSpec) -> BootstrapReport:
-    raise AssertionError(f"no replacement was planned for {dataset.name}")
+    with open_state(spec) as state, open_sources(spec) as sources, \
+            AitemsClient.from_config(spec.aitems) as client:
+        return run_apply(spec, state=state, sources=sources, api=client,
+                         storage=lambda where: s3_client(where.endpoint, where.region,
+                                                         spec.aitems.access_key,
+                                                         spec.aitems.secret_key),
+                         options=ApplyOptions(allow_replace=allow_replace, plan_only=plan_only,
+                                              timeout=timeout),
+                         confirm=confirm, stop=stop)
 
 
 def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False) -> RunReport:
     """What ``run`` would send now, without sending or writing anything; see ``engine.plan``."""
     selected = select_datasets(spec, datasets)
-    if needs_lookup(spec):  # names to find: the one read of AiTEMS a plan makes
-        with AitemsClient.from_config(spec.aitems) as client:
-            spec, selected = resolved(spec, client, selected)
     with open_state(spec) as state, open_sources(spec) as sources:
+        if needs_lookup(spec, selected):  # names to find: the one read of AiTEMS a plan makes
+            with AitemsClient.from_config(spec.aitems) as client:
+                spec, selected = resolved(spec, client, selected, state)
         return engine.plan(spec, selected, state=state, sources=sources,
                            options=RunOptions(full_refresh=full_refresh))
 
@@ -206,7 +196,7 @@ def quarantine_retry(spec: Spec, datasets: Sequence[str] = ()) -> list[RetryRepo
     reports = []
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems) as client:
-        spec, selected = resolved(spec, client, selected)
+        spec, selected = resolved(spec, client, selected, state)
         engine.check_bindings(spec, selected, state)
         for dataset in selected:
             reports.append(retry_quarantine(
@@ -318,7 +308,7 @@ def status(spec: Spec, datasets: Sequence[str] = ()) -> StatusReport:
     nothing."""
     selected = select_datasets(spec, datasets)
     with open_state(spec) as state, AitemsClient.from_config(spec.aitems) as client:
-        spec, selected = resolved(spec, client, selected, service_needed=False,
+        spec, selected = resolved(spec, client, selected, state, service_needed=False,
                                   datasets_needed=False)
         return gather_status(spec, selected, api=client, state=state)
 
@@ -327,7 +317,7 @@ def schema_pull(spec: Spec, dataset: str) -> str:
     """The AiTEMS schema of a dataset as the spec's ``fields:`` YAML."""
     chosen = dataset_named(spec, dataset)
     with AitemsClient.from_config(spec.aitems) as client:
-        spec, (chosen,) = resolved(spec, client, [chosen], service_needed=False)
+        spec, (chosen,) = resolved(spec, client, [chosen], None, service_needed=False)
         remote = client.get_dataset(chosen.dataset_id)
         schema = client.get_schema(str(remote["schemaName"]))
     fields = []
@@ -356,12 +346,15 @@ def select_datasets(spec: Spec, names: Sequence[str]) -> list[DatasetSpec]:
     return [d for name, d in spec.datasets.items() if not names or name in names]
 
 
-def resolved(spec: Spec, client: AitemsClient, selected: Sequence[DatasetSpec], *,
-             service_needed: bool = True, datasets_needed: bool = True
-             ) -> tuple[Spec, list[DatasetSpec]]:
+def resolved(spec: Spec, client: AitemsClient, selected: Sequence[DatasetSpec],
+             state: StateStore | None, *, service_needed: bool = True,
+             datasets_needed: bool = True) -> tuple[Spec, list[DatasetSpec]]:
     """The spec and the selected datasets with the ids of what the spec names found at AiTEMS
-    (:mod:`aitems_sync.sync.resolve`)."""
-    spec = resolve(spec, client, selected, service_needed=service_needed,
+    (:mod:`aitems_sync.sync.resolve`; among datasets of one name, the one ``state`` binds the
+    dataset's marks to)."""
+    bound = bound_ids(state, selected) if state is not None and needs_lookup(spec, selected) \
+        else {}
+    spec = resolve(spec, client, selected, bound=bound, service_needed=service_needed,
                    datasets_needed=datasets_needed)
     return spec, [spec.datasets[d.name] for d in selected]
 

@@ -50,9 +50,9 @@ def test_a_batch_that_certainly_never_landed_is_failed_not_ambiguous(
     assert failed.code == 1
     if failure == "429":  # the emulator's faults hit uploads: the batch was journalled
         assert journal and set(journal) == {"failed"}
-    else:  # the fields' check before the first batch met the failure: nothing was journalled
+    else:  # the run's first call (its read of the service) met it: nothing was journalled
         assert journal == []
-        assert "GET /api/v1/datasets/dsusers0001" in failed.stderr
+        assert "GET /api/v1/services/svcdemo0001" in failed.report["users"]["error"]
     assert rerun.code == 0, rerun.stderr
     assert rerun.report["users"]["ambiguous"] == []
     assert "AiTEMS may now hold those rows twice" not in rerun.stderr

@@ -231,8 +231,8 @@ def test_allow_replace_replaces_the_dataset_in_the_documented_order(setup: Setup
     replaced = setup.ok("apply", "--allow-replace", "--yes")
 
     steps = [step.split(" ")[0] for step in replaced["applied"]]
-    assert steps == ["stopped", "created", "replaced", "attached", "started"]
-    assert "schema shop-users_2" in replaced["applied"][1]
+    assert steps == ["created", "replaced", "stopped", "attached", "started"]
+    assert "schema shop-users_2" in replaced["applied"][0]
     new = next(d for d in setup.named("shop-users") if d["datasetId"] != old["datasetId"])
     assert new["schemaName"] == "shop-users_2" and new["status"] == "enable"
     service = setup.service()
@@ -264,3 +264,47 @@ def test_exit_code_reports_drift_and_a_pipe_without_yes_is_refused(setup: Setup)
 
     setup.ok("apply", "--yes")
     assert (setup.service()["term"], setup.service()["schedule"]) == ("hour12", "running")
+
+
+def test_a_replacement_stopped_before_the_attach_is_finished_by_the_next_apply_without_reloading(
+    setup: Setup,
+) -> None:
+    setup.emulator.lifecycle.timing = Timing(ingest_seconds=0.05, train_seconds=60)
+    provision(setup)  # its schedule starts a train that runs for 60 s
+    (old,) = setup.named("shop-users")
+    setup.spec.write_text(setup.spec.read_text().replace(
+        '      - {name: GENDER, type: [string, "null"], categorical: true}\n',
+        '      - {name: GENDER, type: [string, "null"]}\n', 1))
+
+    stopped = setup.cli("apply", "--allow-replace", "--yes", "--timeout", "1")
+
+    assert stopped.exit_code == 1 and "still training" in stopped.output
+    (new,) = [d for d in setup.named("shop-users") if d["datasetId"] != old["datasetId"]]
+    # Meanwhile a run goes to the dataset its marks are bound to (the new one), not a spec error.
+    assert setup.cli("run").exit_code in (0, 1)
+    for train in setup.emulator.model.list_trains(setup.service()["serviceId"], {})["trains"]:
+        setup.emulator.model.finish_train(setup.service()["serviceId"], train["trainId"])
+
+    finished = setup.ok("apply", "--yes")  # no --allow-replace: nothing is replaced again
+
+    assert [step.split(" ")[0] for step in finished["applied"]] == ["stopped", "attached",
+                                                                     "started"]
+    assert finished["bootstraps"] == []
+    assert {d["datasetId"] for d in setup.service()["datasets"]} >= {new["datasetId"]}
+    assert len(setup.named("shop-users")) == 2
+    assert setup.cli("apply", "--exit-code").exit_code == 0
+
+
+def test_a_second_apply_while_one_runs_exits_75(setup: Setup) -> None:
+    from aitems_sync.spec.load import load_spec
+    from aitems_sync.state.store import StateStore
+
+    store = StateStore.open(load_spec(setup.spec).state_url)
+    try:
+        store.acquire_lease("~apply", owner="another-apply", host="elsewhere", pid=1, ttl=60)
+        held = setup.cli("apply", "--yes")
+    finally:
+        store.close()
+
+    assert held.exit_code == 75 and "another-apply" in held.output
+    assert setup.emulator.model.list_schemas({})["schemas"] == []  # it changed nothing

@@ -24,7 +24,7 @@ from aitems_sync.aitems.errormap import (
     parse_gateway_body,
     parse_retry_after,
 )
-from aitems_sync.emulator.server import EmulatorServer, Faults
+from aitems_sync.emulator.server import EmulatorServer, Faults, load_seed
 from aitems_sync.errors import (
     ApiError,
     AuthError,
@@ -36,7 +36,7 @@ from aitems_sync.errors import (
     RetriesExhaustedError,
 )
 from aitems_sync.spec.model import AitemsConfig, BatchPolicy, RetryPolicy
-from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_SEED
 
 SERVICE = "svcdemo0001"
 USERS = "dsusers0001"
@@ -451,21 +451,36 @@ def test_read_timeout_is_retried_and_ambiguous(
     assert caught.value.ambiguous is True
 
 
-def test_closed_port_is_retriable_then_exhausted_and_not_ambiguous(
+def test_an_endpoint_that_never_answered_fails_fast_with_one_message(
     new_client: Callable[..., AitemsClient], fake: FakeTime
 ) -> None:
     endpoint = f"http://127.0.0.1:{closed_port()}/api/v1"
-    client = new_client(endpoint, fake, attempts=3)
+    client = new_client(endpoint, fake, attempts=8)
+    with pytest.raises(FatalApiError) as caught:
+        client.upload(SERVICE, USERS, "user", USER_ROWS)
+    error = caught.value
+    assert error.message.startswith(f"AiTEMS cannot be reached at {endpoint}")
+    assert "the request was not sent" in error.message and "3 tries" in error.message
+    assert error.ambiguous is False
+    assert len(fake.waits) == 2 and all(wait <= 0.5 for wait in fake.waits)  # not 8 tries
+
+
+def test_an_endpoint_that_answered_once_keeps_the_configured_retries(
+    new_client: Callable[..., AitemsClient], fake: FakeTime
+) -> None:
+    server = EmulatorServer(seed=load_seed(DEMO_SEED), port=0)
+    server.start()
+    client = new_client(server.base_url, fake, attempts=5)
+    client.get_service(SERVICE)  # it answered: an outage from now on is worth retrying
+    server.stop()
     with pytest.raises(RetriesExhaustedError) as caught:
         client.upload(SERVICE, USERS, "user", USER_ROWS)
     error = caught.value
     assert isinstance(error.__cause__, RetriableApiError)
     assert error.__cause__.status is None
-    assert "could not connect" in error.message
-    assert "the request was not sent" in error.message
-    assert "failed 3 times" in error.message
+    assert "could not connect" in error.message and "failed 5 times" in error.message
     assert error.ambiguous is False  # type: ignore[attr-defined]
-    assert fake.waits == [0.25, 0.5]
+    assert fake.waits == [0.25, 0.5, 1.0, 2.0]
 
 
 def test_wrong_secret_is_an_auth_error_naming_the_causes(
@@ -701,3 +716,36 @@ def test_no_secret_or_signature_in_logs_or_messages(
     for signature in adapter.signatures:
         assert signature not in everything
     assert "payload-marker-9f3" not in everything  # no row payload either
+
+
+def test_a_create_whose_answer_is_lost_is_not_sent_twice(
+    new_client: Callable[..., AitemsClient], fake: FakeTime
+) -> None:
+    """A 504 may follow a create that landed: a retry would make a second schema of the name."""
+    import http.server
+
+    posts: list[str] = []
+
+    class LostAnswers(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(504)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LostAnswers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = new_client(f"http://127.0.0.1:{server.server_port}/api/v1", fake, attempts=5)
+        with pytest.raises(FatalApiError) as caught:
+            client.create_schema("shop_users", "user", [{"name": "USER_ID", "type": ["string"]}])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert posts == ["/api/v1/schemas"]  # once, not five times
+    assert caught.value.ambiguous and "may have been created" in caught.value.message

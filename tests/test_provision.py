@@ -187,3 +187,100 @@ def test_a_name_carried_by_two_datasets_finds_the_one_attached_to_the_service(
     assert pick_dataset([old, new, other_type], users, "svc") == [new]
     assert pick_dataset([old, other_type], users, "svc") == [old]
     assert pick_dataset([old, new], users, None) == [old, new]  # undecided: a spec error
+
+
+def test_a_service_whose_cycle_and_schedule_aitems_does_not_show_is_not_drift(
+    spec: Spec,
+) -> None:
+    """AiTEMS documents neither `term` nor `schedule` in a service object: unknown, not wrong."""
+    current = everything_in_place(spec)
+    documented = {k: v for k, v in (current.service or {}).items()
+                  if k not in ("term", "schedule")}
+
+    assert make_plan(spec, Current(documented, current.datasets, current.schemas),
+                     allow_replace=False).empty
+
+
+def test_an_attach_on_a_service_of_unknown_schedule_stops_it_first_and_sets_the_cycle(
+    spec: Spec,
+) -> None:
+    current = everything_in_place(spec)
+    documented = {k: v for k, v in (current.service or {}).items()
+                  if k not in ("term", "schedule")}
+    documented["datasets"] = documented["datasets"][:2]  # the interactions are not attached
+
+    plan = make_plan(spec, Current(documented, current.datasets, current.schemas),
+                     allow_replace=False)
+
+    assert plan.attach == ("id-users", "id-items", "id-events")
+    assert (plan.stop_first, plan.term, plan.schedule) == (True, "hour3", "start")
+
+
+def test_a_replacement_reuses_a_schema_version_an_earlier_apply_made(spec: Spec) -> None:
+    current = everything_in_place(spec)
+    users = spec.datasets["users"]
+    old = dict(schema(users), fields=[{"name": "USER_ID", "type": ["string"]},
+                                      {"name": "AGE", "type": ["int", "null"]}])
+    made = schema(users, "users-ds_2")  # the spec's fields, created before a crash
+    current = Current(current.service, current.datasets,
+                      {**current.schemas, "user": [old, made]})
+
+    plan = make_plan(spec, current, allow_replace=True)
+
+    (replacement,) = plan.replacements
+    assert (replacement.schema, replacement.fields) == ("users-ds_2", ())  # nothing to create
+
+
+def test_without_a_service_section_a_replacement_is_attached_to_the_service_id(
+    spec: Spec,
+) -> None:
+    pinned = Spec(**{**spec.__dict__, "service": None,
+                     "aitems": type(spec.aitems)(**{**spec.aitems.__dict__,
+                                                    "service_id": "svc"})})
+    current = everything_in_place(pinned)
+    users = pinned.datasets["users"]
+    old = dict(schema(users), fields=[{"name": "USER_ID", "type": ["string"]},
+                                      {"name": "AGE", "type": ["int", "null"]}])
+    current = Current(current.service, current.datasets, {**current.schemas, "user": [old]})
+
+    first = make_plan(pinned, current, allow_replace=True)
+    assert summary(first) == [(REPLACE, "dataset", "users"), (UPDATE, "service", "recs")]
+    # After the new dataset is loaded, the plan attaches it with the service's other datasets.
+    loaded = {**current.datasets, "users": {"datasetId": "new", "name": "users-ds",
+                                            "type": "user", "schemaName": "users-ds"}}
+    after = make_plan(pinned, Current(current.service, loaded,
+                                      {**current.schemas, "user": [schema(users)]}),
+                      allow_replace=False)
+    assert after.attach == ("new", "id-items", "id-events") and after.stop_first
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (lambda s: s.replace("  items:\n", "  users2:\n    type: user\n    dataset_name: users-2\n"
+                         "    query: SELECT id AS USER_ID, updated_at FROM t\n"
+                         "    cursor: updated_at\n    fields: [{name: USER_ID, type: string}]\n"
+                         "  items:\n", 1),
+     "are both user datasets"),
+    (lambda s: s.replace("service: {name: recs", "service: {name: other"),
+     "the spec's service.name says 'other'"),
+], ids=["two-of-a-type", "name-differs"])
+def test_what_apply_will_not_decide_for_the_operator_is_refused(
+    tmp_path: Path, edit: Any, reason: str,
+) -> None:
+    (tmp_path / "sync.yaml").write_text(edit(SPEC).replace(
+        "aitems: {access_key: a", "aitems: {service_id: svc, access_key: a"))
+    spec = load_spec(tmp_path / "sync.yaml")
+
+    plan = make_plan(spec, everything_in_place(spec), allow_replace=True)
+
+    assert [c.symbol for c in plan.refused] == [REFUSED]
+    assert reason in plan.refused[0].details[0]
+
+
+def test_a_new_service_for_a_spec_without_every_type_is_refused(tmp_path: Path) -> None:
+    only_users = SPEC.split("  items:")[0]
+    (tmp_path / "sync.yaml").write_text(only_users)
+    spec = load_spec(tmp_path / "sync.yaml")
+
+    plan = make_plan(spec, Current(None, {"users": None}, {}), allow_replace=False)
+
+    assert plan.refused and "item or interaction" in plan.refused[0].details[0]

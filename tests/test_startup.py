@@ -7,11 +7,13 @@ to explain a broken spec or a rejected row, to check a user's json_schema, or to
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, EmulatorServer
 from tests.test_spec import MINIMAL_SPEC
 
 #: Imported only on the paths that need them (see the docstrings of spec.load, rows.shape and
@@ -35,14 +37,20 @@ def test_importing_what_run_imports_leaves_the_lazy_packages_out() -> None:
     assert found == "[]"
 
 
-def test_a_run_with_nothing_to_send_imports_none_of_them(tmp_path: Path) -> None:
+def test_a_run_with_nothing_to_send_imports_none_of_them(
+    tmp_path: Path, emulator: EmulatorServer,
+) -> None:
+    """Not even for its one signed read of the service, which checks the keys (probe.py)."""
     with sqlite3.connect(tmp_path / "shop.db") as db:
         db.execute("CREATE TABLE items (id TEXT, changed INTEGER)")
     db.close()
     spec = tmp_path / "sync.yaml"
-    # The spec tests' minimal spec, with an endpoint nobody answers and a state store.
-    unanswered = 'aitems: {endpoint: "http://127.0.0.1:9/api/v1", '
-    spec.write_text(MINIMAL_SPEC.replace("aitems: {", unanswered) + "state: sqlite:///state.db\n")
+    # The spec tests' minimal spec, against the emulator's demo service, with a state store.
+    demo = (f'aitems: {{endpoint: "{emulator.base_url}", service_id: svcdemo0001, '
+            f"access_key: {DEMO_ACCESS_KEY}, secret_key: {DEMO_SECRET_KEY}}}")
+    spec.write_text(MINIMAL_SPEC.replace("aitems: {service_id: svc, access_key: ak, "
+                                         "secret_key: sk}", demo)
+                    + "state: sqlite:///state.db\n")
     code = (f"from aitems_sync.cli.main import main_group\ntry:\n"
             f"    main_group.main(prog_name='aitems-sync')\nfinally:\n    {REPORT}")
 
@@ -51,6 +59,27 @@ def test_a_run_with_nothing_to_send_imports_none_of_them(tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"sent": 0' in done.stdout
     assert found == "[]"
+
+
+def test_a_run_with_nothing_to_send_still_fails_on_keys_aitems_refuses(
+    tmp_path: Path, emulator: EmulatorServer,
+) -> None:
+    with sqlite3.connect(tmp_path / "shop.db") as db:
+        db.execute("CREATE TABLE items (id TEXT, changed INTEGER)")
+    db.close()
+    spec = tmp_path / "sync.yaml"
+    wrong = (f'aitems: {{endpoint: "{emulator.base_url}", service_id: svcdemo0001, '
+             f"access_key: {DEMO_ACCESS_KEY}, secret_key: not-the-secret}}")
+    spec.write_text(MINIMAL_SPEC.replace("aitems: {service_id: svc, access_key: ak, "
+                                         "secret_key: sk}", wrong)
+                    + "state: sqlite:///state.db\n")
+
+    done = subprocess.run([sys.executable, "-m", "aitems_sync", "--json", "--config", str(spec),
+                           "run"], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    (items,) = json.loads(done.stdout)["datasets"]
+    assert items["status"] == "failed" and "answered 401" in items["error"]
 
 
 def test_a_broken_spec_still_gets_jsonschemas_messages(tmp_path: Path) -> None:

@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 USER_AGENT = "aitems-sync/0.1"
 #: Page size for list calls (the API's default and maximum page).
 PAGE_LIMIT = 1000
+#: Tries, and the longest wait between them, for an endpoint that has never answered and
+#: refuses the connection or does not resolve (``AitemsClient._call``).
+UNREACHED_ATTEMPTS = 3
+UNREACHED_WAIT = 0.5
 DEFAULT_RETRY = RetryPolicy()
 
 
@@ -162,6 +166,7 @@ class AitemsClient:
         self._clock = clock
         self._random = random
         self._pool_size = pool_size
+        self._reached = False  # whether the endpoint has answered this client yet
         self._owns_session = session is None
         self._session_lock = threading.Lock()
         self._made: requests.Session | None = None
@@ -304,7 +309,7 @@ class AitemsClient:
         """``POST /schemas``: a schema of ``fields`` (``{name, type: [...], categorical?}``)."""
         body = {"datasetType": dataset_type, "name": name, "fields": [dict(f) for f in fields],
                 "description": description}
-        return self._send_json("POST", "/schemas", body)
+        return self._send_json("POST", "/schemas", body, creates=True)
 
     def create_dataset(
         self, *, dataset_type: str, name: str, schema_name: str, bucket: str, key: str,
@@ -313,7 +318,7 @@ class AitemsClient:
         """``POST /datasets``: a dataset read from the CSV (or CSV.gz) at ``bucket``/``key`` in
         Object Storage. It answers at once; poll `get_dataset` until its status settles."""
         body = _dataset_body(dataset_type, name, schema_name, bucket, key, region, description)
-        return self._send_json("POST", "/datasets", body)
+        return self._send_json("POST", "/datasets", body, creates=True)
 
     def modify_dataset(
         self, dataset_id: str, *, dataset_type: str, name: str, schema_name: str, bucket: str,
@@ -328,7 +333,7 @@ class AitemsClient:
     ) -> dict[str, Any]:
         """``POST /services``: a ``batch`` or ``interval`` service, without datasets yet."""
         body = {"name": name, "type": service_type, "description": description}
-        return self._send_json("POST", "/services", body)
+        return self._send_json("POST", "/services", body, creates=True)
 
     def attach_datasets(self, service_id: str, dataset_ids: Sequence[str]) -> dict[str, Any]:
         """``POST /services/{serviceId}/datasets``: one user, one item and one interaction
@@ -363,8 +368,9 @@ class AitemsClient:
                                 method="GET", path=self._base_path + path)
         return trains
 
-    def _send_json(self, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        answer = self.request(method, path, body=orjson.dumps(body))
+    def _send_json(self, method: str, path: str, body: Mapping[str, Any], *,
+                   creates: bool = False) -> dict[str, Any]:
+        answer = self.request(method, path, body=orjson.dumps(body), creates=creates)
         return _expect_object(answer, method, self._base_path + path)
 
     def request(
@@ -374,12 +380,16 @@ class AitemsClient:
         *,
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
+        creates: bool = False,
     ) -> Any:
         """One API call with retries; ``path`` is relative to the endpoint (``/services/x``).
 
+        ``creates``: the call creates something AiTEMS names (a schema, dataset, service), so a
+        failure after which it may exist is not retried (a retry would make a second one): it
+        raises, saying so, and the caller finds what was made by name when run again.
         Returns the parsed JSON answer, or None for an empty body.
         """
-        response, _, _ = self._call(method.upper(), path, params, body)
+        response, _, _ = self._call(method.upper(), path, params, body, creates=creates)
         if not response.content.strip():
             return None
         try:
@@ -398,9 +408,15 @@ class AitemsClient:
     # -- the retry loop ------------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, params: Mapping[str, str] | None, body: bytes | None
+        self, method: str, path: str, params: Mapping[str, str] | None, body: bytes | None,
+        *, creates: bool = False,
     ) -> tuple[requests.Response, int, bool]:
-        """Send until success or a non-retriable error: (response, attempts, ambiguous)."""
+        """Send until success or a non-retriable error: (response, attempts, ambiguous).
+
+        An endpoint that has never answered this client and refuses the connection (or whose
+        name does not resolve) gets UNREACHED_ATTEMPTS quick tries, not the configured retries:
+        a wrong endpoint or a network without a path to AiTEMS fails in seconds, with one
+        message. Once it has answered, every failure gets the configured retries."""
         url = self.endpoint + path + (f"?{urlencode(list(params.items()))}" if params else "")
         shown = self._base_path + path  # what messages and logs name: never the query or headers
         started = self._clock()
@@ -410,14 +426,32 @@ class AitemsClient:
         while True:
             attempt += 1
             try:
-                return self._attempt(method, url, shown, body), attempt, ambiguous
+                response = self._attempt(method, url, shown, body)
+                self._reached = True
+                return response, attempt, ambiguous
             except RetriableApiError as err:
-                ambiguous = ambiguous or may_have_landed(err)
+                landed = may_have_landed(err)
+                ambiguous = ambiguous or landed
+                if err.status is not None:
+                    self._reached = True
+                if creates and landed:
+                    raise FatalApiError(
+                        f"{err.message}. It may have been created all the same: run again, "
+                        "and what was made is found by its name (it is not created twice)",
+                        method=method, path=shown, status=err.status, ambiguous=True) from err
+                unreached = not self._reached and not landed
                 wait = backoff_wait(self.retry, attempt, err.retry_after, self._random())
                 elapsed = self._clock() - started
+                if unreached and attempt >= UNREACHED_ATTEMPTS:
+                    raise self._unreachable(err, attempt, elapsed) from err
                 if attempt >= limit or elapsed + wait > self.retry.max_elapsed:
                     raise self._exhausted(err, attempt, elapsed, wait, ambiguous) from err
-                self._log_retry(err, attempt, limit, wait)
+                if unreached:
+                    wait = min(wait, UNREACHED_WAIT)
+                    log.debug("%s (attempt %d of %d); trying again in %.2f s", err.message,
+                              attempt, UNREACHED_ATTEMPTS, wait)
+                else:
+                    self._log_retry(err, attempt, limit, wait)
                 self._sleep(wait)
             except ApiError as err:  # final: a 4xx; an earlier attempt may still have landed
                 err.ambiguous = err.ambiguous or ambiguous
@@ -496,6 +530,16 @@ class AitemsClient:
             method=method,
             path=shown,
         )
+
+    def _unreachable(self, err: RetriableApiError, attempts: int, elapsed: float
+                     ) -> FatalApiError:
+        """AiTEMS could not be reached at all (nothing ever answered): one clear failure."""
+        last = err.message.removeprefix(f"{err.method} {err.path} ")
+        return FatalApiError(
+            f"AiTEMS cannot be reached at {self.endpoint}: {err.method} {err.path} {last} "
+            f"({attempts} tries over {elapsed:.1f} s; nothing has answered). Check "
+            "aitems.endpoint, DNS and the network path (proxy, firewall)",
+            method=err.method, path=err.path)
 
     def _exhausted(
         self,

@@ -76,6 +76,8 @@ def apply(ctx: Context, exit_code: bool, allow_replace: bool, yes: bool,
             click.echo(render.apply_plan(report.plan))
         if report.applied or report.error:
             click.echo(render.apply_summary(report))
+    if stop.exit_code is not None:  # SIGTERM or SIGINT: what was done is reported
+        sys.exit(stop.exit_code)
     if report.error:
         sys.exit(report.exit_code)
     if exit_code and not report.plan.empty:

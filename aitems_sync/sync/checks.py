@@ -9,6 +9,7 @@ these checks that ``run`` and ``plan`` make of each dataset before it reads a ro
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from aitems_sync.aitems.client import AitemsClient
+from aitems_sync.aitems.probe import read_service
 from aitems_sync.errors import (
     ApiError,
     AuthError,
@@ -36,6 +38,8 @@ from aitems_sync.state import probe
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync.resolve import resolve
 from aitems_sync.sync.schemacheck import SchemaCheck
+
+log = logging.getLogger(__name__)
 
 #: What a failed query's message advises in validate (which is the command checking queries).
 QUERY_HINT = ("fix the query: it runs as SELECT * FROM (<query>) AS src, so it must be one "
@@ -200,6 +204,25 @@ def lookback_problem(dataset: DatasetSpec, value: Any) -> str | None:
                 f"numbers, but cursor {dataset.cursor} holds {kind}; every run after the first "
                 "would fail. Remove lookback, or use a timestamp, date or number cursor")
     return None
+
+
+def check_service(spec: Spec, client: AitemsClient, datasets: Sequence[DatasetSpec]) -> None:
+    """The one signed read a run makes before it reads anything: the credentials and the
+    service (an AuthError, or a SpecError at ``aitems.service_id``), so that broken keys fail a
+    run even when there is nothing to send. A selected dataset the service does not list as
+    attached is logged as a warning (AiTEMS refuses uploads to it)."""
+    try:
+        service = read_service(spec.aitems, client)
+    except NotFoundError as error:
+        raise SpecError([spec.problem(("aitems", "service_id"), f"AiTEMS: {error}")]) from None
+    attached = {str(d.get("datasetId")) for d in service.get("datasets") or []
+                if isinstance(d, dict)}
+    for dataset in datasets:
+        if attached and dataset.dataset_id not in attached:
+            log.warning("dataset %s: AiTEMS dataset %s is not attached to service %s: AiTEMS "
+                        "refuses uploads to it until it is (aitems-sync apply attaches it)",
+                        dataset.name, dataset.dataset_id, spec.aitems.service_id,
+                        extra={"event": "not_attached", "dataset": dataset.name})
 
 
 def check_aitems(spec: Spec, report: ValidationReport) -> None:

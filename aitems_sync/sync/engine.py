@@ -74,6 +74,7 @@ def run(
     progress: Progress | None = None,
     report: RunReport | None = None,
     schemas: SchemaReader | None = None,
+    preflight: Callable[[], None] | None = None,
 ) -> RunReport:
     """Sync the selected datasets once and report what happened; see ``RunReport.exit_code``.
 
@@ -87,6 +88,10 @@ def run(
     ``report``: the report to fill in (and return), for a caller that must show it even if the
     process exits at once (:func:`aitems_sync.sync.signals.on_abort`); its ``run_id``, if set,
     is the run's.
+
+    ``preflight``: called once the run is recorded, before any dataset reads a row (the one
+    signed read that checks the credentials and the service); if it raises, every dataset
+    fails with its error (the first in full) and nothing is read or sent.
 
     Raises LockHeldError (exit 75) when another run holds one of the datasets, before any work
     (with ``options.wait``, only once the wait is over). If ``stop`` is set while waiting, every
@@ -117,6 +122,8 @@ def run(
             log.warning("run %s ended without recording its end (killed, or lost with its "
                         "machine): recorded as crashed", crashed,
                         extra={"event": "run_crashed", "run_id": crashed})
+        if preflight is not None and not _preflight(preflight, selected, report):
+            return report
         syncing = _Run(spec, state, uploader, sources, options, _Halt(stop, leases.lost), leases,
                        report, progress or _no_progress,
                        SchemaCheck(schemas) if schemas is not None else None)
@@ -125,6 +132,22 @@ def run(
     finally:
         _finish(state, leases, report, recorded=begun)
     return report
+
+
+def _preflight(check: Callable[[], None], selected: Sequence[DatasetSpec],
+               report: RunReport) -> bool:
+    """Run the preflight check; on failure, fail every dataset with it (False)."""
+    try:
+        check()
+        return True
+    except AitemsSyncError as error:
+        spec_error = isinstance(error, SpecError)
+        report.datasets = [DatasetReport(d.name, status=FAILED, spec_error=spec_error,
+                                         error=str(error) if i == 0 else
+                                         f"not run: AiTEMS refused the run's first call (see "
+                                         f"dataset {selected[0].name})")
+                           for i, d in enumerate(selected)]
+        return False
 
 
 def _reported(report: RunReport) -> list[int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aitems_sync.aitems.schemas import remote_fields, shown_type
-from aitems_sync.spec.model import DatasetSpec, Field, Spec
+from aitems_sync.spec.model import DatasetSpec, Field, ServiceConfig, Spec
 
 Resource = dict[str, Any]
 
@@ -42,6 +42,7 @@ class Current:
     schemas: Mapping[str, Sequence[Resource]]  # dataset type -> every schema of that type
     #: Per spec dataset, detached datasets of its name (what a killed replacement left).
     leftovers: Mapping[str, Sequence[Resource]] = field(default_factory=dict)
+    everything: Sequence[Resource] = ()  # every AiTEMS dataset of the account
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,11 @@ def make_plan(spec: Spec, current: Current, *, allow_replace: bool) -> Plan:
     """The changes that make AiTEMS match the spec (see the module docstring)."""
     plan = Plan()
     new_schemas: dict[str, list[Resource]] = {}
-    ids: dict[str, str | None] = {}
+    ids: dict[str, str | None] = {}  # per type: the dataset to attach (None: not there yet)
     waiting: list[Change] = []  # datasets bootstrap is to create, listed last
+    by_type: dict[str, list[str]] = {}
+    for dataset in spec.datasets.values():
+        by_type.setdefault(dataset.type, []).append(dataset.name)
     for dataset in spec.datasets.values():
         schemas = [*current.schemas.get(dataset.type, ()), *new_schemas.get(dataset.type, ())]
         change = _dataset_change(dataset, current, schemas, allow_replace)
@@ -172,8 +176,16 @@ def make_plan(spec: Spec, current: Current, *, allow_replace: bool) -> Plan:
         plan.changes.append(change)
         if change.symbol in (CREATE, REPLACE):
             new_schemas.setdefault(dataset.type, []).append({"name": change.name})
-    if spec.service is not None:
-        _service_changes(spec, current, ids, plan)
+    if spec.service is not None or current.service is not None:
+        twice = {kind: names for kind, names in by_type.items() if len(names) > 1}
+        if twice:
+            kind, names = next(iter(twice.items()))
+            plan.changes.append(Change(REFUSED, "service", _service_name(spec, current), (
+                f"datasets {' and '.join(names)} are both {kind} datasets, and a service takes "
+                "one dataset of each type: keep one in this spec (another spec may feed "
+                "another service)",)))
+        else:
+            _service_changes(spec, current, ids, plan)
     plan.changes.extend(waiting)
     return plan
 
@@ -208,60 +220,119 @@ def _dataset_change(dataset: DatasetSpec, current: Current, schemas: Sequence[Re
     reuse = next((d for d in current.leftovers.get(dataset.name, ())
                   if any(s.get("name") == d.get("schemaName") and same_fields(dataset.fields, s)
                          for s in schemas)), None)
-    name = str(reuse["schemaName"]) if reuse else next_schema_name(base, schemas)
+    existing = matching_schema(dataset, schemas)  # made by an apply that stopped after it
+    name = str(reuse["schemaName"]) if reuse else str(existing["name"]) if existing else \
+        next_schema_name(base, schemas)
     return Change(REPLACE, "dataset", dataset.name, (
         f"schema {remote.get('schemaName')} -> {name}", *diff,
         f"AiTEMS dataset {remote.get('datasetId')} is detached and kept"), dataset.type,
-        aitems_fields(dataset.fields) if reuse is None else (), dataset.name,
-        str(reuse["datasetId"]) if reuse else "", name)
+        aitems_fields(dataset.fields) if reuse is None and existing is None else (),
+        dataset.name, str(reuse["datasetId"]) if reuse else "", name)
+
+
+def _service_name(spec: Spec, current: Current) -> str:
+    return spec.service.name if spec.service else str((current.service or {}).get(
+        "name") or spec.aitems.service_id)
 
 
 def _service_changes(spec: Spec, current: Current, ids: Mapping[str, str | None],
                      plan: Plan) -> None:
-    wanted = spec.service
-    assert wanted is not None
-    service = current.service
+    """The service's changes: created, its datasets attached (the spec's of each type, the
+    attached ones for types the spec does not feed), its cycle set, its schedule as the spec
+    says. A service object without ``term`` or ``schedule`` (AiTEMS documents neither) leaves
+    them unknown: apply then sets them whenever it changes the service, and cannot see drift
+    in them alone."""
+    wanted, service = spec.service, current.service
+    name = _service_name(spec, current)
     if service is None:
-        plan.changes.append(Change(CREATE, "service", wanted.name, (
-            f"type {wanted.type}", *([f"cycle {wanted.term}"] if wanted.term else []))))
+        assert wanted is not None
+        plan.changes.append(Change(CREATE, "service", wanted.name, (f"type {wanted.type}",)))
         service = {"type": wanted.type, "datasets": [], "term": None, "schedule": "stopped"}
-    elif service.get("type") != wanted.type:
-        plan.changes.append(Change(REFUSED, "service", wanted.name, (
-            f"AiTEMS service {service.get('serviceId')} is of type {service.get('type')!r}, the "
-            f"spec says {wanted.type!r}: a service's type cannot change; give service.name a "
-            "new service's name (apply creates it, and deletes nothing)",)))
+    refused = _service_refusal(spec, current)
+    if refused:
+        plan.changes.append(Change(REFUSED, "service", name, (refused,)))
         return
     details: list[str] = []
-    attached = [str(d.get("datasetId")) for d in service.get("datasets") or []]
-    want = [ids.get(t) for t in ("user", "item", "interaction")]
-    complete = all(want)
-    replacing = bool(plan.replacements)
-    if (complete and sorted(attached) != sorted(str(i) for i in want)) or replacing:
-        plan.attach = tuple(str(i) for i in want) if complete else None
-        details.append(f"datasets [{', '.join(attached) or 'none'}] -> "
-                       f"[{', '.join(str(i) for i in want) if complete else 'the new ones'}]")
-    elif not complete:
-        details.append("datasets are attached once one of each type (user, item, "
-                       "interaction) exists")
-    if wanted.term and service.get("term") != wanted.term:
-        plan.term = wanted.term
-        details.append(f"cycle {service.get('term') or 'none'} -> {wanted.term}")
-    running = service.get("schedule") == "running"
-    can_run = bool(attached) or complete or replacing
-    want_running = wanted.type == "interval" and wanted.schedule and can_run
-    if running and (plan.attach or replacing or plan.term):
-        plan.stop_first = True  # AiTEMS refuses these while the schedule runs
+    attached = _attached_by_type(service, current)
+    want = {kind: ids.get(kind) or (None if kind in ids else attached.get(kind))
+            for kind in ("user", "item", "interaction")}
+    complete = all(want.values())
+    missing = [kind for kind in want if kind not in ids and kind not in attached]
+    if missing:
+        plan.changes.append(Change(REFUSED, "service", name, (
+            "a service takes one dataset of each type (user, item, interaction), and neither "
+            f"the spec nor the service has a {' or '.join(missing)} dataset: add it to the "
+            "spec (or attach one in the console)",)))
+        return
+    if complete and {str(i) for i in want.values()} != set(attached.values()):
+        plan.attach = tuple(str(want[kind]) for kind in ("user", "item", "interaction"))
+        details.append(f"datasets [{', '.join(attached.values()) or 'none'}] -> "
+                       f"[{', '.join(plan.attach)}]")
+    elif plan.replacements:
+        details.append("datasets: the new ones attached in place of the replaced")
+    _cycle_and_schedule(wanted, service, details, plan, complete)
+    if current.service is None:
+        plan.changes[-1] = Change(CREATE, "service", name, (*plan.changes[-1].details,
+                                                               *details))
+    elif details:
+        plan.changes.append(Change(UPDATE, "service", name, tuple(details)))
+
+
+def _service_refusal(spec: Spec, current: Current) -> str | None:
+    """Why apply will not touch the service: its type or name differ from the spec's."""
+    wanted, service = spec.service, current.service
+    if wanted is None or service is None:
+        return None
+    if service.get("type") != wanted.type:
+        return (f"AiTEMS service {service.get('serviceId')} is of type {service.get('type')!r}, "
+                f"the spec says {wanted.type!r}: a service's type cannot change; give "
+                "service.name a new service's name (apply creates it, and deletes nothing)")
+    if service.get("name") not in (None, wanted.name):
+        return (f"aitems.service_id {service.get('serviceId')} is the service named "
+                f"{service.get('name')!r}, the spec's service.name says {wanted.name!r}: fix "
+                "one of them")
+    return None
+
+
+def _attached_by_type(service: Resource, current: Current) -> dict[str, str]:
+    """The service's attached datasets, by type."""
+    known = {str(d.get("datasetId")): d
+             for d in [*current.everything, *(r for r in current.datasets.values() if r)]}
+    found: dict[str, str] = {}
+    for entry in service.get("datasets") or []:
+        if isinstance(entry, dict):
+            dataset_id = str(entry.get("datasetId"))
+            kind = entry.get("type") or known.get(dataset_id, {}).get("type")
+            if kind:
+                found[str(kind)] = dataset_id
+    return found
+
+
+def _cycle_and_schedule(wanted: ServiceConfig | None, service: Resource, details: list[str],
+                        plan: Plan, complete: bool) -> None:
+    changing = bool(plan.attach or plan.replacements)
+    if wanted is not None and wanted.term:
+        if "term" not in service:  # unknown: set whenever the service changes
+            plan.term = wanted.term if changing else None
+        elif service.get("term") != wanted.term:
+            plan.term = wanted.term
+            details.append(f"cycle {service.get('term') or 'none'} -> {wanted.term}")
+    known = "schedule" in service
+    running = service.get("schedule") == "running" if known else None
+    if wanted is None:  # only a replacement: the schedule as it was
+        want_running = bool(running)
+    else:
+        want_running = (wanted.type == "interval" and wanted.schedule
+                        and (complete or changing or bool(service.get("datasets"))))
+    if changing or plan.term:
+        plan.stop_first = running is not False and (wanted is not None or bool(running))
         plan.schedule = "start" if want_running else None
-        details.append("schedule stopped for the changes"
-                       + (", then started again" if want_running else ""))
-    elif want_running != running:
+        if plan.stop_first:
+            details.append("schedule stopped for the changes"
+                           + (", then started again" if want_running else ""))
+        elif want_running:
+            details.append("schedule started")
+    elif known and want_running != running:
         plan.schedule = "start" if want_running else "stop"
         details.append(f"schedule {'running' if running else 'stopped'} -> "
                        f"{'running' if want_running else 'stopped'}")
-    has_change = plan.attach or plan.term or plan.schedule or replacing
-    if current.service is not None and has_change:
-        plan.changes.append(Change(UPDATE, "service", wanted.name, tuple(details)))
-    elif current.service is None:
-        extra = tuple(d for d in details if not d.startswith("datasets are attached"))
-        plan.changes[-1] = Change(CREATE, "service", wanted.name,
-                                  (*plan.changes[-1].details, *extra))

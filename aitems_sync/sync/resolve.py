@@ -8,18 +8,20 @@ that later finds another dataset is refused until ``state reset``).
 
 A name may be carried by several datasets: a replacement (``apply --allow-replace``) leaves the old
 dataset behind, detached. The rule (`pick_dataset`): the datasets of the name and type; if several,
-the one attached to the service; if that does not decide, a spec error listing their ids.
+the one the state store binds the dataset's marks to, else the one attached to the service; if
+that does not decide, a spec error listing their ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from aitems_sync.errors import SpecError, SpecProblem
 from aitems_sync.spec.model import AitemsConfig, DatasetSpec, Spec
+from aitems_sync.state.store import StateStore
 
 Resource = dict[str, Any]
 
@@ -42,9 +44,20 @@ class Found:
     everything: tuple[Resource, ...] = ()  # every AiTEMS dataset of the account
 
 
-def needs_lookup(spec: Spec) -> bool:
-    """Whether the spec names something without giving its id."""
-    return not spec.aitems.service_id or any(not d.dataset_id for d in spec.datasets.values())
+def bound_ids(state: StateStore, datasets: Iterable[DatasetSpec]) -> dict[str, str]:
+    """Per dataset named without an id, the AiTEMS dataset its marks are bound to, if any."""
+    found = {}
+    for dataset in datasets:
+        binding = None if dataset.dataset_id else state.binding(dataset.name)
+        if binding is not None:
+            found[dataset.name] = binding[1]
+    return found
+
+
+def needs_lookup(spec: Spec, selected: Sequence[DatasetSpec] | None = None) -> bool:
+    """Whether the spec names something (the service, or a selected dataset) without its id."""
+    chosen = spec.datasets.values() if selected is None else selected
+    return not spec.aitems.service_id or any(not d.dataset_id for d in chosen)
 
 
 def pick_service(services: Sequence[Resource], name: str) -> list[Resource]:
@@ -52,40 +65,44 @@ def pick_service(services: Sequence[Resource], name: str) -> list[Resource]:
     return [s for s in services if s.get("name") == name]
 
 
-def pick_dataset(datasets: Sequence[Resource], dataset: DatasetSpec,
-                 service_id: str | None) -> list[Resource]:
+def pick_dataset(datasets: Sequence[Resource], dataset: DatasetSpec, service_id: str | None,
+                 bound_id: str | None = None) -> list[Resource]:
     """The AiTEMS datasets ``dataset`` may refer to: by id if it gives one; else those of its
-    name and type, narrowed to the one attached to the service when there are several."""
+    name and type, narrowed to the one the state store is bound to (its marks belong to it),
+    else to the one attached to the service, when there are several."""
     if dataset.dataset_id:
         return [d for d in datasets if d.get("datasetId") == dataset.dataset_id]
     named = [d for d in datasets
              if d.get("name") == dataset.dataset_name and d.get("type") == dataset.type]
-    if len(named) > 1 and service_id:
-        attached = [d for d in named if service_id in _services_of(d)]
-        return attached or named
+    if len(named) > 1:
+        bound = [d for d in named if bound_id and str(d.get("datasetId")) == bound_id]
+        attached = [d for d in named if service_id and service_id in _services_of(d)]
+        return bound or attached or named
     return named
 
 
-def look_up(spec: Spec, api: Directory) -> Found:
-    """What the spec's service and datasets are at AiTEMS (None for those not created yet)."""
+def look_up(spec: Spec, api: Directory, names: Collection[str] | None = None,
+            bound: Mapping[str, str] | None = None) -> Found:
+    """What the spec's service and the datasets ``names`` (all when None) are at AiTEMS (None
+    for those not created yet). ``bound``: per dataset, the AiTEMS dataset id the state store
+    binds its marks to (it decides between datasets of one name). The service is listed only
+    when it is named without an id, and the datasets only when one is named without an id."""
+    chosen = [d for d in spec.datasets.values() if names is None or d.name in names]
     problems: list[SpecProblem] = []
     service: Resource | None = None
-    services = api.list_services() if spec.service is not None else []
-    if spec.aitems.service_id:
-        service = next((s for s in services if s.get("serviceId") == spec.aitems.service_id),
-                       None) if services else None
-    elif spec.service is not None:
-        candidates = pick_service(services, spec.service.name)
+    if not spec.aitems.service_id and spec.service is not None:
+        candidates = pick_service(api.list_services(), spec.service.name)
         if len(candidates) > 1:
             problems.append(_ambiguous(spec, ("service", "name"), "services",
                                        [str(c.get("serviceId")) for c in candidates],
                                        "aitems.service_id"))
         service = candidates[0] if len(candidates) == 1 else None
     service_id = spec.aitems.service_id or (str(service["serviceId"]) if service else None)
-    everything = api.list_datasets()
+    everything = api.list_datasets() if any(not d.dataset_id for d in chosen) or (
+        names is None and chosen) else []
     found: dict[str, Resource | None] = {}
-    for dataset in spec.datasets.values():
-        candidates = pick_dataset(everything, dataset, service_id)
+    for dataset in chosen:
+        candidates = pick_dataset(everything, dataset, service_id, (bound or {}).get(dataset.name))
         if len(candidates) > 1:
             problems.append(_ambiguous(spec, ("datasets", dataset.name, "dataset_name"),
                                        "datasets", [str(c.get("datasetId")) for c in candidates],
@@ -95,15 +112,18 @@ def look_up(spec: Spec, api: Directory) -> Found:
 
 
 def resolve(spec: Spec, api: Directory, selected: Sequence[DatasetSpec] | None = None, *,
-            service_needed: bool = True, datasets_needed: bool = True) -> Spec:
-    """``spec`` with the service's and the ``selected`` datasets' ids filled in from AiTEMS.
+            bound: Mapping[str, str] | None = None, service_needed: bool = True,
+            datasets_needed: bool = True) -> Spec:
+    """``spec`` with the service's and the ``selected`` datasets' ids filled in from AiTEMS
+    (``bound`` as for :func:`look_up`).
 
     A name that finds nothing is a SpecError located at its key, saying how to create it, when
     the service or the datasets are ``needed``; otherwise its id stays empty (``status`` reports
     it missing, ``bootstrap`` creates the dataset). A name that finds several is always one."""
-    if not needs_lookup(spec):
+    if not needs_lookup(spec, selected):
         return spec
-    found = look_up(spec, api)
+    names = {d.name for d in selected} if selected is not None else set(spec.datasets)
+    found = look_up(spec, api, names, bound)
     problems = list(found.problems)
     aitems = spec.aitems
     if not aitems.service_id:
@@ -111,7 +131,6 @@ def resolve(spec: Spec, api: Directory, selected: Sequence[DatasetSpec] | None =
             aitems = replace(aitems, service_id=str(found.service["serviceId"]))
         elif service_needed and not found.problems:
             problems.append(spec.problem(("service", "name"), _no_service(spec)))
-    names = {d.name for d in selected} if selected is not None else set(spec.datasets)
     datasets = dict(spec.datasets)
     for name in names:
         dataset, remote = spec.datasets[name], found.datasets[name]
