@@ -294,6 +294,10 @@ leases = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("acquired_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+    # Version 9: the holder's process token (boot id, pid namespace, start time; None where
+    # they cannot be read), so that a run on its host can tell that it is gone
+    # (sync/liveness.py).
+    sa.Column("process", _NAME, nullable=True),
 )
 
 _VERSION_1_TABLES = (datasets, runs, marks, ledger, batches, quarantine, leases)
@@ -357,6 +361,12 @@ def _add_handovers(conn: sa.Connection) -> None:
     _create(conn, (handovers,))
 
 
+def _add_lease_process(conn: sa.Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("leases")}
+    if "process" not in columns:
+        conn.execute(sa.text("ALTER TABLE leases ADD COLUMN process VARCHAR(255)"))
+
+
 def _widen_batch_statuses(conn: sa.Connection) -> None:
     """Let the journal hold every status of :data:`BATCH_STATUSES`. SQLite cannot change a
     table's constraint: the table is rebuilt (its AUTOINCREMENT counter carried over)."""
@@ -399,6 +409,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (6, _add_dataset_binding),
     (7, _add_boundary),
     (8, _add_handovers),
+    (9, _add_lease_process),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
