@@ -192,7 +192,7 @@ def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False
     if needs_lookup(spec):  # names to find: the one read of AiTEMS a plan makes
         with AitemsClient.from_config(spec.aitems) as client:
             spec, selected = resolved(spec, client, selected)
-    with open_state(spec) as state, open_sources(spec) as sources:
+    with open_state(spec, read_only=True) as state, open_sources(spec) as sources:
         return engine.plan(spec, selected, state=state, sources=sources,
                            options=RunOptions(full_refresh=full_refresh))
 
@@ -387,12 +387,13 @@ def dataset_named(spec: Spec, name: str) -> DatasetSpec:
 
 
 @contextmanager
-def open_state(spec: Spec) -> Iterator[StateStore]:
-    """The spec's state store, closed on exit; a URL no store can have is a SpecError."""
+def open_state(spec: Spec, *, read_only: bool = False) -> Iterator[StateStore]:
+    """The spec's state store, closed on exit; a URL no store can have is a SpecError.
+    ``read_only``: as it is, created and migrated never (``StateStore.read``)."""
     problems = state_url_problems(spec)
     if problems:
         raise SpecError(problems)
-    store = StateStore.open(spec.state_url)
+    store = StateStore.read(spec.state_url) if read_only else StateStore.open(spec.state_url)
     try:
         yield store
     finally:

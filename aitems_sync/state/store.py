@@ -129,9 +129,10 @@ class StateStore:
     """The state of every dataset in one database; safe to share between threads."""
 
     def __init__(self, engine: sa.Engine, *, display: str, clock: Callable[[], datetime],
-                 recent_limit: int = RECENT_LIMIT):
-        """Use :meth:`open`, which also creates and migrates the tables."""
+                 recent_limit: int = RECENT_LIMIT, read_only: bool = False):
+        """Use :meth:`open`, which also creates and migrates the tables, or :meth:`read`."""
         self._engine = engine
+        self._read_only = read_only
         self._writer = engine.execution_options(**{connect.WRITE_OPTION: True})
         self._dialect = engine.dialect.name
         self._clock = clock
@@ -154,6 +155,19 @@ class StateStore:
         """Open (creating and migrating if needed) the store at a SQLAlchemy URL."""
         engine, display = connect.open_engine(url)
         return cls(engine, display=display, clock=clock, recent_limit=recent_limit)
+
+    @classmethod
+    def read(cls, url: str, *, clock: Callable[[], datetime] = _utcnow) -> StateStore:
+        """The store at a SQLAlchemy URL as it is, for reading only (``plan``): nothing is
+        created, migrated or written, and a write is a bug. Where no store exists yet, an empty
+        one in memory stands for it; a store of an older schema version is a StateError that
+        says how to migrate it (``connect.open_reader``)."""
+        engine, display = connect.open_reader(url)
+        if engine is None:
+            log.info("the state store %s does not exist yet: read as empty (the first run "
+                     "creates it)", display)
+            engine = connect.empty_store()
+        return cls(engine, display=display, clock=clock, read_only=True)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -179,6 +193,8 @@ class StateStore:
     @contextmanager
     def _write(self, what: str) -> Iterator[sa.Connection]:
         """One write transaction; committed when the block ends, rolled back if it raises."""
+        if self._read_only:
+            raise RuntimeError(f"a store opened for reading only was asked to {what}")
         with self._guard(what):
             try:
                 with self._writer.begin() as conn:

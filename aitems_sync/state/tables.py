@@ -423,30 +423,46 @@ def migrate(conn: sa.Connection, display_url: str, *, existing: bool = False) ->
     that was there before), a database that is not an aitems-sync store.
     """
     _serialize_migrations(conn)
-    if existing and not sa.inspect(conn).has_table(schema_version.name):
-        raise StateError(
-            f"the state store {display_url} is an existing database that is not an aitems-sync "
-            "state store (it has no schema_version table): point `state:` at the store's file, "
-            "or at a path where none exists yet to start a new store"
-        )
+    stored_version(conn, display_url, existing=existing)  # refuses what must not be touched
     _create(conn, (schema_version,))
     found = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
     current = found or 0
-    if current > LATEST_VERSION:
-        raise StateError(
-            f"the state store {display_url} has schema version {current}, but this aitems-sync "
-            f"only knows versions up to {LATEST_VERSION}; upgrade aitems-sync, or point "
-            "`state:` at another store"
-        )
     for version, step in MIGRATIONS:
         if version > current:
-            log.info("migrating the state store %s to schema version %d", display_url, version)
+            if current:  # a new store is announced once, by its creator
+                log.info("migrating the state store %s to schema version %d", display_url,
+                         version)
             step(conn)
     if found is None:
         conn.execute(sa.insert(schema_version).values(id=1, version=LATEST_VERSION))
     elif current < LATEST_VERSION:
         conn.execute(sa.update(schema_version).values(version=LATEST_VERSION))
     return current
+
+
+def stored_version(conn: sa.Connection, display_url: str, *, existing: bool = False
+                   ) -> int | None:
+    """The store's schema version, None when the database holds no store yet; read only.
+
+    StateError for a version newer than this code knows, which it could damage, and, when
+    ``existing`` (a SQLite file that was there before), for a database that is not a store.
+    """
+    if not sa.inspect(conn).has_table(schema_version.name):
+        if existing:
+            raise StateError(
+                f"the state store {display_url} is an existing database that is not an "
+                "aitems-sync state store (it has no schema_version table): point `state:` at "
+                "the store's file, or at a path where none exists yet to start a new store"
+            )
+        return None
+    found = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
+    if found is not None and found > LATEST_VERSION:
+        raise StateError(
+            f"the state store {display_url} has schema version {found}, but this aitems-sync "
+            f"only knows versions up to {LATEST_VERSION}; upgrade aitems-sync, or point "
+            "`state:` at another store"
+        )
+    return None if found is None else int(found)
 
 
 def _serialize_migrations(conn: sa.Connection) -> None:
