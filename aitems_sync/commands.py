@@ -13,11 +13,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import Any
-
-import yaml
 
 from aitems_sync.aitems.client import AitemsClient
+from aitems_sync.aitems.schemas import PulledSchema
 from aitems_sync.errors import EXIT_USAGE, SpecError, SpecProblem, UsageError
 from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.source.extract import Source
@@ -323,25 +321,20 @@ def status(spec: Spec, datasets: Sequence[str] = ()) -> StatusReport:
         return gather_status(spec, selected, api=client, state=state)
 
 
-def schema_pull(spec: Spec, dataset: str) -> str:
-    """The AiTEMS schema of a dataset as the spec's ``fields:`` YAML."""
-    chosen = dataset_named(spec, dataset)
+def schema_pull(spec: Spec, dataset: str | None = None, *, dataset_id: str | None = None
+                ) -> PulledSchema:
+    """The AiTEMS schema of a spec dataset, or of any AiTEMS dataset by its ``dataset_id``
+    (one of the two), in the spec's terms; the CLI prints it as ``fields:`` YAML or JSON."""
+    if (dataset is None) == (dataset_id is None):
+        raise UsageError("schema pull takes a dataset of the spec, or an AiTEMS dataset ID "
+                         "(--dataset-id), not both")
+    chosen = None if dataset is None else dataset_named(spec, dataset)
     with AitemsClient.from_config(spec.aitems) as client:
-        spec, (chosen,) = resolved(spec, client, [chosen], service_needed=False)
-        remote = client.get_dataset(chosen.dataset_id)
-        schema = client.get_schema(str(remote["schemaName"]))
-    fields = []
-    for field in schema.get("fields", []):
-        types = field.get("type", [])
-        entry: dict[str, Any] = {"name": field["name"],
-                                 "type": types[0] if len(types) == 1 else list(types)}
-        if field.get("categorical"):
-            entry["categorical"] = True
-        fields.append(entry)
-    header = (f"# schema {schema.get('name')} of AiTEMS dataset {chosen.dataset_id} "
-              f"({schema.get('datasetType')})\n")
-    return header + yaml.safe_dump({"fields": fields}, sort_keys=False,
-                                   default_flow_style=None)
+        if chosen is not None:
+            spec, (chosen,) = resolved(spec, client, [chosen], service_needed=False)
+        target = chosen.dataset_id if chosen is not None else str(dataset_id)
+        remote = client.get_dataset(target)
+        return PulledSchema.of(target, client.get_schema(str(remote["schemaName"])))
 
 
 # -- shared by the commands -----------------------------------------------------------------
