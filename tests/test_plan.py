@@ -137,13 +137,18 @@ def test_plan_without_a_state_store_creates_nothing_and_reports_every_row_new(
 
 def test_plan_on_an_empty_postgresql_database_creates_no_table(
         demo: dict[str, str], pg_url: str) -> None:
-    planned = cli({**demo, "AITEMS_SYNC_STATE": pg_url}, "plan")
+    env = {**demo, "AITEMS_SYNC_STATE": pg_url}
+    planned = cli(env, "plan")
 
     assert planned.exit_code == 0, planned.output
     assert counts(planned)["events"]["new"] == 5000
     engine = sa.create_engine(pg_url)
     try:
         assert sa.inspect(engine).get_table_names() == []
+        assert cli(env, "run").exit_code == 0
+        replanned = cli(env, "plan")  # the store as the run left it, read in place
+        assert replanned.exit_code == 0, replanned.output
+        assert counts(replanned)["events"]["sent"] == 0
     finally:
         engine.dispose()
 

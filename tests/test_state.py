@@ -734,6 +734,7 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN row_hash"))  # ... no row hash
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN aitems_service_id"))  # no binding
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN aitems_dataset_id"))
+        conn.execute(sa.text("ALTER TABLE leases DROP COLUMN process"))  # no process token
         conn.execute(sa.text("UPDATE schema_version SET version = 1"))
 
     with StateStore.open(store_url) as store:
@@ -747,7 +748,10 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         assert store.row_hash_of("users") == "blake2b-64"
         store.set_mark("items", None)
         assert store.row_hash_of("items") == ROW_HASH
+        store.acquire_lease("users", owner="r", host="h", pid=1, ttl=60, process="b n 7")
+        holder = store.lease_holder("users")
     assert record.ledger_hash == 42
+    assert holder is not None and holder.process == "b n 7"
     with engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version FROM schema_version")).scalar()
     assert version == LATEST_VERSION
