@@ -13,11 +13,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import Any
-
-import yaml
 
 from aitems_sync.aitems.client import AitemsClient
+from aitems_sync.aitems.schemas import PulledSchema
 from aitems_sync.errors import SpecError, SpecProblem, UsageError
 from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.source.extract import Source
@@ -179,7 +177,7 @@ def apply(
 def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False) -> RunReport:
     """What ``run`` would send now, without sending or writing anything; see ``engine.plan``."""
     selected = select_datasets(spec, datasets)
-    with open_state(spec) as state, open_sources(spec) as sources:
+    with open_state(spec, read_only=True) as state, open_sources(spec) as sources:
         if needs_lookup(spec, selected):  # names to find: the one read of AiTEMS a plan makes
             with AitemsClient.from_config(spec.aitems) as client:
                 spec, selected = resolved(spec, client, selected, state)
@@ -313,25 +311,20 @@ def status(spec: Spec, datasets: Sequence[str] = ()) -> StatusReport:
         return gather_status(spec, selected, api=client, state=state)
 
 
-def schema_pull(spec: Spec, dataset: str) -> str:
-    """The AiTEMS schema of a dataset as the spec's ``fields:`` YAML."""
-    chosen = dataset_named(spec, dataset)
+def schema_pull(spec: Spec, dataset: str | None = None, *, dataset_id: str | None = None
+                ) -> PulledSchema:
+    """The AiTEMS schema of a spec dataset, or of any AiTEMS dataset by its ``dataset_id``
+    (one of the two), in the spec's terms; the CLI prints it as ``fields:`` YAML or JSON."""
+    if (dataset is None) == (dataset_id is None):
+        raise UsageError("schema pull takes a dataset of the spec, or an AiTEMS dataset ID "
+                         "(--dataset-id), not both")
+    chosen = None if dataset is None else dataset_named(spec, dataset)
     with AitemsClient.from_config(spec.aitems) as client:
-        spec, (chosen,) = resolved(spec, client, [chosen], None, service_needed=False)
-        remote = client.get_dataset(chosen.dataset_id)
-        schema = client.get_schema(str(remote["schemaName"]))
-    fields = []
-    for field in schema.get("fields", []):
-        types = field.get("type", [])
-        entry: dict[str, Any] = {"name": field["name"],
-                                 "type": types[0] if len(types) == 1 else list(types)}
-        if field.get("categorical"):
-            entry["categorical"] = True
-        fields.append(entry)
-    header = (f"# schema {schema.get('name')} of AiTEMS dataset {chosen.dataset_id} "
-              f"({schema.get('datasetType')})\n")
-    return header + yaml.safe_dump({"fields": fields}, sort_keys=False,
-                                   default_flow_style=None)
+        if chosen is not None:
+            spec, (chosen,) = resolved(spec, client, [chosen], None, service_needed=False)
+        target = chosen.dataset_id if chosen is not None else str(dataset_id)
+        remote = client.get_dataset(target)
+        return PulledSchema.of(target, client.get_schema(str(remote["schemaName"])))
 
 
 # -- shared by the commands -----------------------------------------------------------------
@@ -380,12 +373,13 @@ def dataset_named(spec: Spec, name: str) -> DatasetSpec:
 
 
 @contextmanager
-def open_state(spec: Spec) -> Iterator[StateStore]:
-    """The spec's state store, closed on exit; a URL no store can have is a SpecError."""
+def open_state(spec: Spec, *, read_only: bool = False) -> Iterator[StateStore]:
+    """The spec's state store, closed on exit; a URL no store can have is a SpecError.
+    ``read_only``: as it is, created and migrated never (``StateStore.read``)."""
     problems = state_url_problems(spec)
     if problems:
         raise SpecError(problems)
-    store = StateStore.open(spec.state_url)
+    store = StateStore.read(spec.state_url) if read_only else StateStore.open(spec.state_url)
     try:
         yield store
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from aitems_sync.cli.main import main_group
@@ -135,6 +136,52 @@ def test_schema_pull_prints_the_fields_yaml(synced: Path) -> None:
         "  type: [string, 'null']\n"
         "  categorical: true\n"
     )
+
+
+ITEMS_FIELDS = [
+    {"name": "ITEM_ID", "type": "string"},
+    {"name": "CATEGORY", "type": ["string", "null"], "categorical": True},
+    {"name": "PRICE", "type": ["float", "null"]},
+    {"name": "CREATION_TIMESTAMP", "type": "long"},
+]
+
+
+def test_schema_pull_json_prints_the_fields_as_the_spec_writes_them(synced: Path) -> None:
+    pulled = as_json(cli(synced, "schema", "pull", "users", json_output=True))
+
+    assert pulled == {
+        "dataset_id": "dsusers0001", "schema": "demo_users", "dataset_type": "user",
+        "fields": [{"name": "USER_ID", "type": "string"},
+                   {"name": "AGE", "type": ["int", "null"]},
+                   {"name": "GENDER", "type": ["string", "null"], "categorical": True}]}
+
+
+def test_schema_pull_by_dataset_id_reads_a_dataset_the_spec_does_not_name(synced: Path) -> None:
+    assert "dsitems0001" not in synced.read_text()
+
+    text = cli(synced, "schema", "pull", "--dataset-id", "dsitems0001")
+    data = as_json(cli(synced, "--json", "schema", "pull", "--dataset-id", "dsitems0001"))
+
+    assert text.exit_code == 0, text.output
+    assert text.stdout.startswith(
+        "# schema demo_items of AiTEMS dataset dsitems0001 (item)\nfields:\n")
+    assert yaml.safe_load(text.stdout) == {"fields": ITEMS_FIELDS}
+    assert data == {"dataset_id": "dsitems0001", "schema": "demo_items",
+                    "dataset_type": "item", "fields": ITEMS_FIELDS}
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    ((), 2, "give DATASET (a dataset of the spec) or --dataset-id ID, not both"),
+    (("users", "--dataset-id", "dsusers0001"), 2, "or --dataset-id ID, not both"),
+    (("items",), 2, "unknown dataset items: the spec defines"),
+    (("--dataset-id", "dsnosuch001"), 1, "dsnosuch001"),
+])
+def test_schema_pull_says_what_it_needs(synced: Path, args: tuple[str, ...], code: int,
+                                        message: str) -> None:
+    result = cli(synced, "schema", "pull", *args)
+
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
 
 
 @pytest.fixture

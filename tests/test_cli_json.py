@@ -27,7 +27,7 @@ COMMANDS = [
     ["state", "reset", "users", "--yes"], ["state", "set", "users", "--cursor", "2026-01-01"],
     ["quarantine", "list"], ["quarantine", "show", "1"], ["quarantine", "export"],
     ["quarantine", "retry"], ["quarantine", "drop", "1", "--yes"], ["history"],
-    ["status"], ["bootstrap", "users"], ["apply", "--exit-code"],
+    ["schema", "pull", "users"], ["status"], ["bootstrap", "users"], ["apply", "--exit-code"],
 ]
 SCENARIOS = ["ok", "spec-error", "wrong-secret", "aitems-unreachable", "database-unreachable"]
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from aitems_sync.emulator.server import EmulatorServer, Faults
 from aitems_sync.state.store import LedgerEntry, Mark, StateStore
@@ -358,6 +359,8 @@ def test_two_runs_started_together_one_syncs_and_the_other_exits_75(
 def test_a_killed_holders_lease_is_taken_over_once_it_expires(
         store_kind: str, tmp_path: Path, emulator: EmulatorServer,
         request: pytest.FixtureRequest) -> None:
+    """The holder is made to look as if it ran on a node that was lost with it: a dead holder
+    on this host is taken over at once instead (tests/test_lease_takeover.py)."""
     chaos = _build(tmp_path, emulator, store_kind, request, users=1000)
     emulator.set_faults(Faults(latency=0.03))
     spec = chaos.spec(max_rows=50, in_flight=4)
@@ -366,13 +369,17 @@ def test_a_killed_holders_lease_is_taken_over_once_it_expires(
         chaos.wait_for_uploads(3, holder)
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+        engine = sa.create_engine(chaos.state_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE leases SET host = 'lost-node'"))
+        engine.dispose()
         refused = chaos.run(spec, "users")
         took_over = chaos.run(spec, "users", "--wait=30")
     finally:
         chaos.stop_all()
 
     assert refused.code == 75
-    assert f"(pid {holder.pid})" in refused.stderr
+    assert f"on host lost-node (pid {holder.pid})" in refused.stderr
     assert took_over.code == 0
     assert "waiting for the lease on dataset users" in took_over.stderr
     check_delivery(chaos, [took_over.report], datasets=["users"])

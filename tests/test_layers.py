@@ -20,15 +20,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "aitems_sync"
 #: ``__version__``.
 ALLOWED: dict[str, set[str]] = {
     "redact": set(),  # the masking of credentials, under everything
+    "drivers": set(),  # the extras that install database drivers, for the missing-driver fix
     "undecodable": set(),  # a value a driver could not read: made by source, judged by rows
     "errors": {"redact"},
     "spec": {"errors", "redact"},
     "rows": {"spec", "errors", "undecodable"},
-    "source": {"spec", "errors", "redact", "undecodable"},
+    "source": {"spec", "errors", "redact", "undecodable", "drivers"},
     "aitems": {"spec", "errors"},
     "objectstorage": {"errors"},  # S3 for bootstrap files; boto3 imported only in it
     # the ledger keeps rows' hashes, by scheme
-    "state": {"rows", "spec", "errors", "redact", "undecodable"},
+    "state": {"rows", "spec", "errors", "redact", "undecodable", "drivers"},
     "sync": {"source", "rows", "state", "aitems", "spec", "errors", "undecodable",
              "objectstorage"},
     "commands": {"sync", "source", "rows", "state", "aitems", "spec", "errors",

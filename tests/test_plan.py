@@ -1,5 +1,6 @@
 """`plan`: a dry run whose counts are exactly what the next `run` sends, and which changes
-nothing: no upload, no mark, no ledger, no quarantine, no lease, no run record."""
+nothing: no upload, no mark, no ledger, no quarantine, no lease, no run record, no state store
+created and none migrated."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer
+from aitems_sync.state.tables import LATEST_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sync.yaml"
@@ -101,3 +104,82 @@ def test_plan_exit_code_says_whether_there_is_something_to_send(demo: dict[str, 
     assert cli(demo, "run").exit_code == 0
 
     assert cli(demo, "plan", "--exit-code").exit_code == 0
+
+
+# -- a store plan must not create or migrate ---------------------------------------------------
+
+
+def files_under(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path -> hash of its bytes)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_plan_without_a_state_store_creates_nothing_and_reports_every_row_new(
+        demo: dict[str, str], tmp_path: Path) -> None:
+    state = tmp_path / "state" / "new" / "state.db"
+    env = {**demo, "AITEMS_SYNC_STATE": f"sqlite:///{state}"}
+    before = files_under(tmp_path)
+
+    planned = cli(env, "plan")
+
+    assert planned.exit_code == 0, planned.output
+    assert files_under(tmp_path) == before
+    assert not (tmp_path / "state").exists()
+    assert "migrating" not in planned.stderr
+    for dataset in counts(planned).values():
+        assert dataset["new"] == dataset["read"] == dataset["sent"] > 0
+        assert dataset["changed"] == dataset["unchanged"] == 0
+    ran = cli(env, "run")  # the first run creates the store, announced in one line
+    assert counts(ran) == counts(planned)
+    assert "migrating" not in ran.stderr
+
+
+def test_plan_on_an_empty_postgresql_database_creates_no_table(
+        demo: dict[str, str], pg_url: str) -> None:
+    env = {**demo, "AITEMS_SYNC_STATE": pg_url}
+    planned = cli(env, "plan")
+
+    assert planned.exit_code == 0, planned.output
+    assert counts(planned)["events"]["new"] == 5000
+    engine = sa.create_engine(pg_url)
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+        assert cli(env, "run").exit_code == 0
+        replanned = cli(env, "plan")  # the store as the run left it, read in place
+        assert replanned.exit_code == 0, replanned.output
+        assert counts(replanned)["events"]["sent"] == 0
+    finally:
+        engine.dispose()
+
+
+def as_version_8(path: Path) -> None:
+    """Take a current store back to schema version 8: leases without the process token."""
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE leases DROP COLUMN process")
+    db.execute("UPDATE schema_version SET version = 8")
+    db.commit()
+    db.close()
+
+
+def test_plan_on_an_older_store_changes_no_byte_and_says_how_to_migrate(
+        demo: dict[str, str], tmp_path: Path) -> None:
+    assert cli(demo, "run").exit_code == 0
+    change_rows(tmp_path / "shop.db")
+    as_version_8(tmp_path / "state.db")
+    before = files_under(tmp_path), state_fingerprint(tmp_path / "state.db")
+
+    refused = cli(demo, "plan")
+
+    assert refused.exit_code == 1
+    assert (files_under(tmp_path), state_fingerprint(tmp_path / "state.db")) == before
+    assert f"has schema version 8, older than this aitems-sync's {LATEST_VERSION}" in \
+        refused.stderr
+    assert "plan reads a store as it is and never migrates one" in refused.stderr
+    assert "migrating" not in refused.stderr
+    migrated = cli(demo, "state", "show")  # as the message says: it migrates and sends nothing
+    assert migrated.exit_code == 0, migrated.output
+    assert "migrating the state store" in migrated.stderr
+    planned = cli(demo, "plan")
+    assert planned.exit_code == 0, planned.output
+    assert counts(planned)["users"]["changed"] == 40

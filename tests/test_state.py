@@ -611,6 +611,23 @@ def test_expired_lease_is_taken_over(store: StateStore, clock: FakeClock) -> Non
     assert store.renew_lease("users", owner="run-a", ttl=30) is False
 
 
+def test_a_live_lease_is_taken_from_a_gone_holder_only_while_that_holder_has_it(
+        store: StateStore) -> None:
+    store.acquire_lease("users", owner="run-a", host="h", pid=1, ttl=60, process="b n 10")
+    store.acquire_lease("users", owner="run-c", host="h", pid=3, ttl=60,
+                        take_from="run-a")  # run-a judged gone: the same conditional write
+    holder = store.lease_holder("users")
+    with pytest.raises(LockHeldError, match="run-c"):  # run-a is no longer the holder
+        store.acquire_lease("users", owner="run-b", host="h", pid=2, ttl=60, take_from="run-a")
+
+    assert holder is not None
+    assert (holder.owner, holder.pid, holder.process) == ("run-c", 3, None)
+    assert store.renew_lease("users", owner="run-a", ttl=60) is False
+    with pytest.raises(LeaseLostError, match="is held by run run-c now"):  # fenced
+        store.commit_batch("users", run_id="run-a", batch_id=None, ledger=entries([1]),
+                           mark=Mark(cursor=5, key=("u5",)), fenced=True)
+
+
 def test_renewed_lease_outlives_its_first_ttl(store: StateStore, clock: FakeClock) -> None:
     store.acquire_lease("users", owner="run-a", host="h", pid=1, ttl=30)
     clock.advance(20)
@@ -717,6 +734,7 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN row_hash"))  # ... no row hash
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN aitems_service_id"))  # no binding
         conn.execute(sa.text("ALTER TABLE datasets DROP COLUMN aitems_dataset_id"))
+        conn.execute(sa.text("ALTER TABLE leases DROP COLUMN process"))  # no process token
         conn.execute(sa.text("UPDATE schema_version SET version = 1"))
 
     with StateStore.open(store_url) as store:
@@ -730,7 +748,10 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_data(store_url: str)
         assert store.row_hash_of("users") == "blake2b-64"
         store.set_mark("items", None)
         assert store.row_hash_of("items") == ROW_HASH
+        store.acquire_lease("users", owner="r", host="h", pid=1, ttl=60, process="b n 7")
+        holder = store.lease_holder("users")
     assert record.ledger_hash == 42
+    assert holder is not None and holder.process == "b n 7"
     with engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version FROM schema_version")).scalar()
     assert version == LATEST_VERSION

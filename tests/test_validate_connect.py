@@ -7,7 +7,10 @@ Real SQLite files for the sources and the state, the emulator on loopback for Ai
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.server import EmulatorServer
 from tests.conftest import source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SPEC = """\
 version: 1
@@ -206,6 +211,53 @@ def test_a_state_url_no_store_can_have_exits_2_in_every_command(
     assert result.exit_code == 2, result.output
     line = line_of(spec.read_text(), "state:")
     assert f"{spec}:{line}: state: the state URL {fragment}" in result.stderr
+
+
+#: The CLI in a process where some modules cannot be imported, as when they are not installed.
+WITHOUT_MODULES = ("import sys; sys.modules.update(dict.fromkeys(sys.argv.pop(1).split(',')));"
+                   "sys.argv[0] = 'aitems-sync'; from aitems_sync.cli.main import main; main()")
+
+
+def cli_without(modules: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT_MODULES, modules, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize(("missing", "state", "source", "fix"), [
+    ("psycopg", "postgresql+psycopg://u:pw@127.0.0.1:9/st", None,
+     "state: the state URL needs the driver 'postgresql+psycopg', whose Python module psycopg "
+     "is not installed: install it with pip install 'aitems-sync[postgres]'"),
+    ("pymysql", "mysql+pymysql://u:pw@127.0.0.1:9/st", None,
+     "whose Python module pymysql is not installed: install it with pip install "
+     "'aitems-sync[mysql]'"),
+    ("psycopg", None, "postgresql+psycopg://u:pw@127.0.0.1:9/shop",
+     "sources.shop.url: source 'shop': cannot use postgresql+psycopg://u:***@127.0.0.1:9/shop: "
+     "its driver is not installed ("),
+    ("psycopg", None, "postgresql+psycopg://u:pw@127.0.0.1:9/shop",
+     "); install it with pip install 'aitems-sync[postgres]'"),
+    ("pymysql", None, "mysql+pymysql://u:pw@127.0.0.1:9/shop",
+     "); install it with pip install 'aitems-sync[mysql]'"),
+    ("", None, "mysql+mysqldb://u:pw@127.0.0.1:9/shop",
+     "the URL names mysqldb, which aitems-sync does not install: write it as "
+     "mysql+pymysql://... and pip install 'aitems-sync[mysql]', or install mysqldb yourself"),
+    ("", "mariadb://u:pw@127.0.0.1:9/st", None,
+     "the URL names no driver, so SQLAlchemy picks mysqldb, which aitems-sync does not "
+     "install: write it as mariadb+pymysql://... and pip install 'aitems-sync[mysql]'"),
+])
+def test_a_missing_driver_is_named_with_the_extra_that_installs_it(
+        tmp_path: Path, emulator: EmulatorServer, missing: str, state: str | None,
+        source: str | None, fix: str) -> None:
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url,
+                      source_url=source or f"sqlite:///{tmp_path / 'shop.db'}",
+                      state_url=state or f"sqlite:///{tmp_path / 'state.db'}")
+    Shop(f"sqlite:///{tmp_path / 'shop.db'}").close()
+
+    result = cli_without(missing, "--config", str(spec), "validate", "--connect")
+
+    assert result.returncode == 2, result.stderr
+    assert fix in result.stderr
+    assert "pw@" not in result.stderr
 
 
 def test_validate_connect_refuses_a_state_store_of_a_newer_version(

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import yaml
+
 from aitems_sync.spec.model import Field, FieldType
 
 _TYPES: tuple[FieldType, ...] = ("string", "int", "long", "float", "double", "boolean", "null")
@@ -165,3 +167,41 @@ def field_diff(spec: Sequence[Field], remote: Sequence[Field]) -> list[str]:
     theirs = [f"{f.name}: {shown_type(f)}" for f in remote]
     ours = [f"{f.name}: {shown_type(f)}" for f in spec]
     return [line for line in difflib.ndiff(theirs, ours) if not line.startswith("?")]
+
+
+@dataclass(frozen=True)
+class PulledSchema:
+    """A dataset's AiTEMS schema in the spec's terms (``schema pull``): each field as the
+    spec's ``fields`` writes it (one type alone, several as a list, ``categorical`` only when
+    true), so that either rendering can be pasted into a spec."""
+
+    dataset_id: str
+    schema_name: str
+    dataset_type: str
+    fields: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def of(cls, dataset_id: str, schema: Mapping[str, Any]) -> PulledSchema:
+        """From AiTEMS's schema document (``GET /schemas/{name}``) of the dataset."""
+        fields = []
+        for field in schema.get("fields", []):
+            types = field.get("type", [])
+            entry: dict[str, Any] = {"name": field["name"],
+                                     "type": types[0] if len(types) == 1 else list(types)}
+            if field.get("categorical"):
+                entry["categorical"] = True
+            fields.append(entry)
+        return cls(dataset_id, str(schema.get("name")), str(schema.get("datasetType")),
+                   tuple(fields))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly data (``schema pull --json``)."""
+        return {"dataset_id": self.dataset_id, "schema": self.schema_name,
+                "dataset_type": self.dataset_type, "fields": list(self.fields)}
+
+    def fields_yaml(self) -> str:
+        """The spec's ``fields:`` YAML, after a comment naming the schema and dataset."""
+        header = (f"# schema {self.schema_name} of AiTEMS dataset {self.dataset_id} "
+                  f"({self.dataset_type})\n")
+        return header + yaml.safe_dump({"fields": list(self.fields)}, sort_keys=False,
+                                       default_flow_style=None)

@@ -220,11 +220,23 @@ def schema() -> None:
 
 
 @schema.command("pull")
-@click.argument("dataset")
+@click.argument("dataset", required=False)
+@click.option("--dataset-id", metavar="ID",
+              help="An AiTEMS dataset ID instead of DATASET: any dataset of the spec's "
+                   "service account, in the spec or not (yet).")
 @click.pass_obj
-def schema_pull(ctx: Context, dataset: str) -> None:
-    """Print DATASET's schema from AiTEMS as the spec's `fields:` YAML."""
-    click.echo(commands.schema_pull(ctx.spec(), dataset), nl=False)
+def schema_pull(ctx: Context, dataset: str | None, dataset_id: str | None) -> None:
+    """Print the AiTEMS schema of DATASET (a dataset of the spec), or of the AiTEMS dataset
+    --dataset-id ID, as the spec's `fields:` YAML; with --json as a JSON object (dataset_id,
+    schema, dataset_type, fields)."""
+    if (dataset is None) == (dataset_id is None):
+        raise click.UsageError("give DATASET (a dataset of the spec) or --dataset-id ID, "
+                               "not both")
+    pulled = commands.schema_pull(ctx.spec(), dataset, dataset_id=dataset_id)
+    if ctx.json_output:
+        _echo_json(pulled.to_dict())
+    else:
+        click.echo(pulled.fields_yaml(), nl=False)
 
 
 COMMANDS = (state, quarantine, history, schema, status)

@@ -46,95 +46,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from aitems_sync.emulator.content import Received
 from aitems_sync.emulator.faults import Faults, FaultState, patch_faults
 from aitems_sync.emulator.handler import EmulatorHTTPServer
 from aitems_sync.emulator.lifecycle import Lifecycle, Timing
 from aitems_sync.emulator.model import Model
-from aitems_sync.emulator.objects import SEEDED_ID_RE
 from aitems_sync.emulator.objectstorage import ObjectStorage, require_boto3
 from aitems_sync.emulator.rows import Rejection
+from aitems_sync.emulator.seed import apply_seed, load_seed
 from aitems_sync.emulator.store import SqliteJournal
 from aitems_sync.errors import UsageError
 
 __all__ = ["EmulatorServer", "Faults", "ObjectStorage", "Received", "Timing", "load_seed"]
 
 log = logging.getLogger(__name__)
-
-
-def load_seed(path: Path | str) -> dict[str, Any]:
-    """Read a seed file (YAML or JSON; see examples/emulator-seed.yaml) into a dict."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise UsageError(f"cannot read the emulator seed {path}: {error}; it must be a YAML "
-                         "or JSON text file (see examples/emulator-seed.yaml)") from error
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"the emulator seed {path} must be a mapping with keys, schemas, "
-                         "datasets and services")
-    return data
-
-
-def apply_seed(model: Model, seed: Mapping[str, Any]) -> dict[str, str]:
-    """Create the seed's schemas, datasets and services (those that exist are kept as they are).
-
-    Returns the seed's key pairs. Raises `UsageError` listing every problem of the seed.
-    """
-    problems: list[str] = []
-    keys = _seed_keys(seed.get("keys") or [], problems)
-    for section, kind, id_key in (("schemas", "schema", "name"), ("datasets", "dataset",
-                                  "datasetId"), ("services", "service", "serviceId")):
-        entries = seed.get(section) or []
-        if not isinstance(entries, list):
-            problems.append(f"{section} must be a list")
-            continue
-        for index, entry in enumerate(entries):
-            try:
-                _seed_one(model, kind, id_key, entry)
-            except Rejection as rejection:
-                reasons = [p.message for p in rejection.problems] or [rejection.details]
-                problems += [f"{section}[{index}]: {reason}" for reason in reasons]
-    if problems:
-        raise UsageError("the emulator seed is invalid:\n" + "\n".join(f"  {p}" for p in problems))
-    return keys
-
-
-def _seed_keys(entries: Any, problems: list[str]) -> dict[str, str]:
-    keys: dict[str, str] = {}
-    for index, entry in enumerate(entries if isinstance(entries, list) else [None]):
-        access = entry.get("access_key") if isinstance(entry, dict) else None
-        secret = entry.get("secret_key") if isinstance(entry, dict) else None
-        if isinstance(access, str) and isinstance(secret, str) and access and secret:
-            keys[access] = secret
-        else:
-            problems.append(f"keys[{index}] must be {{access_key, secret_key}} strings")
-    return keys
-
-
-def _seed_one(model: Model, kind: str, id_key: str, entry: Any) -> None:
-    if not isinstance(entry, dict):
-        raise Rejection(400, f"each {kind} must be a mapping")
-    body = {k: v for k, v in entry.items() if k not in (id_key, "datasets") or kind == "schema"}
-    fixed = entry.get(id_key)
-    if kind != "schema" and fixed is not None and not (
-        isinstance(fixed, str) and SEEDED_ID_RE.fullmatch(fixed)
-    ):
-        raise Rejection(400, f"{id_key} must be letters, digits, '_' or '-'")
-    if isinstance(fixed, str) and model.has(kind, fixed):
-        return  # kept from the --state file
-    if kind == "schema":
-        model.create_schema(body)
-    elif kind == "dataset":
-        model.create_dataset(body, dataset_id=fixed)
-    else:
-        service_id = model.create_service(body, service_id=fixed)["serviceId"]
-        if entry.get("datasets"):
-            model.attach_datasets(service_id, {"datasetIds": entry["datasets"]})
 
 
 class EmulatorServer:

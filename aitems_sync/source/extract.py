@@ -39,6 +39,7 @@ from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 from sqlalchemy.types import NullType
 
+from aitems_sync.drivers import install_hint
 from aitems_sync.errors import QueryError, SourceError
 from aitems_sync.redact import url_for_display
 from aitems_sync.source.decode import fetch_part, tolerate_pg_values
@@ -700,11 +701,16 @@ def _create_engine(name: str, url: str) -> sa.Engine:
             # come back as '?'. utf8mb4 carries any text the server holds.
             connect_args["charset"] = "utf8mb4"
         engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-    except (sa.exc.ArgumentError, ImportError) as exc:
+    except ImportError as exc:
+        raise SourceError(
+            f"source {name!r}: cannot use {_safe_url(url)}: its driver is not installed "
+            f"({_scrub(_first_line(exc), url)}); {install_hint(parsed)}"
+        ) from exc
+    except sa.exc.ArgumentError as exc:
         raise SourceError(
             f"source {name!r}: cannot use {_safe_url(url)}: {_scrub(_first_line(exc), url)}; "
-            "check the dialect and install its driver (for PostgreSQL use postgresql+psycopg:// "
-            "with the psycopg package)"
+            "check the dialect and its driver (postgresql+psycopg:// or mysql+pymysql://, "
+            "installed by pip install 'aitems-sync[postgres]' or 'aitems-sync[mysql]')"
         ) from exc
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _heed_signals)

@@ -46,7 +46,15 @@ from sqlalchemy.pool import StaticPool
 from aitems_sync.errors import StateError
 from aitems_sync.redact import url_for_display
 from aitems_sync.state.records import KEY_HASH, PAYLOAD_HASH, POSITION
-from aitems_sync.state.tables import ledger, ledger_log, ledger_recent, migrate, migration_lock
+from aitems_sync.state.tables import (
+    LATEST_VERSION,
+    ledger,
+    ledger_log,
+    ledger_recent,
+    migrate,
+    migration_lock,
+    stored_version,
+)
 from aitems_sync.state.values import dumps
 
 log = logging.getLogger(__name__)
@@ -77,10 +85,11 @@ def open_engine(url: str) -> tuple[sa.Engine, str]:
     _insert_module(parsed.get_backend_name())  # refuse an unsupported database before DDL
     existing = _existing_sqlite_file(parsed, display)
     engine: sa.Engine | None = None
+    created = False
     try:
         if _is_sqlite_file(parsed) and not existing:
             _create_sqlite_store(parsed, display)
-            existing = True
+            existing = created = True
         engine = create_engine(parsed)
         writer = engine.execution_options(**{WRITE_OPTION: True})
         with writer.connect() as conn, migration_lock(conn, display), conn.begin():
@@ -96,8 +105,61 @@ def open_engine(url: str) -> tuple[sa.Engine, str]:
         if engine is not None:
             engine.dispose()
         raise
+    if created or found == 0:
+        log.info("created the state store %s (schema version %d)", display, LATEST_VERSION)
     log.debug("opened the state store %s (schema version %d found)", display, found)
     return engine, display
+
+
+def open_reader(url: str) -> tuple[sa.Engine | None, str]:
+    """Connect to the store at ``url`` to read it as it is (``plan``): nothing is created,
+    migrated or written. The engine is None when there is no store there yet; a store of
+    another schema version than this code's, or a database that is not a store, is a
+    StateError saying what to do. The displayed URL never holds the password.
+    """
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise StateError("the state store URL is not a SQLAlchemy URL") from None
+    display = url_for_display(url)
+    _insert_module(parsed.get_backend_name())
+    sqlite_file = _is_sqlite_file(parsed)
+    if parsed.get_backend_name() == "sqlite" and _is_memory(parsed.database):
+        return None, display  # a new database in memory each time: always empty
+    if sqlite_file and not _stored_sqlite_file(parsed, display):
+        return None, display
+    engine = create_engine(parsed, read_only=True)
+    try:
+        with engine.connect() as conn:
+            found = stored_version(conn, display, existing=sqlite_file)
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        engine.dispose()
+        raise StateError(f"cannot open the state store {display}: {reason(exc)}; check the "
+                         "URL and that the database is reachable") from exc
+    except StateError:
+        engine.dispose()
+        raise
+    if found == LATEST_VERSION:
+        return engine, display
+    engine.dispose()
+    if found is None:
+        return None, display
+    raise StateError(
+        f"the state store {display} has schema version {found}, older than this "
+        f"aitems-sync's {LATEST_VERSION}: plan reads a store as it is and never migrates one, "
+        "and this version cannot read the older schema. Let this version migrate it first: "
+        "`aitems-sync state show` does, and sends nothing (as does the next `run`)"
+    )
+
+
+def empty_store() -> sa.Engine:
+    """A new store in memory at the current schema version, for reading a store that does not
+    exist yet as empty."""
+    engine = create_engine(make_url("sqlite://"))
+    writer = engine.execution_options(**{WRITE_OPTION: True})
+    with writer.connect() as conn, conn.begin():
+        migrate(conn, "(in memory)")
+    return engine
 
 
 def _existing_sqlite_file(url: URL, display: str) -> bool:
@@ -106,8 +168,14 @@ def _existing_sqlite_file(url: URL, display: str) -> bool:
     An empty file is never taken for a new store: a store truncated by a full disk, a bad copy
     or a mistaken ``> file`` would have every row sent again. Only a missing file is created.
     """
-    if not _is_sqlite_file(url):
+    if not _is_sqlite_file(url) or not _stored_sqlite_file(url, display):
         return False
+    _make_private(Path(url.database or ""))
+    return True
+
+
+def _stored_sqlite_file(url: URL, display: str) -> bool:
+    """Whether the SQLite file of ``url`` exists; StateError if it is empty (see above)."""
     path = Path(url.database or "")
     try:
         size = path.stat().st_size
@@ -122,7 +190,6 @@ def _existing_sqlite_file(url: URL, display: str) -> bool:
             "from a backup; to start afresh on purpose (every row is then sent again), delete "
             "it, and the next run creates a new store"
         )
-    _make_private(path)
     return True
 
 
@@ -178,19 +245,22 @@ def _link_into_place(temporary: Path, path: Path) -> None:
             os.rename(temporary, path)
 
 
-def create_engine(url: URL) -> sa.Engine:
-    """An engine for the store at ``url``; for SQLite, the file is created first (0600)."""
+def create_engine(url: URL, *, read_only: bool = False) -> sa.Engine:
+    """An engine for the store at ``url``; for SQLite, the file is created first (0600).
+
+    ``read_only`` (SQLite): the file must exist, and is neither switched to WAL nor written
+    (``PRAGMA query_only``)."""
     if url.get_backend_name() != "sqlite":
         return _create_server_engine(url)
     memory = _is_memory(url.database)
-    if not memory and not (url.database or "").startswith("file:"):
+    if not memory and not read_only and not (url.database or "").startswith("file:"):
         _create_private_file(Path(url.database or ""))
     options: dict[str, Any] = {"hide_parameters": True}
     if memory:
         # One shared connection, or every pooled connection would see its own empty database.
         options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
     engine = sa.create_engine(url, **options)
-    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "connect", _sqlite_on_read if read_only else _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
@@ -244,6 +314,17 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_read(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+        cursor.execute("PRAGMA query_only = ON")
     finally:
         cursor.close()
 

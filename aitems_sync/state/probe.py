@@ -16,6 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
+from aitems_sync.drivers import install_hint
 from aitems_sync.errors import StateError
 from aitems_sync.redact import url_for_display
 from aitems_sync.state.connect import _DIALECT_MODULES, _is_sqlite_file, create_engine, reason
@@ -44,8 +45,7 @@ def url_problem(url: str) -> str | None:
         dialect.import_dbapi()
     except ImportError as error:
         return (f"needs the driver {parsed.drivername!r}, whose Python module "
-                f"{error.name or 'it imports'} is not installed: install it in the environment "
-                "that runs aitems-sync, or name a driver that is installed")
+                f"{error.name or 'it imports'} is not installed: {install_hint(parsed)}")
     return None
 
 

@@ -246,6 +246,8 @@ class LeaseHolder:
     pid: int
     acquired_at: datetime
     expires_at: datetime
+    #: The holder's process token (``sync.liveness``), None where it recorded none.
+    process: str | None = None
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,7 @@ def lease_holder(row: Any) -> LeaseHolder:
         pid=row.pid,
         acquired_at=row.acquired_at,
         expires_at=row.expires_at,
+        process=row.process,
     )
 
 

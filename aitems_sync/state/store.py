@@ -129,9 +129,10 @@ class StateStore:
     """The state of every dataset in one database; safe to share between threads."""
 
     def __init__(self, engine: sa.Engine, *, display: str, clock: Callable[[], datetime],
-                 recent_limit: int = RECENT_LIMIT):
-        """Use :meth:`open`, which also creates and migrates the tables."""
+                 recent_limit: int = RECENT_LIMIT, read_only: bool = False):
+        """Use :meth:`open`, which also creates and migrates the tables, or :meth:`read`."""
         self._engine = engine
+        self._read_only = read_only
         self._writer = engine.execution_options(**{connect.WRITE_OPTION: True})
         self._dialect = engine.dialect.name
         self._clock = clock
@@ -154,6 +155,19 @@ class StateStore:
         """Open (creating and migrating if needed) the store at a SQLAlchemy URL."""
         engine, display = connect.open_engine(url)
         return cls(engine, display=display, clock=clock, recent_limit=recent_limit)
+
+    @classmethod
+    def read(cls, url: str, *, clock: Callable[[], datetime] = _utcnow) -> StateStore:
+        """The store at a SQLAlchemy URL as it is, for reading only (``plan``): nothing is
+        created, migrated or written, and a write is a bug. Where no store exists yet, an empty
+        one in memory stands for it; a store of an older schema version is a StateError that
+        says how to migrate it (``connect.open_reader``)."""
+        engine, display = connect.open_reader(url)
+        if engine is None:
+            log.info("the state store %s does not exist yet: read as empty (the first run "
+                     "creates it)", display)
+            engine = connect.empty_store()
+        return cls(engine, display=display, clock=clock, read_only=True)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -179,6 +193,8 @@ class StateStore:
     @contextmanager
     def _write(self, what: str) -> Iterator[sa.Connection]:
         """One write transaction; committed when the block ends, rolled back if it raises."""
+        if self._read_only:
+            raise RuntimeError(f"a store opened for reading only was asked to {what}")
         with self._guard(what):
             try:
                 with self._writer.begin() as conn:
@@ -878,20 +894,23 @@ class StateStore:
 
     # -- leases -----------------------------------------------------------------------------
 
-    def acquire_lease(self, dataset: str, *, owner: str, host: str, pid: int, ttl: float) -> None:
+    def acquire_lease(self, dataset: str, *, owner: str, host: str, pid: int, ttl: float,
+                      process: str | None = None, take_from: str | None = None) -> None:
         """Take the dataset's lease for ``ttl`` seconds, or raise LockHeldError.
 
-        Taken when nobody holds it, when its holder let it expire, or when ``owner`` already
-        holds it. Race-free between processes: each step is a conditional write whose row count
-        says who won, never a read followed by a write.
+        Taken when nobody holds it, when its holder let it expire, when ``owner`` already
+        holds it, or when ``take_from`` (a run judged gone: ``sync.liveness``) still holds it.
+        Race-free between processes: each step is a conditional write whose row count says who
+        won, never a read followed by a write. ``process``: the holder's process token.
         """
         dataset_id = self._known_id(dataset)
         for _attempt in range(5):
             now = self._clock()
             row = {"dataset_id": dataset_id, "owner": owner, "host": host, "pid": pid,
-                   "acquired_at": now, "expires_at": now + timedelta(seconds=ttl)}
+                   "process": process, "acquired_at": now,
+                   "expires_at": now + timedelta(seconds=ttl)}
             with self._write(f"take the lease on dataset {dataset!r}") as conn:
-                if self._take_lease(conn, row, now):
+                if self._take_lease(conn, row, now, take_from):
                     log.debug("took the lease on dataset %r as %s", dataset, owner)
                     return
             holder = self.lease_holder(dataset)
@@ -900,16 +919,21 @@ class StateStore:
                 raise LockHeldError(records.lease_held_message(holder))
         raise StateError(f"the lease on dataset {dataset!r} keeps changing hands; run again")
 
-    def _take_lease(self, conn: sa.Connection, row: dict[str, Any], now: datetime) -> bool:
+    def _take_lease(self, conn: sa.Connection, row: dict[str, Any], now: datetime,
+                    take_from: str | None) -> bool:
+        leases = tables.leases
+        free = sa.or_(leases.c.expires_at < now, leases.c.owner == row["owner"])
+        if take_from is not None:
+            free = sa.or_(free, leases.c.owner == take_from)
         takeover = (
-            sa.update(tables.leases)
-            .where(tables.leases.c.dataset_id == row["dataset_id"])
-            .where(sa.or_(tables.leases.c.expires_at < now, tables.leases.c.owner == row["owner"]))
+            sa.update(leases)
+            .where(leases.c.dataset_id == row["dataset_id"])
+            .where(free)
             .values({k: v for k, v in row.items() if k != "dataset_id"})
         )
         if conn.execute(takeover).rowcount == 1:
             return True
-        fresh = connect.insert_ignore(self._dialect, tables.leases, ["dataset_id"])
+        fresh = connect.insert_ignore(self._dialect, leases, ["dataset_id"])
         return bool(conn.execute(fresh, row).rowcount == 1)
 
     def renew_lease(self, dataset: str, *, owner: str, ttl: float) -> bool:

@@ -294,6 +294,10 @@ leases = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("acquired_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+    # Version 9: the holder's process token (boot id, pid namespace, start time; None where
+    # they cannot be read), so that a run on its host can tell that it is gone
+    # (sync/liveness.py).
+    sa.Column("process", _NAME, nullable=True),
 )
 
 _VERSION_1_TABLES = (datasets, runs, marks, ledger, batches, quarantine, leases)
@@ -357,6 +361,12 @@ def _add_handovers(conn: sa.Connection) -> None:
     _create(conn, (handovers,))
 
 
+def _add_lease_process(conn: sa.Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("leases")}
+    if "process" not in columns:
+        conn.execute(sa.text("ALTER TABLE leases ADD COLUMN process VARCHAR(255)"))
+
+
 def _widen_batch_statuses(conn: sa.Connection) -> None:
     """Let the journal hold every status of :data:`BATCH_STATUSES`. SQLite cannot change a
     table's constraint: the table is rebuilt (its AUTOINCREMENT counter carried over)."""
@@ -399,6 +409,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (6, _add_dataset_binding),
     (7, _add_boundary),
     (8, _add_handovers),
+    (9, _add_lease_process),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -412,30 +423,46 @@ def migrate(conn: sa.Connection, display_url: str, *, existing: bool = False) ->
     that was there before), a database that is not an aitems-sync store.
     """
     _serialize_migrations(conn)
-    if existing and not sa.inspect(conn).has_table(schema_version.name):
-        raise StateError(
-            f"the state store {display_url} is an existing database that is not an aitems-sync "
-            "state store (it has no schema_version table): point `state:` at the store's file, "
-            "or at a path where none exists yet to start a new store"
-        )
+    stored_version(conn, display_url, existing=existing)  # refuses what must not be touched
     _create(conn, (schema_version,))
     found = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
     current = found or 0
-    if current > LATEST_VERSION:
-        raise StateError(
-            f"the state store {display_url} has schema version {current}, but this aitems-sync "
-            f"only knows versions up to {LATEST_VERSION}; upgrade aitems-sync, or point "
-            "`state:` at another store"
-        )
     for version, step in MIGRATIONS:
         if version > current:
-            log.info("migrating the state store %s to schema version %d", display_url, version)
+            if current:  # a new store is announced once, by its creator
+                log.info("migrating the state store %s to schema version %d", display_url,
+                         version)
             step(conn)
     if found is None:
         conn.execute(sa.insert(schema_version).values(id=1, version=LATEST_VERSION))
     elif current < LATEST_VERSION:
         conn.execute(sa.update(schema_version).values(version=LATEST_VERSION))
     return current
+
+
+def stored_version(conn: sa.Connection, display_url: str, *, existing: bool = False
+                   ) -> int | None:
+    """The store's schema version, None when the database holds no store yet; read only.
+
+    StateError for a version newer than this code knows, which it could damage, and, when
+    ``existing`` (a SQLite file that was there before), for a database that is not a store.
+    """
+    if not sa.inspect(conn).has_table(schema_version.name):
+        if existing:
+            raise StateError(
+                f"the state store {display_url} is an existing database that is not an "
+                "aitems-sync state store (it has no schema_version table): point `state:` at "
+                "the store's file, or at a path where none exists yet to start a new store"
+            )
+        return None
+    found = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
+    if found is not None and found > LATEST_VERSION:
+        raise StateError(
+            f"the state store {display_url} has schema version {found}, but this aitems-sync "
+            f"only knows versions up to {LATEST_VERSION}; upgrade aitems-sync, or point "
+            "`state:` at another store"
+        )
+    return None if found is None else int(found)
 
 
 def _serialize_migrations(conn: sa.Connection) -> None:

@@ -1,10 +1,13 @@
 """A run's leases on its datasets: taken (or waited for) at the start, renewed, given back.
 
-A lease is a row in the state store (owner, host, pid, expiry), taken with conditional writes so
-two processes never both win. While the run lives, a thread renews every lease at a third of its
-time to live; a run killed with -9 stops renewing, and its datasets are free again once the
-lease expires. If a renewal finds the lease taken over (this process stalled past the expiry),
-the run is told to stop and must not commit again: another run owns the dataset now.
+A lease is a row in the state store (owner, host, pid, process token, expiry), taken with
+conditional writes so two processes never both win. While the run lives, a thread renews every
+lease at a third of its time to live; a run killed with -9 stops renewing, and its datasets are
+free again once the lease expires, or at once for a run on the same host that can tell the
+holder is gone (``sync.liveness``): that takeover is the same conditional write, on the holder's
+run id instead of its expiry. If a renewal finds the lease taken over (this process stalled
+past the expiry), the run is told to stop and must not commit again: another run owns the
+dataset now.
 
 Two fences keep a run that stalled (a GC pause, SIGSTOP, a frozen VM) from acting on a lease it
 lost while it slept, before its renewal thread could notice:
@@ -20,11 +23,10 @@ lost while it slept, before its renewal thread could notice:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ from datetime import UTC, datetime
 from aitems_sync.aitems.delivery import Uploader, UploadOutcome
 from aitems_sync.errors import AitemsSyncError, LeaseLostError, LockHeldError
 from aitems_sync.state.store import LeaseHolder, StateStore
+from aitems_sync.sync import liveness
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,11 @@ class Leases:
 
     def __init__(
         self, state: StateStore, datasets: Sequence[str], owner: str, ttl: float,
+        *, process: liveness.Process | None = None,
     ) -> None:
+        """``process``: this process as its leases record it (by default read from the host)."""
         self._state = state
+        self._process = process or liveness.this_process()
         self._datasets = list(datasets)
         self._owner = owner
         self._ttl = ttl
@@ -93,12 +99,10 @@ class Leases:
 
     def _take_all(self) -> tuple[str, LockHeldError] | None:
         """Take every lease; if one is held, give back the others and return who refused."""
-        host, pid = socket.gethostname(), os.getpid()
         for name in self._datasets:
             started = time.monotonic()
             try:
-                self._state.acquire_lease(name, owner=self._owner, host=host, pid=pid,
-                                          ttl=self._ttl)
+                self._take(name)
             except LockHeldError as error:
                 self._give_back()  # all or nothing: never sit on some while waiting for others
                 return name, error
@@ -106,6 +110,28 @@ class Leases:
                 self._held.append(name)
                 self._renewed[name] = started
         return None
+
+    def _take(self, name: str) -> None:
+        """Take one lease: a free or expired one, or one whose holder ran on this host and is
+        gone; LockHeldError otherwise."""
+        me = self._process
+        take = functools.partial(self._state.acquire_lease, name, owner=self._owner,
+                                 host=me.host, pid=me.pid, process=me.token, ttl=self._ttl)
+        try:
+            take()
+        except LockHeldError:
+            holder = self._state.lease_holder(name)
+            if holder is None:
+                raise
+            why = liveness.gone(liveness.Process(holder.host, holder.pid, holder.process), me,
+                                liveness.look(holder.pid))
+            if why is None:
+                raise
+            take(take_from=holder.owner)  # LockHeldError if it changed hands since
+            log.warning("took over the lease on dataset %s from run %s (pid %d on this host) "
+                        "before it expired: %s", name, holder.owner, holder.pid, why,
+                        extra={"event": "lease_takeover", "dataset": name,
+                               "run_id": holder.owner})
 
     def trusted(self, dataset: str) -> bool:
         """Whether no other run can have taken the dataset over yet (``check`` would pass)."""
