@@ -34,7 +34,7 @@ from aitems_sync.emulator.objectstorage import ObjectStorage
 from aitems_sync.emulator.server import EmulatorServer, load_seed
 from aitems_sync.spec.load import load_spec
 from aitems_sync.state.store import StateStore
-from aitems_sync.sync.bootstrap import READ_GRACE_SECONDS, read_verdict
+from aitems_sync.sync.handover import READ_GRACE_SECONDS, read_verdict
 from tests.conftest import DEMO_SEED, S3Server, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
