@@ -143,6 +143,27 @@ def test_a_first_load_goes_through_object_storage_and_run_then_sends_only_change
         f"u{n * 29:05d}" for n in range(100)}
 
 
+def test_bootstrap_files_are_kept_apart_by_service_so_another_environment_is_left_alone(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Staging and production specs may share a bucket and a prefix: a bootstrap aborts only
+    the unfinished uploads of its own service's dataset."""
+    prefix = f"t-{tmp_path.name}/"
+    theirs = setup.s3.create_multipart_upload(Bucket=BUCKET,
+                                              Key=f"{prefix}svcother0001/users/r1.csv.gz")
+    setup.s3.create_multipart_upload(Bucket=BUCKET, Key=f"{prefix}svcdemo0001/users/r0.csv.gz")
+
+    result = setup.cli("bootstrap", "users")
+
+    assert result.exit_code == 0, result.output
+    [load] = json.loads(result.stdout)["datasets"]
+    assert load["file"].startswith(f"s3://{BUCKET}/{prefix}svcdemo0001/users/")
+    assert [k for k in setup.unfinished() if k.startswith(prefix)] == [
+        f"{prefix}svcother0001/users/r1.csv.gz"]  # the other environment's, still going
+    setup.s3.abort_multipart_upload(Bucket=BUCKET, Key=f"{prefix}svcother0001/users/r1.csv.gz",
+                                    UploadId=theirs["UploadId"])
+
+
 def test_fields_that_differ_from_the_aitems_schema_stop_before_any_upload(
     setup: Setup,
 ) -> None:

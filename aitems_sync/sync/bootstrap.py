@@ -2,7 +2,8 @@
 
 For each dataset, holding its lease (no run or other bootstrap writes it meanwhile):
 
-1. unfinished multipart uploads a killed bootstrap left under the dataset's prefix are aborted;
+1. unfinished multipart uploads a killed bootstrap left under the dataset's prefix
+   (``<prefix><service id>/<dataset>/``) are aborted;
 2. the whole query is written as one gzip CSV, streamed by multipart upload while it is read
    (:class:`~aitems_sync.sync.fileload.FileLoad`; flat memory, no temporary file);
 3. the AiTEMS dataset is modified to read it (``POST /datasets/{id}`` with its ``osInfo``), and
@@ -188,7 +189,7 @@ class _Load:
         self.aitems = FileHandover(spec, dataset, state, api, run_id=settings.run_id,
                                    ready_timeout=settings.ready_timeout,
                                    poll_seconds=settings.poll_seconds, stop=stop)
-        self.prefix = f"{where.prefix}{dataset.name}/"
+        self.prefix = upload_prefix(where, spec.aitems.service_id, dataset.name)
         self.key = f"{self.prefix}{settings.run_id}.csv.gz"
 
     def run(self) -> None:
@@ -248,3 +249,9 @@ class _Load:
                         extra={"event": "null_cursor", "dataset": self.dataset.name})
         return snapshot
 
+
+def upload_prefix(where: ObjectStorageConfig, service_id: str, dataset: str) -> str:
+    """Where a dataset's bootstrap files go: ``<prefix><service id>/<dataset>/``. The service
+    id keeps two environments (their specs name other services) that share a bucket and a
+    prefix apart: neither aborts, nor is mistaken for, the other's uploads."""
+    return f"{where.prefix}{service_id}/{dataset}/"
