@@ -13,7 +13,8 @@ For each dataset, holding its lease (no run or other bootstrap writes it meanwhi
 
 A failure or a signal before step 4 moves nothing: the upload is aborted (or, after kill -9,
 by the next bootstrap), the staging is discarded by the next bootstrap, and the dataset can be
-bootstrapped again. Steps 3 and 4 are :mod:`aitems_sync.sync.handover`'s.
+bootstrapped again. Steps 3 and 4 are :mod:`aitems_sync.sync.handover`'s, shared with
+``bootstrap --from`` (:mod:`aitems_sync.sync.register`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from aitems_sync.errors import (
     EXIT_LOCKED,
     AitemsSyncError,
+    ExportError,
     InvalidRowsError,
     LockHeldError,
     ObjectStorageError,
@@ -58,14 +60,14 @@ class DatasetLoad:
     dataset: str
     status: str = OK
     dataset_id: str = ""  # the AiTEMS dataset (created by this bootstrap when it had none)
-    rows: int | None = 0  # in the file; None: not known
+    rows: int | None = 0  # in the file; None: not known (a file registered with --from)
     invalid: int = 0
     file: str = ""  # s3://bucket/key
     file_bytes: int = 0
     null_cursor: int = 0  # rows left out: their cursor is NULL
     seconds: float = 0.0
     error: str | None = None
-    spec_error: bool = False  # failed on a mistake in the spec (exit 2)
+    spec_error: bool = False  # failed on a mistake in the spec or the export (exit 2)
     mark: str | None = None  # the cursor value of the mark handed over
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +168,8 @@ def attempt(spec: Spec, load: DatasetLoad, stop: threading.Event,
     except SpecError as error:
         located = [spec.locate(p) if p.line is None else p for p in error.problems]
         load.status, load.error, load.spec_error = FAILED, str(SpecError(located)), True
+    except ExportError as error:
+        load.status, load.error, load.spec_error = FAILED, str(error), True
     except InvalidRowsError as error:
         load.status, load.error = INVALID, str(error)
     except AitemsSyncError as error:
