@@ -360,6 +360,9 @@ def test_the_header_of_a_large_file_costs_one_ranged_get(setup: Setup) -> None:
     ([" USER_ID", "AGE", "GENDER"], ["column 1 ' USER_ID' is field 'USER_ID' written otherwise "
                                      "(names must match exactly: letter case, no spaces)"]),
     (["GENDER", "AGE", "USER_ID"], ["the columns are in another order than the fields"]),
+    (["AGE", "user_id", "GENDER"], ["column 2 'user_id' is field 'USER_ID' written otherwise "
+                                    "(names must match exactly: letter case, no spaces)",
+                                    "the columns are in another order than the fields"]),
     ([], ["field 'USER_ID' has no column", "field 'AGE' has no column",
           "field 'GENDER' has no column"]),
 ])

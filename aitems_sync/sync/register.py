@@ -97,7 +97,9 @@ def header_diff(fields: Sequence[str], header: Sequence[str]) -> list[str]:
                          "(names must match exactly: letter case, no spaces)")
     named = {name.strip().lower() for name in header}
     lines += [f"field {f!r} has no column" for f in fields if f.lower() not in named]
-    if not lines:
+    present = list(dict.fromkeys(folded[n] for n in (h.strip().lower() for h in header)
+                                 if n in folded))
+    if present != [f for f in fields if f in present] or not lines:
         lines.append("the columns are in another order than the fields")
     return lines
 
