@@ -33,8 +33,9 @@ from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.objectstorage.exports import CHUNK_BYTES, ExportFile, read_header
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync.register import header_diff
-from tests.conftest import DEMO_SEED
+from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_SEED
 from tests.shop import T0, Shop, customer_rows, write_spec
+from tests.test_apply import SPEC as APPLY_SPEC
 from tests.test_client import closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,6 +176,49 @@ def test_an_interaction_export_is_doubled_only_at_a_mark_it_holds(
     assert twice == (set() if mark == 1500 else {event_row(1499)[2]})
 
 
+def test_a_dataset_the_spec_names_is_created_from_the_export(tmp_path: Path, bucket: str) -> None:
+    """apply made the schema and the service; bootstrap --from creates the dataset from the
+    file, under its dataset_name, and the state store is bound to the new id."""
+    source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
+    shop = Shop(source_url)
+    shop.add_customers(customer_rows(3000))
+    emulator = EmulatorServer(port=0, keys={DEMO_ACCESS_KEY: DEMO_SECRET_KEY},
+                              object_storage=ObjectStorage(bucket),
+                              timing=Timing(ingest_seconds=0.05))
+    emulator.start()
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(APPLY_SPEC.format(endpoint=emulator.base_url, state_url=state_url,
+                                      source_url=source_url, s3=bucket, bucket=BUCKET,
+                                      prefix="loads/"))
+    setup = Setup(shop, emulator, spec, s3_client(bucket, "kr-standard", "a", "b"), state_url,
+                  f"n-{tmp_path.name}/")
+    try:
+        assert setup.cli("apply", "--yes").exit_code == 0  # the schemas and the service
+        setup.export("users.csv.gz", USERS, users_before(CUTOFF))
+
+        result = setup.cli("bootstrap", "--from", setup.url("users.csv.gz"), "--mark",
+                           CUTOFF.isoformat(), "--type", "datetime", "users")
+
+        assert result.exit_code == 0, result.output
+        [load] = json.loads(result.stdout)["datasets"]
+        [created] = [d for d in emulator.model.list_datasets({})["datasets"]
+                     if d["name"] == "shop-users"]
+        assert load["dataset_id"] == created["datasetId"]
+        assert emulator.received(created["datasetId"]).rows_loaded == 2000
+        with StateStore.open(state_url) as state:
+            binding = state.binding("users")
+            assert binding is not None and binding[1] == created["datasetId"]
+        # A service attaches all three datasets: the others from their queries, then apply.
+        assert setup.cli("bootstrap", "items", "events").exit_code == 0
+        assert setup.cli("apply", "--yes").exit_code == 0
+        ran = setup.cli("run", "users")
+        assert ran.exit_code == 0, ran.output
+        assert json.loads(ran.stdout)["datasets"][0]["sent"] == 1000
+    finally:
+        emulator.stop()
+        shop.close()
+
+
 def _gzip_text(text: str) -> bytes:
     return gzip.compress(text.encode("utf-8"))
 
@@ -188,8 +232,9 @@ def _gzip_text(text: str) -> bytes:
     ("u.csv", b'"USER_ID","AGE","GENDER","EMAIL"\n', ["column 4 'EMAIL' is not a field"]),
     ("u.csv", b"\xef\xbb\xbfUSER_ID,AGE,GENDER\n", ["starts with a byte order mark"]),
     ("u.csv.gz", b"USER_ID,AGE,GENDER\n", ["is not gzip data, though its name ends in .gz"]),
+    ("u.csv", _gzip_text("USER_ID,AGE,GENDER\n"), ["is gzip data, though its name ends in .csv"]),
     ("u.csv", b"", ["is empty: AiTEMS needs a header row"]),
-], ids=["order", "case", "missing", "extra", "bom", "not-gzip", "empty"])
+], ids=["order", "case", "missing", "extra", "bom", "not-gzip", "gzip-named-csv", "empty"])
 def test_a_header_that_is_not_the_fields_is_refused_before_aitems_is_asked(
     setup: Setup, name: str, body: bytes, expected: list[str]
 ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ DATA_SUFFIXES = (".csv", ".csv.gz")
 CHUNK_BYTES = 64 * 1024
 #: The longest header line read: a schema's field names take far less.
 MAX_HEADER_BYTES = 1024 * 1024
+#: The first bytes of gzip data.
+GZIP_MAGIC = b"\x1f\x8b"
 #: Data files named in a message about several.
 SHOWN = 5
 
@@ -144,12 +147,18 @@ def _left_out(keys: list[str]) -> str:
 
 def read_header(client: Any, file: ExportFile) -> list[str]:
     """The column names of the file's first line (RFC 4180), read by ranged GETs that stop
-    at its line end; ExportError when the file is empty, is not gzip though named ``.gz``, is
-    not UTF-8, starts with a byte order mark, or has no line end in MAX_HEADER_BYTES."""
+    at its line end. ExportError when the file is empty, is not gzip though named ``.gz`` (or
+    is though named ``.csv``), is not UTF-8, starts with a byte order mark, or has no line end
+    in MAX_HEADER_BYTES."""
     if file.size == 0:
         raise ExportError(f"{file.url} is empty: AiTEMS needs a header row naming the fields")
     pieces = _ranges(client, file)
-    line = _first_line(_inflate(pieces, file) if file.gzipped else pieces, file)
+    first = next(pieces, b"")
+    if not file.gzipped and first.startswith(GZIP_MAGIC):
+        raise ExportError(f"{file.url} is gzip data, though its name ends in .csv: name it "
+                          ".csv.gz (AiTEMS tells the two apart by the name)")
+    raw = itertools.chain([first], pieces)
+    line = _first_line(_inflate(raw, file) if file.gzipped else raw, file)
     if line.startswith(codecs.BOM_UTF8):
         raise ExportError(f"{file.url} starts with a byte order mark: AiTEMS compares the "
                           "header with the field names exactly; write the file as UTF-8 "

@@ -193,7 +193,7 @@ class _Load:
         self.aitems = FileHandover(spec, dataset, state, api, run_id=settings.run_id,
                                    ready_timeout=settings.ready_timeout,
                                    poll_seconds=settings.poll_seconds, stop=stop)
-        self.prefix = upload_prefix(where, spec.aitems.service_id, dataset.name)
+        self.prefix = upload_prefix(where, _service_of(spec), dataset.name)
         self.key = f"{self.prefix}{settings.run_id}.csv.gz"
 
     def run(self) -> None:
@@ -259,3 +259,9 @@ def upload_prefix(where: ObjectStorageConfig, service_id: str, dataset: str) -> 
     id keeps two environments (their specs name other services) that share a bucket and a
     prefix apart: neither aborts, nor is mistaken for, the other's uploads."""
     return f"{where.prefix}{service_id}/{dataset}/"
+
+
+def _service_of(spec: Spec) -> str:
+    """The service id, or, where it is not known (a replacement of ``apply`` before the service
+    is found), the service's name: a part of the key either way."""
+    return spec.aitems.service_id or (spec.service.name if spec.service else "") or "_"
