@@ -28,14 +28,14 @@ from click.testing import CliRunner, Result
 from aitems_sync.cli.main import main_group
 from aitems_sync.emulator.lifecycle import Timing
 from aitems_sync.emulator.objectstorage import ObjectStorage
-from aitems_sync.emulator.server import EmulatorServer, load_seed
-from aitems_sync.objectstorage.client import s3_client
+from aitems_sync.emulator.server import EmulatorServer
 from aitems_sync.objectstorage.exports import CHUNK_BYTES, ExportFile, read_header
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync.register import header_diff
-from tests.conftest import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DEMO_SEED
-from tests.shop import T0, Shop, customer_rows, write_spec
+from tests.conftest import S3Server
+from tests.shop import T0, Shop, customer_rows
 from tests.test_apply import SPEC as APPLY_SPEC
+from tests.test_bootstrap import aitems, spec_for
 from tests.test_client import closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,38 +75,39 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server: str) -> str:
-    client = s3_client(s3_server, "kr-standard", "demo-access-key", "demo-secret-key")
-    client.create_bucket(Bucket=BUCKET,
-                         CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
+def bucket(s3_server: S3Server) -> S3Server:
+    """moto's S3 server (checking SigV4 with its IAM's key pair, the specs' aitems keys here),
+    holding BUCKET: the exports, and bootstrap's own files under loads/."""
+    s3_server.client().create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
     return s3_server
 
 
-def _spec(path: Path, *, endpoint: str, source_url: str, state_url: str, bucket: str,
-          **options: str) -> Path:
-    spec = write_spec(path, endpoint=endpoint, source_url=source_url, state_url=state_url,
-                      **options)
-    spec.write_text(spec.read_text() + f"object_storage: {{endpoint: '{bucket}', bucket: "
-                    f"{BUCKET}, prefix: loads/}}\n")
-    return spec
+def _spec(path: Path, s3: S3Server, *, endpoint: str, source_url: str,
+          state_url: str) -> Path:
+    return spec_for(path, s3, "loads/", endpoint=endpoint, source_url=source_url,
+                    state_url=state_url)
+
+
+def _aitems(s3: S3Server, ingest_seconds: float = 0.05) -> EmulatorServer:
+    """The demo AiTEMS, reading files from S3 with its key pair."""
+    return aitems(s3, object_storage=ObjectStorage(s3.url),
+                  timing=Timing(ingest_seconds=ingest_seconds))
 
 
 @pytest.fixture
-def setup(tmp_path: Path, bucket: str) -> Iterator[Setup]:
+def setup(tmp_path: Path, bucket: S3Server) -> Iterator[Setup]:
     source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
     shop = Shop(source_url)
     shop.add_customers(customer_rows(3000))
     shop.add_events([(n, f"u{n % 97:05d}", f"i{n % 31:03d}", "view", T0 + timedelta(seconds=n))
                      for n in range(2000)])
-    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
-                              object_storage=ObjectStorage(bucket),
-                              timing=Timing(ingest_seconds=0.05))
+    emulator = _aitems(bucket)
     emulator.start()
-    spec = _spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source_url,
-                 state_url=state_url, bucket=bucket)
-    s3 = s3_client(bucket, "kr-standard", "demo-access-key", "demo-secret-key")
+    spec = _spec(tmp_path / "sync.yaml", bucket, endpoint=emulator.base_url,
+                 source_url=source_url, state_url=state_url)
     try:
-        yield Setup(shop, emulator, spec, s3, state_url, f"x-{tmp_path.name}/")
+        yield Setup(shop, emulator, spec, bucket.client(), state_url, f"x-{tmp_path.name}/")
     finally:
         emulator.stop()
         shop.close()
@@ -176,22 +177,24 @@ def test_an_interaction_export_is_doubled_only_at_a_mark_it_holds(
     assert twice == (set() if mark == 1500 else {event_row(1499)[2]})
 
 
-def test_a_dataset_the_spec_names_is_created_from_the_export(tmp_path: Path, bucket: str) -> None:
+def test_a_dataset_the_spec_names_is_created_from_the_export(
+    tmp_path: Path, bucket: S3Server
+) -> None:
     """apply made the schema and the service; bootstrap --from creates the dataset from the
     file, under its dataset_name, and the state store is bound to the new id."""
     source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
     shop = Shop(source_url)
     shop.add_customers(customer_rows(3000))
-    emulator = EmulatorServer(port=0, keys={DEMO_ACCESS_KEY: DEMO_SECRET_KEY},
-                              object_storage=ObjectStorage(bucket),
+    emulator = EmulatorServer(port=0, keys={bucket.access_key: bucket.secret_key},
+                              object_storage=ObjectStorage(bucket.url),
                               timing=Timing(ingest_seconds=0.05))
     emulator.start()
     spec = tmp_path / "sync.yaml"
     spec.write_text(APPLY_SPEC.format(endpoint=emulator.base_url, state_url=state_url,
-                                      source_url=source_url, s3=bucket, bucket=BUCKET,
-                                      prefix="loads/"))
-    setup = Setup(shop, emulator, spec, s3_client(bucket, "kr-standard", "a", "b"), state_url,
-                  f"n-{tmp_path.name}/")
+                                      source_url=source_url, s3=bucket.url, bucket=BUCKET,
+                                      prefix="loads/", access_key=bucket.access_key,
+                                      secret_key=bucket.secret_key))
+    setup = Setup(shop, emulator, spec, bucket.client(), state_url, f"n-{tmp_path.name}/")
     try:
         assert setup.cli("apply", "--yes").exit_code == 0  # the schemas and the service
         setup.export("users.csv.gz", USERS, users_before(CUTOFF))
@@ -316,7 +319,7 @@ def test_a_url_or_mark_that_cannot_be_used_is_a_usage_error(
 
 @pytest.mark.parametrize("finish", ["from", "plain"])
 def test_a_bootstrap_killed_while_aitems_reads_is_finished_by_the_next(
-    tmp_path: Path, bucket: str, finish: str
+    tmp_path: Path, bucket: S3Server, finish: str
 ) -> None:
     """kill -9 after the hand-over is recorded and AiTEMS was asked: runs refuse the dataset,
     and the next bootstrap (with --from, or without) takes the snapshot, asking AiTEMS to read
@@ -324,14 +327,11 @@ def test_a_bootstrap_killed_while_aitems_reads_is_finished_by_the_next(
     source_url, state_url = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 's.db'}"
     shop = Shop(source_url)
     shop.add_customers(customer_rows(3000))
-    emulator = EmulatorServer(seed=load_seed(DEMO_SEED), port=0,
-                              object_storage=ObjectStorage(bucket),
-                              timing=Timing(ingest_seconds=1.0))
+    emulator = _aitems(bucket, ingest_seconds=1.0)
     emulator.start()
-    spec = _spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=source_url,
-                 state_url=state_url, bucket=bucket)
-    setup = Setup(shop, emulator, spec, s3_client(bucket, "kr-standard", "a", "b"), state_url,
-                  f"k-{tmp_path.name}/")
+    spec = _spec(tmp_path / "sync.yaml", bucket, endpoint=emulator.base_url,
+                 source_url=source_url, state_url=state_url)
+    setup = Setup(shop, emulator, spec, bucket.client(), state_url, f"k-{tmp_path.name}/")
     setup.export("users/users.csv.gz", USERS, users_before(CUTOFF))
     register = ["bootstrap", "--from", setup.url("users"), "--mark", CUTOFF.isoformat(),
                 "--type", "datetime", "users"]
