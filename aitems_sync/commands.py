@@ -18,6 +18,7 @@ from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.aitems.schemas import PulledSchema
 from aitems_sync.errors import SpecError, SpecProblem, UsageError
 from aitems_sync.objectstorage.client import s3_client
+from aitems_sync.objectstorage.exports import parse_export_url
 from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, Spec
 from aitems_sync.state.marks import CURSOR_TYPES, Mark, check_cursor, parse_cursor
@@ -45,6 +46,7 @@ from aitems_sync.sync.leases import Leases
 from aitems_sync.sync.options import WORKER_AFTER, RunOptions
 from aitems_sync.sync.provision import Plan, matching_schema
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
+from aitems_sync.sync.register import mark_cursor, register
 from aitems_sync.sync.report import RunReport
 from aitems_sync.sync.resolve import bound_ids, needs_lookup, resolve
 from aitems_sync.sync.status import StatusReport
@@ -172,6 +174,33 @@ def apply(
                          options=ApplyOptions(allow_replace=allow_replace, plan_only=plan_only,
                                               timeout=timeout),
                          confirm=confirm, stop=stop)
+
+
+def bootstrap_from(
+    spec: Spec, dataset: str, url: str, mark: str, kind: str = "auto", *,
+    timeout: float = READY_TIMEOUT_SECONDS, lease_ttl: float | None = None,
+    wait: float | None = None, stop: threading.Event | None = None,
+) -> BootstrapReport:
+    """Register the file another engine exported at ``url`` (``s3://bucket/path``) as
+    ``dataset``'s first load, then set its mark to ``mark`` (typed as ``state set --cursor``
+    is, ``kind`` as its ``--type``): see :mod:`aitems_sync.sync.register`. Usage and spec
+    errors are raised before anything is asked of Object Storage or AiTEMS."""
+    chosen = dataset_named(spec, dataset)
+    where = object_storage_of(spec)  # its endpoint and region; the bucket is the URL's
+    export = parse_export_url(url)
+    storage = s3_client(where.endpoint, where.region, spec.aitems.access_key,
+                        spec.aitems.secret_key)
+    settings = BootstrapSettings(run_id=engine.new_run_id(), ready_timeout=timeout,
+                                 lease_ttl=lease_ttl or RunOptions.lease_ttl, wait=wait)
+    with open_state(spec) as state, AitemsClient.from_config(spec.aitems) as client:
+        cursor = mark_cursor(mark, kind, state.get_mark(dataset))
+
+        def named(spec: Spec, chosen: DatasetSpec) -> tuple[Spec, DatasetSpec]:
+            spec, (chosen,) = resolved(spec, client, [chosen], datasets_needed=False)
+            return spec, with_schema(spec, client, chosen)
+
+        return register(spec, chosen, export, cursor, state=state, api=client,
+                        storage=storage, settings=settings, stop=stop, resolve=named)
 
 
 def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False) -> RunReport:

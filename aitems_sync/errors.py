@@ -14,6 +14,7 @@ what went wrong, where, and what to do. No message ever holds a secret, a signat
     │   ├── LockHeldError           exit 75  another run holds a dataset's lease
     │   └── LeaseLostError          exit 1   this run can no longer prove it holds one
     ├── ObjectStorageError          exit 1   a bootstrap file was not written, or not read
+    ├── ExportError                 exit 2   bootstrap --from: no usable file, or its header
     ├── ApiError                    exit 1   AiTEMS answered with an error or not at all
     │   ├── RetriableApiError                connection errors, 429, 500, 503, 504
     │   ├── RetriesExhaustedError            a retriable failure until the retries ran out
@@ -131,6 +132,14 @@ class LeaseLostError(StateError):
 class ObjectStorageError(AitemsSyncError):
     """A first load's file could not be written to Object Storage, or AiTEMS could not read it
     (``bootstrap``)."""
+
+
+class ExportError(AitemsSyncError):
+    """The file ``bootstrap --from`` names cannot be registered as it is: no ``.csv`` or
+    ``.csv.gz`` file under the URL, several, or a header that differs from the dataset's fields.
+    Retrying will not help: the export, the URL or the spec must change (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 class ApiError(AitemsSyncError):

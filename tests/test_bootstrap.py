@@ -34,7 +34,7 @@ from aitems_sync.emulator.objectstorage import ObjectStorage
 from aitems_sync.emulator.server import EmulatorServer, load_seed
 from aitems_sync.spec.load import load_spec
 from aitems_sync.state.store import StateStore
-from aitems_sync.sync.bootstrap import READ_GRACE_SECONDS, read_verdict
+from aitems_sync.sync.handover import READ_GRACE_SECONDS, read_verdict
 from tests.conftest import DEMO_SEED, S3Server, source_and_state_urls
 from tests.shop import T0, Shop, customer_rows, write_spec
 
@@ -141,6 +141,27 @@ def test_a_first_load_goes_through_object_storage_and_run_then_sends_only_change
     assert sent == {"users": 100, "events": 0}
     assert {r["USER_ID"] for r in setup.emulator.received("dsusers0001").deliveries} == {
         f"u{n * 29:05d}" for n in range(100)}
+
+
+def test_bootstrap_files_are_kept_apart_by_service_so_another_environment_is_left_alone(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Staging and production specs may share a bucket and a prefix: a bootstrap aborts only
+    the unfinished uploads of its own service's dataset."""
+    prefix = f"t-{tmp_path.name}/"
+    theirs = setup.s3.create_multipart_upload(Bucket=BUCKET,
+                                              Key=f"{prefix}svcother0001/users/r1.csv.gz")
+    setup.s3.create_multipart_upload(Bucket=BUCKET, Key=f"{prefix}svcdemo0001/users/r0.csv.gz")
+
+    result = setup.cli("bootstrap", "users")
+
+    assert result.exit_code == 0, result.output
+    [load] = json.loads(result.stdout)["datasets"]
+    assert load["file"].startswith(f"s3://{BUCKET}/{prefix}svcdemo0001/users/")
+    assert [k for k in setup.unfinished() if k.startswith(prefix)] == [
+        f"{prefix}svcother0001/users/r1.csv.gz"]  # the other environment's, still going
+    setup.s3.abort_multipart_upload(Bucket=BUCKET, Key=f"{prefix}svcother0001/users/r1.csv.gz",
+                                    UploadId=theirs["UploadId"])
 
 
 def test_fields_that_differ_from_the_aitems_schema_stop_before_any_upload(

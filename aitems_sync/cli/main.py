@@ -224,28 +224,62 @@ def _show_run(ctx: Context, report: RunReport) -> None:
               default=None, metavar="[TIMEOUT]",
               help="Wait for a dataset's lease another run holds, as for run (default: fail "
                    "that dataset at once).")
+@click.option("--from", "export", metavar="s3://BUCKET/PATH",
+              help="Register the one .csv or .csv.gz file another engine exported there as "
+                   "the DATASET's first load, instead of writing one (needs --mark and "
+                   "exactly one DATASET).")
+@click.option("--mark", metavar="CURSOR",
+              help="With --from: the cursor value the next run reads from (inclusive); the "
+                   "export should hold the rows before it.")
+@click.option("--type", "kind", type=click.Choice(commands.CURSOR_TYPES), default="auto",
+              show_default=True, help="The type of --mark's value, as for state set.")
 @click.pass_obj
 def bootstrap(ctx: Context, datasets: tuple[str, ...], timeout: float | None,
-              lease_ttl: float | None, wait: float | None) -> None:
+              lease_ttl: float | None, wait: float | None, export: str | None,
+              mark: str | None, kind: str) -> None:
     """Load every dataset (or the DATASETS named) whole, as a first load: its query becomes one
     gzip CSV file in Object Storage (object_storage in the spec), AiTEMS reads it into the
     dataset, and the state store takes the snapshot, so the next run sends only what changed.
+    With --from, AiTEMS reads a file another engine exported instead, and the mark is --mark.
 
     Exit codes: 0 done; 1 a dataset failed (run again: it finishes or starts the dataset's
-    hand-over); 2 usage or spec error; 3 a dataset had more invalid rows than max_invalid
-    allows; 75 another run holds a dataset's lease; 143 or 130 stopped by SIGTERM or SIGINT.
+    hand-over); 2 usage or spec error, or an export that cannot be registered; 3 a dataset had
+    more invalid rows than max_invalid allows; 75 another run holds a dataset's lease; 143 or
+    130 stopped by SIGTERM or SIGINT.
     """
+    _check_from(export, mark, kind, datasets)
     spec = ctx.spec()
+    options: dict[str, Any] = {"lease_ttl": lease_ttl, "wait": wait,
+                               **({} if timeout is None else {"timeout": timeout})}
     with signals.stop_on_signals() as stop:  # a signal aborts the upload, moves nothing
-        report = commands.bootstrap(spec, datasets, stop=stop.event, lease_ttl=lease_ttl,
-                                    wait=wait,
-                                    **({} if timeout is None else {"timeout": timeout}))
+        if export is not None and mark is not None:
+            report = commands.bootstrap_from(spec, datasets[0], export, mark, kind,
+                                             stop=stop.event, **options)
+        else:
+            report = commands.bootstrap(spec, datasets, stop=stop.event, **options)
     report.interrupted_exit_code = stop.exit_code
     if ctx.json_output:
         click.echo(json.dumps(report.to_dict(), default=str))
     else:
         click.echo(render.bootstrap_summary(report))
     sys.exit(report.exit_code)
+
+
+def _check_from(export: str | None, mark: str | None, kind: str,
+                datasets: tuple[str, ...]) -> None:
+    """``bootstrap --from``'s options go together, with exactly one dataset."""
+    if export is None:
+        if mark is not None or kind != "auto":
+            raise click.UsageError("--mark and --type go with --from (the mark of a file "
+                                   "another engine exported)")
+        return
+    if mark is None:
+        raise click.UsageError("--from needs --mark CURSOR: the cursor value the next run "
+                               "reads from (the export should hold the rows before it)")
+    if len(datasets) != 1:
+        named = ", ".join(datasets) if datasets else "none"
+        raise click.UsageError(f"--from registers one file as one dataset's first load: name "
+                               f"exactly one DATASET (named: {named})")
 
 
 @main_group.command()

@@ -49,8 +49,11 @@ def bootstrap_summary(report: BootstrapReport) -> str:
     lines = [f"bootstrap {report.run_id}"]
     for d in report.datasets:
         size = f"{d.file_bytes / 1e6:.1f} MB" if d.file_bytes else "-"
-        lines.append(f"{d.dataset}: {d.status}, {d.rows} rows, {d.invalid} invalid, "
-                     f"{d.file or 'no file'} ({size}), {d.seconds:.1f} s")
+        what = ("exported file" if d.rows is None  # --from: its rows are not read
+                else f"{d.rows} rows, {d.invalid} invalid,")
+        mark = f", mark {d.mark}" if d.mark is not None else ""
+        lines.append(f"{d.dataset}: {d.status}, {what} {d.file or 'no file'} ({size}){mark}, "
+                     f"{d.seconds:.1f} s")
     lines += [f"{d.dataset}: {d.error}" for d in report.datasets if d.error]
     lines += [f"{d.dataset}: warning: {null_cursor_message(d.null_cursor)}"
               for d in report.datasets if d.null_cursor]

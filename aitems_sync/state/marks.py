@@ -52,8 +52,9 @@ def mark_from_json(text: str | None) -> Mark | None:
     return Mark(cursor=decode_value(cursor), key=tuple(decode_value(item) for item in key))
 
 
-def parse_cursor(text: str, kind: str, like: Any = None) -> Any:
-    """Parse a cursor value given on the command line, as ``kind`` or like ``like``."""
+def parse_cursor(text: str, kind: str, like: Any = None, option: str = "--cursor") -> Any:
+    """Parse a cursor value given on the command line (``option``), as ``kind`` or like
+    ``like``."""
     if kind == "auto":
         kind = _kind_of(like) if like is not None else ("int" if _is_int(text) else "str")
     try:
@@ -66,7 +67,7 @@ def parse_cursor(text: str, kind: str, like: Any = None) -> Any:
         if kind == "datetime":
             return datetime.fromisoformat(text)
     except (ValueError, InvalidOperation):
-        raise UsageError(f"--cursor {text!r} is not a valid {kind}") from None
+        raise UsageError(f"{option} {text!r} is not a valid {kind}") from None
     return text
 
 
@@ -74,26 +75,26 @@ def parse_cursor(text: str, kind: str, like: Any = None) -> Any:
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def check_cursor(value: Any, text: str, like: Any = None) -> None:
+def check_cursor(value: Any, text: str, like: Any = None, option: str = "--cursor") -> None:
     """Refuse a cursor value no cursor column can hold or compare (UsageError, with the fix):
     NaN and infinities, integers past 64 bits, and a value of another type than ``like`` (the
     current mark's cursor), which would read nothing, or fail, on every later run."""
     if isinstance(value, Decimal) and not value.is_finite():
-        raise UsageError(f"--cursor {text!r} is not a finite number: a mark must be a value "
+        raise UsageError(f"{option} {text!r} is not a finite number: a mark must be a value "
                          "the cursor column can hold")
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-        raise UsageError(f"--cursor {text!r} is outside the range of a 64-bit integer column")
+        raise UsageError(f"{option} {text!r} is outside the range of a 64-bit integer column")
     if like is None:
         return
     if _kind_of(value) != _kind_of(like):
         raise UsageError(
-            f"--cursor {text!r} is a {_kind_of(value)}, but this dataset's cursor values are "
+            f"{option} {text!r} is a {_kind_of(value)}, but this dataset's cursor values are "
             f"{_kind_of(like)}s (its mark is {like!r}): a mark of another type would read no "
             f"row, or fail, on every run. Give a {_kind_of(like)} (or leave --type at auto)")
     if isinstance(like, datetime) and isinstance(value, datetime) and (
             (like.tzinfo is None) != (value.tzinfo is None)):
         zone = "with a UTC offset (like +09:00)" if like.tzinfo else "without a UTC offset"
-        raise UsageError(f"--cursor {text!r}: this dataset's cursor values are datetimes "
+        raise UsageError(f"{option} {text!r}: this dataset's cursor values are datetimes "
                          f"{zone}; write the value the same way")
 
 
