@@ -196,7 +196,7 @@ def bootstrap_from(
         cursor = mark_cursor(mark, kind, state.get_mark(dataset))
 
         def named(spec: Spec, chosen: DatasetSpec) -> tuple[Spec, DatasetSpec]:
-            spec, (chosen,) = resolved(spec, client, [chosen], datasets_needed=False)
+            spec, (chosen,) = resolved(spec, client, [chosen], state, datasets_needed=False)
             return spec, with_schema(spec, client, chosen)
 
         return register(spec, chosen, export, cursor, state=state, api=client,

@@ -38,11 +38,11 @@ from aitems_sync.state.store import StateStore
 from aitems_sync.sync.bootstrap import (
     BootstrapReport,
     BootstrapSettings,
-    DatasetApi,
     bootstrap,
     object_storage_of,
 )
 from aitems_sync.sync.engine import new_run_id
+from aitems_sync.sync.handover import DatasetApi
 from aitems_sync.sync.leases import Leases
 from aitems_sync.sync.options import RunOptions
 from aitems_sync.sync.provision import CREATE, REPLACE, Change, Current, Plan, make_plan
