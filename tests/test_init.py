@@ -411,6 +411,13 @@ def test_init_lists_the_tables_when_none_is_named_like_a_dataset(tmp_path: Path)
     assert "The database has ledger" in done.stderr
 
 
+def test_a_url_that_does_not_parse_is_a_usage_error(tmp_path: Path) -> None:
+    done = invoke("init", "not a url", "-o", str(tmp_path / "s.yaml"))
+
+    assert done.exit_code == 2
+    assert "the database URL is not a SQLAlchemy URL" in done.stderr
+
+
 def test_a_missing_sqlite_file_is_refused_and_not_created(tmp_path: Path) -> None:
     done = invoke("init", f"sqlite:///{tmp_path / 'typo.db'}", "-o", str(tmp_path / "s.yaml"))
 

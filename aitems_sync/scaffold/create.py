@@ -108,7 +108,7 @@ def _refuse_to_overwrite(paths: list[Path], force: bool) -> None:
 
 
 def _read(url: str, schema: str | None) -> Catalog:
-    _require_sqlite_file(url)
+    _check_url(url)
     source = Source(SourceConfig(name="init", url=url))
     try:
         source.connect_check()
@@ -117,13 +117,15 @@ def _read(url: str, schema: str | None) -> Catalog:
         source.close()
 
 
-def _require_sqlite_file(url: str) -> None:
-    """SQLite creates a missing database file on connect: a mistyped path would be inspected
-    as an empty database, and left behind."""
+def _check_url(url: str) -> None:
+    """A URL that does not parse is a usage error. SQLite creates a missing database file on
+    connect: a mistyped path would be inspected as an empty database, and left behind."""
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
-        return  # Source says what is wrong with it
+        raise UsageError("the database URL is not a SQLAlchemy URL: write it as "
+                         "dialect+driver://user:password@host:port/database (e.g. "
+                         "postgresql+psycopg://..., or sqlite:///shop.db)") from None
     database = parsed.database
     if (parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
             and not parsed.query.get("uri") and not Path(database).is_file()):

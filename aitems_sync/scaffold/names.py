@@ -93,7 +93,10 @@ def _relative_sqlite(url: str, spec_dir: str, cwd: str) -> str:
             or os.path.isabs(database) or parsed.query.get("uri") or database.startswith(
                 "file:")):
         return url
-    moved = os.path.relpath(os.path.join(cwd, database), spec_dir)
+    try:
+        moved = os.path.relpath(os.path.join(cwd, database), spec_dir)
+    except ValueError:  # another drive, on Windows: keep it absolute
+        moved = os.path.join(cwd, database)
     return str(parsed.set(database=PurePath(moved).as_posix()).render_as_string(
         hide_password=False))
 
