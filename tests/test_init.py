@@ -193,17 +193,30 @@ def test_an_event_tables_user_and_item_columns_are_never_its_cursor() -> None:
 # -- tables and names -----------------------------------------------------------------------
 
 
+EVENT_COLUMNS = (column("user_id", sa.Text(), False), column("item_id", sa.Text(), False),
+                 column("at", TS, False))
+
+
 def _tables(*names: str) -> Catalog:
-    return catalog(*(Table(n, (column("id", sa.Integer(), False),)) for n in names))
+    """Tables with an id; those named ``*+`` (the ``+`` dropped) also a user, item and time."""
+    return catalog(*(Table(n.rstrip("+"), (column("id", sa.Integer(), False),
+                                           *(EVENT_COLUMNS if n.endswith("+") else ())))
+                     for n in names))
 
 
 @pytest.mark.parametrize(("names", "expected", "note"), [
-    (("customers", "products", "events", "audit"),
+    (("customers", "products", "events+", "audit"),
      {"user": "customers", "item": "products", "interaction": "events"}, None),
-    (("users", "order_items", "products", "page_views"),
+    (("users", "order_items", "products", "page_views+"),
      {"user": "users", "item": "products", "interaction": "page_views"}, None),
     (("members", "products", "items"), {"user": "members"}, "item: several tables fit"),
     (("orders", "invoices"), {}, "user: no table is named like one"),
+    (("users", "products", "audit_log"), {"user": "users", "item": "products"},
+     "interaction: audit_log named like one, but without a user, an item and a time column"),
+    (("users", "products", "audit_log", "ledger+"),
+     {"user": "users", "item": "products", "interaction": "ledger"}, None),
+    (("users", "products", "ledger+", "events+"),
+     {"user": "users", "item": "products", "interaction": "events"}, None),
 ])
 def test_tables_are_picked_by_name_and_ambiguity_is_left_to_a_person(
         names: tuple[str, ...], expected: dict[str, str], note: str | None) -> None:

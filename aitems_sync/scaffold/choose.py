@@ -74,9 +74,9 @@ def _last_word(name: str) -> str:
 
 
 def pick_tables(catalog: Catalog) -> tuple[dict[DatasetType, Choice], list[str]]:
-    """Guess a table per dataset type from the names (and, for events, the references to
-    the user and item tables). Returns the picks and, for each type left without one, a note
-    naming the candidates or saying that none was found."""
+    """Guess a table per dataset type from the names; an interaction table must also hold a
+    user, an item and a time column (it may then be found by those alone). Returns the picks
+    and, for each type left without one, a note saying why and which option to give."""
     picks: dict[DatasetType, Choice] = {}
     notes: list[str] = []
     for kind in DATASET_TYPES:
@@ -84,16 +84,23 @@ def pick_tables(catalog: Catalog) -> tuple[dict[DatasetType, Choice], list[str]]
         best = max((score for score, _ in scored), default=0)
         top = [name for score, name in scored if score == best and score > 0]
         if len(top) == 1:
-            picks[kind] = Choice(top[0], _pick_reason(catalog.tables[top[0]], kind, best))
+            picks[kind] = Choice(top[0], _pick_reason(kind, best))
         elif top:
             notes.append(f"{kind}: several tables fit ({', '.join(top)}): pass --{kind} TABLE")
         else:
-            notes.append(f"{kind}: no table is named like one: pass --{kind} TABLE to add it")
+            shallow = [name for score, name in scored if score < 0]
+            notes.append(f"{kind}: {', '.join(shallow)} named like one, but without a user, "
+                         f"an item and a time column: pass --{kind} TABLE to draft it anyway"
+                         if shallow else f"{kind}: no table is named like one: pass --{kind} "
+                         "TABLE to add it")
     return picks, notes
 
 
 def _candidates(catalog: Catalog, kind: DatasetType,
                 picks: Mapping[DatasetType, Choice]) -> list[tuple[int, str]]:
+    """Each table's score for ``kind``: 3 its whole name fits, 2 its last word, 1 (events
+    only) its columns alone; an event table named like one whose columns do not fit scores
+    -1."""
     taken = {c.name for c in picks.values()}
     found = []
     for name, table in catalog.tables.items():
@@ -104,8 +111,9 @@ def _candidates(catalog: Catalog, kind: DatasetType,
             score = 3
         elif _last_word(name) in TABLE_WORDS[kind]:
             score = 2
-        if kind == "interaction" and _refers_to_both(catalog, table, picks):
-            score = max(score, 3)
+        if kind == "interaction":
+            fits = _refers_to_both(catalog, table, picks)
+            score = (score or 1) if fits else -1 if score else 0
         found.append((score, name))
     return found
 
@@ -117,9 +125,8 @@ def _refers_to_both(catalog: Catalog, table: Table, picks: Mapping[DatasetType, 
         event_time(table, catalog.dialect).name)
 
 
-def _pick_reason(table: Table, kind: DatasetType, score: int) -> str:
-    if kind == "interaction" and score == 3 and singular(table.name.lower()) not in TABLE_WORDS[
-            kind]:
+def _pick_reason(kind: DatasetType, score: int) -> str:
+    if score == 1:
         return "it refers to the user and the item tables and has a time column"
     return f"its name suggests {kind}s"
 
