@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aitems_sync.aitems.client import AitemsClient
 from aitems_sync.aitems.schemas import PulledSchema
@@ -20,7 +22,7 @@ from aitems_sync.errors import SpecError, SpecProblem, UsageError
 from aitems_sync.objectstorage.client import s3_client
 from aitems_sync.objectstorage.exports import parse_export_url
 from aitems_sync.source.extract import Source
-from aitems_sync.spec.model import DatasetSpec, Spec
+from aitems_sync.spec.model import DatasetSpec, DatasetType, Spec
 from aitems_sync.state.marks import CURSOR_TYPES, Mark, check_cursor, parse_cursor
 from aitems_sync.state.probe import url_problem
 from aitems_sync.state.records import DatasetState, QuarantineRecord, RunRecord
@@ -51,6 +53,9 @@ from aitems_sync.sync.report import RunReport
 from aitems_sync.sync.resolve import bound_ids, needs_lookup, resolve
 from aitems_sync.sync.status import StatusReport
 from aitems_sync.sync.status import gather as gather_status
+
+if TYPE_CHECKING:  # what ``init`` returns, re-exported for the CLI's type checks
+    from aitems_sync.scaffold.create import InitReport as InitReport
 
 __all__ = ["CURSOR_TYPES"]  # the --type choices of ``state set``, re-exported for the CLI
 
@@ -354,6 +359,22 @@ def schema_pull(spec: Spec, dataset: str | None = None, *, dataset_id: str | Non
         target = chosen.dataset_id if chosen is not None else str(dataset_id)
         remote = client.get_dataset(target)
         return PulledSchema.of(target, client.get_schema(str(remote["schemaName"])))
+
+
+# -- a new spec ----------------------------------------------------------------------------
+
+
+def init(url: str, *, output: Path, seed: Path | None = None,
+         tables: Mapping[DatasetType, str] | None = None, schema: str | None = None,
+         url_variable: str | None = None, force: bool = False) -> InitReport:
+    """Write a starter spec and an emulator seed from the tables of the database at ``url``.
+    The one command without a spec: it makes one (see ``scaffold.create.create_starter``)."""
+    # Imported here for start-up time: only init needs the scaffold, and its modules cost
+    # every other command's process about 20 ms.
+    from aitems_sync.scaffold.create import create_starter
+
+    return create_starter(url, output=output, seed=seed, tables=tables, schema=schema,
+                          url_variable=url_variable, force=force)
 
 
 # -- shared by the commands -----------------------------------------------------------------

@@ -32,8 +32,10 @@ ALLOWED: dict[str, set[str]] = {
     "state": {"rows", "spec", "errors", "redact", "undecodable", "drivers"},
     "sync": {"source", "rows", "state", "aitems", "spec", "errors", "undecodable",
              "objectstorage"},
+    # init: a starter spec from a database's tables
+    "scaffold": {"source", "spec", "errors", "redact"},
     "commands": {"sync", "source", "rows", "state", "aitems", "spec", "errors",
-                 "objectstorage"},
+                 "objectstorage", "scaffold"},
     "cli": {"commands", "sync", "spec", "errors", "emulator", "__init__", "redact"},
     "emulator": {"aitems", "errors"},  # signature v2, shared with the client
     "__main__": {"cli"},

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import click
 
 from aitems_sync import __version__, commands
-from aitems_sync.cli import admin, lifecycle, render
+from aitems_sync.cli import admin, lifecycle, render, scaffold
 from aitems_sync.cli.context import Context, ErrorMappingGroup
 from aitems_sync.cli.logfmt import JsonFormatter
 from aitems_sync.cli.types import FilePath, FiniteRange, Host
@@ -423,7 +423,7 @@ def emulator(
     server.serve_forever()
 
 
-for _command in [*admin.COMMANDS, *lifecycle.COMMANDS]:
+for _command in [*admin.COMMANDS, *lifecycle.COMMANDS, *scaffold.COMMANDS]:
     main_group.add_command(_command)
 
 

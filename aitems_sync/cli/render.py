@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aitems_sync.sync.apply import ApplyReport
 from aitems_sync.sync.bootstrap import BootstrapReport
 from aitems_sync.sync.provision import Plan
 from aitems_sync.sync.report import RunReport, null_cursor_message
 from aitems_sync.sync.status import StatusReport
+
+if TYPE_CHECKING:
+    from aitems_sync.commands import InitReport
 
 _COLUMNS = ("dataset", "status", "read", "new", "changed", "unchanged", "invalid", "sent",
             "batches", "ambiguous", "seconds")
@@ -110,4 +115,23 @@ def apply_summary(report: ApplyReport) -> str:
     """What apply did, step by step, and how it ended."""
     lines = [f"  done: {step}" for step in report.applied]
     lines.append(f"apply failed: {report.error}" if report.error else "apply complete")
+    return "\n".join(lines)
+
+
+def init_summary(report: InitReport) -> str:
+    """What ``init`` wrote: per dataset its table, cursor and what to check; then the notes
+    and the commands that try the spec against the emulator."""
+    lines = [f"wrote {report.spec} and {report.seed} from {report.source}"]
+    for d in report.datasets:
+        picked = report.picked.get(d.name, "")
+        lines.append(f"  {d.name} ({d.type}) from table {d.table}"
+                     + (f": {picked}" if picked else ""))
+        if d.cursor.column is not None:
+            lines.append(f"    cursor {d.cursor.column}: {d.cursor.why}")
+        lines.append(f"    fields {', '.join(f.name for f in d.fields)}")
+        lines += [f"    left out {text}" for text in d.left_out]
+        lines += [f"    todo: {text}" for text in d.todo]
+    lines += [f"note: {note}" for note in report.notes]
+    lines.append("Try it against the local AiTEMS emulator (the spec's defaults):")
+    lines += [f"  {command}" for command in report.commands]
     return "\n".join(lines)
