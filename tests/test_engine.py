@@ -204,6 +204,24 @@ def test_more_invalid_rows_than_max_invalid_exits_3(world: World) -> None:
     assert report["users"]["sent"] == 7
 
 
+def test_the_default_max_invalid_lets_one_bad_row_of_a_small_delta_pass(world: World) -> None:
+    """The stumble of issue 23: with a plain 1%, one bad row in a one-row delta failed the run
+    (and the bundled CronJob's Job). The default allows 1% but never fewer than 10 rows."""
+    world.shop.add_customers(customer_rows(20))
+    default = world.spec(extra="    json_schema: {properties: {AGE: {minimum: 0}}}")
+    default.write_text(default.read_text().replace('    max_invalid: "50%"\n', "", 1))
+    assert world.run("users", spec=default)[0] == 0
+    world.shop.update_customer("u00003", age=-1, updated_at=T0 + timedelta(days=1))
+
+    one, report = world.run("users", spec=default)
+    assert (one, report["users"]["invalid"]) == (0, 1)  # half of the 2 rows read (the mark's)
+
+    for i in range(11):
+        world.shop.update_customer(f"u{i + 5:05d}", age=-1, updated_at=T0 + timedelta(days=2))
+    eleven, report = world.run("users", spec=default)
+    assert (eleven, report["users"]["invalid"]) == (3, 11)
+
+
 def test_on_invalid_fail_stops_with_the_mark_unmoved(world: World) -> None:
     world.shop.add_customers(customer_rows(10))
     world.shop.update_customer("u00005", age=-1)

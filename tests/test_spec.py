@@ -19,6 +19,7 @@ from aitems_sync.rows.shape import Shaper
 from aitems_sync.spec.load import load_spec
 from aitems_sync.spec.model import (
     DEFAULT_ENDPOINT,
+    DEFAULT_INVALID_LIMIT,
     DURATION_PATTERN,
     INVALID_LIMIT_PATTERN,
     SIZE_PATTERN,
@@ -146,7 +147,7 @@ def test_full_spec_loads_into_frozen_objects(tmp_path: Path) -> None:
     assert (users.on_invalid, users.max_invalid) == ("fail", InvalidLimit(count=50))
     assert events.key == () and events.key_fields == ("USER_ID", "ITEM_ID", "TIMESTAMP")
     assert dict(events.json_schema or {}) == {"properties": {"USER_ID": {"minLength": 1}}}
-    assert (events.on_invalid, events.max_invalid) == ("quarantine", InvalidLimit(ratio=0.01))
+    assert (events.on_invalid, events.max_invalid) == ("quarantine", DEFAULT_INVALID_LIMIT)
     assert spec.metrics == MetricsConfig(pushgateway=None, job="aitems-sync")
 
 
@@ -162,7 +163,7 @@ def test_minimal_spec_gets_every_default(tmp_path: Path) -> None:
     items = spec.datasets["items"]
     assert (items.source, items.key, items.lookback) == ("shop", ("ITEM_ID",), timedelta(0))
     assert (items.json_schema, items.on_invalid) == (None, "quarantine")
-    assert items.max_invalid == InvalidLimit(ratio=0.01)
+    assert items.max_invalid == InvalidLimit(ratio=0.01, floor=10)
     assert spec.metrics == MetricsConfig()
 
 
@@ -499,7 +500,8 @@ def test_schema_patterns_are_the_parsers_patterns() -> None:
 
     assert defs["duration"]["pattern"] == DURATION_PATTERN
     assert defs["size"]["pattern"] == SIZE_PATTERN
-    assert defs["dataset"]["properties"]["max_invalid"]["pattern"] == INVALID_LIMIT_PATTERN
+    assert defs["dataset"]["properties"]["max_invalid"]["anyOf"][0]["pattern"] == \
+        INVALID_LIMIT_PATTERN
     for text in ("10 minutes", "4 megabytes", "1 %%"):
         assert not any(re.fullmatch(p, text) for p in (DURATION_PATTERN, SIZE_PATTERN))
 
@@ -521,7 +523,9 @@ def test_schema_defaults_match_the_loader_defaults() -> None:
         *(parse_duration(retry[k]["default"]).total_seconds()
           for k in ("backoff", "max_backoff", "max_elapsed")),
     ) == RetryPolicy()
-    assert parse_invalid_limit(dataset["max_invalid"]["default"]) == InvalidLimit(ratio=0.01)
+    default = dataset["max_invalid"]["default"]
+    assert InvalidLimit(ratio=parse_invalid_limit(default["share"]).ratio,
+                        floor=default["floor"]) == DEFAULT_INVALID_LIMIT
     assert dataset["on_invalid"]["default"] == "quarantine"
     assert defs["metrics"]["properties"]["job"]["default"] == MetricsConfig.job
 
@@ -682,3 +686,36 @@ def test_object_storage_defaults_to_korea_and_needs_a_bucket(tmp_path: Path) -> 
     [problem] = problems_of(write(tmp_path, MINIMAL.format(aitems="", dataset="") +
                                   "object_storage: {bucket: Shop_Bucket}\n"))
     assert (problem.line, problem.key) == (11, "object_storage.bucket")
+
+
+@pytest.mark.parametrize(("written", "read", "passing", "failing"), [
+    ("{share: 1%, floor: 10}", 1, 1, None),
+    ("{share: 1%, floor: 10}", 100, 10, 11),
+    ("{share: 1%, floor: 10}", 100_000, 1000, 1001),
+    ("{share: '1%', floor: '0'}", 10, 0, 1),
+    ('"1%"', 100, 1, 2),
+    ('"1%"', 10, 0, 1),
+    ("50", 7, 7, None),
+    ("50", 1000, 50, 51),
+])
+def test_max_invalid_allows_what_the_docs_table_says(
+    tmp_path: Path, written: str, read: int, passing: int, failing: int | None,
+) -> None:
+    text = MINIMAL_SPEC + f"    max_invalid: {written}\n"
+    limit = load_spec(write(tmp_path, text), env={}).datasets["items"].max_invalid
+
+    assert not limit.exceeded(passing, read)
+    assert failing is None or limit.exceeded(failing, read)
+
+
+@pytest.mark.parametrize(("written", "fragment"), [
+    ("{share: 50}", "a share such as 1%"),
+    ("{share: 1%, floor: 2.5}", "a count such as 10"),
+    ("{floor: 10}", "missing required key 'share'"),
+    ("{share: 1%, flor: 10}", "did you mean 'floor'"),
+])
+def test_a_bad_max_invalid_mapping_is_located(tmp_path: Path, written: str,
+                                              fragment: str) -> None:
+    (problem,) = problems_of(write(tmp_path, MINIMAL_SPEC + f"    max_invalid: {written}\n"))
+
+    assert problem.key.startswith("datasets.items.max_invalid") and fragment in problem.message

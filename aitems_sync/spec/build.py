@@ -23,7 +23,7 @@ Defaults (also in the descriptions of ``spec.schema.json``):
 ``datasets.*.lookback``          ``0``
 ``datasets.*.json_schema``       none
 ``datasets.*.on_invalid``        ``quarantine``
-``datasets.*.max_invalid``       ``1%``
+``datasets.*.max_invalid``       ``{share: 1%, floor: 10}``
 ``datasets.*.fields[*]``         ``categorical: false``
 ``metrics``                      ``pushgateway: null`` (no push), ``job: aitems-sync``
 ``object_storage``               none (for bootstrap); KR endpoint, ``prefix: aitems-sync/``
@@ -60,9 +60,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from aitems_sync import redact
-from aitems_sync.spec.document import Document, KeyPath
+from aitems_sync.spec.document import Document, KeyPath, dotted
 from aitems_sync.spec.model import (
     DEFAULT_ENDPOINT,
+    DEFAULT_INVALID_LIMIT,
     DEFAULT_KEYS,
     DEFAULT_STATE_URL,
     REQUIRED_FIELDS,
@@ -373,11 +374,29 @@ def _dataset(
         lookback=_get(doc, m, p, "lookback", timedelta(0), _lookback),
         json_schema=_get(doc, m, p, "json_schema", None, lambda v: _json_schema(doc, v, p)),
         on_invalid=cast(OnInvalid, _get(doc, m, p, "on_invalid", "quarantine", str)),
-        max_invalid=_get(doc, m, p, "max_invalid", InvalidLimit(ratio=0.01), invalid_limit),
+        max_invalid=DEFAULT_INVALID_LIMIT if _reported_below(doc, (*p, "max_invalid")) else
+        _get(doc, m, p, "max_invalid", DEFAULT_INVALID_LIMIT, _max_invalid),
         dataset_name=_get(doc, m, p, "dataset_name", None, str),
         schema_name=_get(doc, m, p, "schema_name", None, str),
         description=_get(doc, m, p, "description", "", str),
     )
+
+
+def _reported_below(doc: Document, path: KeyPath) -> bool:
+    """Whether a problem was reported at ``path`` or inside it (a mapping's own key)."""
+    prefix = dotted(path)
+    return any(q.key == prefix or q.key.startswith(prefix + ".") for q in doc.problems)
+
+
+def _max_invalid(value: Any) -> InvalidLimit:
+    """``50``, ``"1%"``, or ``{share: "1%", floor: 10}`` (the schema checked the form)."""
+    if not isinstance(value, dict):
+        return invalid_limit(value)
+    share = invalid_limit(value["share"])
+    if share.ratio is None:
+        raise ValueError("share must be a share such as 1%, with its floor a count")
+    floor = invalid_limit(value.get("floor", 0))
+    return InvalidLimit(ratio=share.ratio, floor=floor.count or 0)
 
 
 def _lookback(value: Any) -> timedelta:

@@ -95,15 +95,27 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class InvalidLimit:
-    """``max_invalid``: a count (``50``) or a share of the rows read (``1%`` -> 0.01)."""
+    """``max_invalid``: a count (``50``), or a share of the rows read (``1%`` -> 0.01) with a
+    floor (``{share: 1%, floor: 10}``: never fewer than 10 rows are allowed, so one bad row in
+    a small delta does not fail the dataset). The dataset fails when it has more invalid rows
+    than allowed."""
 
     count: int | None = None
     ratio: float | None = None
+    floor: int = 0  # with a ratio: the fewest invalid rows allowed
+
+    def allowed(self, read: int) -> float:
+        """How many invalid rows may be found among ``read`` rows."""
+        if self.count is not None:
+            return self.count
+        return max(self.floor, (self.ratio or 0.0) * read)
 
     def exceeded(self, invalid: int, read: int) -> bool:
-        if self.count is not None and invalid > self.count:
-            return True
-        return self.ratio is not None and read > 0 and invalid / read > self.ratio
+        return invalid > self.allowed(read)
+
+
+#: The default ``max_invalid``: 1% of the rows read, and never fewer than 10 rows.
+DEFAULT_INVALID_LIMIT = InvalidLimit(ratio=0.01, floor=10)
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,7 @@ class DatasetSpec:
     lookback: timedelta = timedelta(0)
     json_schema: Mapping[str, Any] | None = None  # user's extra constraints, already loaded
     on_invalid: OnInvalid = "quarantine"
-    max_invalid: InvalidLimit = InvalidLimit(ratio=0.01)
+    max_invalid: InvalidLimit = DEFAULT_INVALID_LIMIT
     # The AiTEMS names apply and bootstrap create it under; with dataset_id "" the dataset is
     # found by dataset_name (aitems_sync.sync.resolve).
     dataset_name: str | None = None
