@@ -177,3 +177,20 @@ def test_state_commands_need_no_aitems_keys_or_source_urls(
             json.loads(needing.stdout)["error"]["problems"]} == {
         "environment variable NO_KEY", "environment variable NO_SECRET",
         "environment variable NO_SHOP_URL"}
+
+
+def test_a_failed_dataset_is_told_once_to_a_person_and_kept_in_machine_logs(
+    specs: dict[str, Path],
+) -> None:
+    text = invoke(["run", "-c", str(specs["database-unreachable"])])
+    machine = invoke(["run", "-c", str(specs["database-unreachable"]), "--json",
+                      "--log-format", "json"])
+
+    assert text.returncode == machine.returncode == 1
+    said = text.stdout + text.stderr
+    for dataset in ("users", "events"):  # in the summary, not again as a log line
+        assert said.count(f"\n{dataset}: source 'shop': cannot connect") == 1, said
+        assert f"dataset {dataset} stopped" not in said
+    records = [json.loads(line) for line in machine.stderr.splitlines()]
+    assert {r.get("dataset") for r in records if r.get("event") == "dataset_failed"} == {
+        "users", "events"}

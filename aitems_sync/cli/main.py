@@ -32,12 +32,25 @@ log = logging.getLogger(__name__)
 _own_process = False
 
 
-def _setup_logging(level: str, fmt: str) -> None:
+#: Log events whose message the text summary repeats: a person reading text sees it once there.
+SUMMARIZED = frozenset({"dataset_failed", "bootstrap_failed"})
+
+
+def _said_in_the_summary(record: logging.LogRecord) -> bool:
+    return getattr(record, "event", None) not in SUMMARIZED
+
+
+def _setup_logging(level: str, fmt: str, *, summary: bool = False) -> None:
+    """Log lines on stderr, as text or JSON. ``summary``: the command ends with a text summary
+    that names each failed dataset with its error, so text logs leave those records out (each
+    error once); JSON logs, and runs with --json, keep every record."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        if summary:
+            handler.addFilter(_said_in_the_summary)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     logging.captureWarnings(True)  # a library's warning is a log line too (JSON with json)
@@ -122,7 +135,7 @@ def main_group(
 ) -> None:
     """Keep NAVER Cloud AiTEMS datasets fed from SQL databases, incrementally."""
     _redact_output(ctx)
-    _setup_logging("debug" if debug else log_level, log_format)
+    _setup_logging("debug" if debug else log_level, log_format, summary=not json_output)
     ctx.obj = Context(config=config, json_output=json_output, debug=debug,
                       log_format=log_format)
 
