@@ -33,7 +33,7 @@ _own_process = False
 
 
 #: Log events whose message the text summary repeats: a person reading text sees it once there.
-SUMMARIZED = frozenset({"dataset_failed", "bootstrap_failed"})
+SUMMARIZED = frozenset({"dataset_failed", "bootstrap_failed", "preflight_failed"})
 
 
 def _said_in_the_summary(record: logging.LogRecord) -> bool:

@@ -147,6 +147,8 @@ def _preflight(check: Callable[[], None], selected: Sequence[DatasetSpec],
                                          f"not run: AiTEMS refused the run's first call (see "
                                          f"dataset {selected[0].name})")
                            for i, d in enumerate(selected)]
+        log.error("the run stopped before reading a row: %s", error,
+                  extra={"event": "preflight_failed"})
         return False
 
 
