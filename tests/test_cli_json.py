@@ -194,3 +194,21 @@ def test_a_failed_dataset_is_told_once_to_a_person_and_kept_in_machine_logs(
     records = [json.loads(line) for line in machine.stderr.splitlines()]
     assert {r.get("dataset") for r in records if r.get("event") == "dataset_failed"} == {
         "users", "events"}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_the_readmes_completion_and_version_commands_work(shell: str) -> None:
+    assert SCRIPT
+    env = {**os.environ, "_AITEMS_SYNC_COMPLETE": f"{shell}_source"}
+    script = subprocess.run([SCRIPT], capture_output=True, text=True, env=env, timeout=60,
+                            check=False)
+    words = subprocess.run([SCRIPT], capture_output=True, text=True, timeout=60, check=False,
+                           env={**os.environ, "_AITEMS_SYNC_COMPLETE": f"{shell}_complete",
+                                "COMP_WORDS": "aitems-sync ap",
+                                # fish passes the word being completed, the others its index
+                                "COMP_CWORD": "ap" if shell == "fish" else "1"})
+    version = invoke(["--version"])
+
+    assert script.returncode == 0 and "_AITEMS_SYNC_COMPLETE" in script.stdout
+    assert "apply" in words.stdout
+    assert version.returncode == 0 and version.stdout.startswith("aitems-sync, version ")
