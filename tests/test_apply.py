@@ -201,6 +201,12 @@ def test_after_provisioning_the_spec_the_file_aitems_and_run_all_agree(setup: Se
         "users": "enable", "items": "enable", "events": "enable"}
     assert status["service"]["schedule"] == "running"
 
+    setup.emulator.model.set_schedule(setup.service()["serviceId"], "stop")  # someone stops it
+    stopped = setup.cli("status")
+    assert stopped.exit_code == 1
+    (alert,) = json.loads(stopped.stdout)["alerts"]
+    assert "schedule is stopped, but the spec says schedule: true" in alert
+
 
 def test_a_field_change_is_refused_with_the_diff_without_allow_replace(setup: Setup) -> None:
     provision(setup)

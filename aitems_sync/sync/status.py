@@ -82,6 +82,8 @@ class ServiceStatus:
     schedule: str | None = None
     trains: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    #: The spec's service section wants the schedule running (an interval service).
+    schedule_wanted: bool = False
 
     @property
     def alert(self) -> bool:
@@ -105,6 +107,10 @@ class StatusReport:
             reason = latest.get("statusReason") or "AiTEMS gives no reason"
             found.append(f"service {self.service.service_id}: the latest train "
                          f"{latest.get('trainId')} is {latest.get('status')}: {reason}")
+        if self.service.schedule_wanted and self.service.schedule == "stopped":
+            found.append(f"service {self.service.service_id}: its schedule is stopped, but the "
+                         "spec says schedule: true (an apply that stopped, or a person): "
+                         "`aitems-sync apply` starts it")
         for d in self.datasets:
             if d.pending_handover:
                 found.append(f"dataset {d.dataset}: {d.pending_handover}; runs refuse the "
@@ -130,8 +136,10 @@ def gather(spec: Spec, datasets: Sequence[DatasetSpec], *, api: StatusApi,
            state: StateStore) -> StatusReport:
     """The report for ``datasets``: AiTEMS's answers and the state store's records."""
     runs = state.runs(limit=RUNS_SEARCHED)
-    return StatusReport(service_status(spec.aitems.service_id, api),
-                        [dataset_status(d, api, state, runs) for d in datasets])
+    service = service_status(spec.aitems.service_id, api)
+    wanted = spec.service
+    service.schedule_wanted = bool(wanted and wanted.type == "interval" and wanted.schedule)
+    return StatusReport(service, [dataset_status(d, api, state, runs) for d in datasets])
 
 
 def service_status(service_id: str, api: StatusApi) -> ServiceStatus:
