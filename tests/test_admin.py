@@ -122,6 +122,18 @@ def test_history_lists_runs_newest_first_with_counts(synced: Path) -> None:
         "invalid": 1, "batches": 1, "ambiguous": 0}
 
 
+def test_history_says_when_it_cut_the_list_and_how_to_see_more(synced: Path) -> None:
+    assert cli(synced, "run", "users").exit_code == 0  # two runs now
+
+    cut = cli(synced, "history", "--limit", "1")
+    whole = cli(synced, "history", "--limit", "2")
+
+    assert cut.stdout.count("\n    users: ") == 1
+    assert "(the latest 1 runs; older ones are not shown: --limit N shows more)" in cut.stdout
+    assert whole.stdout.count("\n    users: ") == 2 and "not shown" not in whole.stdout
+    assert len(as_json(cli(synced, "history", "--limit", "1", json_output=True))) == 1
+
+
 def test_schema_pull_prints_the_fields_yaml(synced: Path) -> None:
     result = cli(synced, "schema", "pull", "users")
 

@@ -199,7 +199,8 @@ def status(ctx: Context, datasets: tuple[str, ...]) -> None:
 @click.pass_obj
 def history(ctx: Context, limit: int) -> None:
     """Past runs, newest first, with their status, counts and duration."""
-    runs = [r.to_dict() for r in commands.history(ctx.spec(state_only=True), limit)]
+    found = commands.history(ctx.spec(state_only=True), limit + 1)  # one more: any older?
+    runs = [r.to_dict() for r in found[:limit]]
     if ctx.json_output:
         _echo_json(runs)
         return
@@ -212,6 +213,8 @@ def history(ctx: Context, limit: int) -> None:
                 ("invalid", "invalid"), ("ambiguous batches", "ambiguous"))
                 if d[key] is not None)  # a crashed run's summary knows only what it committed
             click.echo(f"    {d['dataset']}: {d['status']}, {counts}")
+    if len(found) > limit:
+        click.echo(f"(the latest {limit} runs; older ones are not shown: --limit N shows more)")
 
 
 @click.group()
