@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +214,61 @@ def test_the_readmes_completion_and_version_commands_work(shell: str) -> None:
     assert script.returncode == 0 and "_AITEMS_SYNC_COMPLETE" in script.stdout
     assert "apply" in words.stdout
     assert version.returncode == 0 and version.stdout.startswith("aitems-sync, version ")
+
+
+def test_state_show_prints_marks_and_keys_as_plain_iso_text(specs: dict[str, Path]) -> None:
+    assert invoke(["run", "-c", str(specs["ok"])]).returncode in (0, 3)
+
+    shown = invoke(["state", "show", "-c", str(specs["ok"])])
+
+    assert shown.returncode == 0, shown.stderr
+    users = next(line for line in shown.stdout.splitlines() if line.startswith("users: mark "))
+    # SQLite keeps the shop's timestamps as text: the mark is that text, unquoted, no repr
+    assert re.fullmatch(r"users: mark 2026-03-01 12:00:\d\d\.\d+ \(str\), key u\d{5}", users), users
+    assert "datetime.datetime(" not in shown.stdout and "UUID(" not in shown.stdout
+
+
+def test_an_aitems_that_cannot_be_reached_fails_in_seconds_with_one_message(
+    specs: dict[str, Path],
+) -> None:
+    started = time.monotonic()
+    done = invoke(["validate", "--connect", "-c", str(specs["aitems-unreachable"])])
+    took = time.monotonic() - started
+
+    assert done.returncode == 2 and took < 10, (took, done.stderr)
+    assert done.stderr.count("cannot be reached") == 1, done.stderr
+    assert "retrying" not in done.stderr
+
+
+def test_plan_on_a_spec_never_run_writes_no_state_store(
+    specs: dict[str, Path], tmp_path: Path,
+) -> None:
+    state = tmp_path / "new" / "state.db"
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(specs["ok"].read_text().replace(
+        specs["ok"].read_text().split('state: "', 1)[1].split('"', 1)[0], f"sqlite:///{state}"))
+
+    planned = invoke(["plan", "-c", str(spec), "--json"])
+
+    assert planned.returncode == 0, planned.stderr
+    assert {d["dataset"]: d["new"] for d in json.loads(planned.stdout)["datasets"]} == {
+        "users": 20, "events": 0}
+    assert not state.parent.exists()
+    assert "migrating" not in planned.stderr
+
+
+def test_marks_and_keys_of_every_cursor_type_are_shown_as_plain_text() -> None:
+    import datetime as dt
+    import uuid
+    from decimal import Decimal
+
+    from aitems_sync.sync.status import shown
+
+    stamp = dt.datetime(2026, 12, 5, 0, 18, 2, 51345, tzinfo=dt.UTC)
+    key = uuid.UUID("fdb2c7a0-0000-4000-8000-000000000001")
+
+    assert shown(stamp) == "2026-12-05T00:18:02.051345+00:00"
+    assert shown(dt.date(2026, 12, 5)) == "2026-12-05"
+    assert shown(Decimal("1.50")) == "1.50"
+    assert shown(key) == "fdb2c7a0-0000-4000-8000-000000000001"
+    assert shown(7) == 7 and shown("u1") == "u1"
