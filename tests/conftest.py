@@ -98,6 +98,12 @@ class S3Server:
         return s3_client(self.url, region, access_key or self.access_key,
                          secret_key or self.secret_key)
 
+    def with_bucket(self, name: str, region: str = "kr-standard") -> S3Server:
+        """This server, once it holds the bucket ``name`` (made in ``region``)."""
+        self.client(region).create_bucket(
+            Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+        return self
+
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:

@@ -105,9 +105,7 @@ class Setup:
 def bucket(s3_server: S3Server) -> S3Server:
     """moto's S3 server (checking SigV4 with the one key pair its IAM issued: the spec's aitems
     keys here, as NCP takes the same keys for AiTEMS and Object Storage), holding BUCKET."""
-    s3_server.client().create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
-    return s3_server
+    return s3_server.with_bucket(BUCKET)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -67,9 +67,7 @@ class Setup:
 @pytest.fixture(scope="module")
 def bucket(s3_server: S3Server) -> S3Server:
     """The S3 server, holding BUCKET."""
-    s3_server.client().create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
-    return s3_server
+    return s3_server.with_bucket(BUCKET)
 
 
 def aitems(s3: S3Server, **kw: Any) -> EmulatorServer:

@@ -78,9 +78,7 @@ class Setup:
 def bucket(s3_server: S3Server) -> S3Server:
     """moto's S3 server (checking SigV4 with its IAM's key pair, the specs' aitems keys here),
     holding BUCKET: the exports, and bootstrap's own files under loads/."""
-    s3_server.client().create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "kr-standard"})
-    return s3_server
+    return s3_server.with_bucket(BUCKET)
 
 
 def _spec(path: Path, s3: S3Server, *, endpoint: str, source_url: str,

@@ -37,20 +37,26 @@ def test_importing_what_run_imports_leaves_the_lazy_packages_out() -> None:
     assert found == "[]"
 
 
+def items_spec(tmp_path: Path, emulator: EmulatorServer, secret_key: str) -> Path:
+    """The spec tests' minimal spec against the emulator's demo service, with an empty items
+    table and a state store."""
+    with sqlite3.connect(tmp_path / "shop.db") as db:
+        db.execute("CREATE TABLE items (id TEXT, changed INTEGER)")
+    db.close()
+    demo = (f'aitems: {{endpoint: "{emulator.base_url}", service_id: svcdemo0001, '
+            f"access_key: {DEMO_ACCESS_KEY}, secret_key: {secret_key}}}")
+    spec = tmp_path / "sync.yaml"
+    spec.write_text(MINIMAL_SPEC.replace("aitems: {service_id: svc, access_key: ak, "
+                                         "secret_key: sk}", demo)
+                    + "state: sqlite:///state.db\n")
+    return spec
+
+
 def test_a_run_with_nothing_to_send_imports_none_of_them(
     tmp_path: Path, emulator: EmulatorServer,
 ) -> None:
     """Not even for its one signed read of the service, which checks the keys (probe.py)."""
-    with sqlite3.connect(tmp_path / "shop.db") as db:
-        db.execute("CREATE TABLE items (id TEXT, changed INTEGER)")
-    db.close()
-    spec = tmp_path / "sync.yaml"
-    # The spec tests' minimal spec, against the emulator's demo service, with a state store.
-    demo = (f'aitems: {{endpoint: "{emulator.base_url}", service_id: svcdemo0001, '
-            f"access_key: {DEMO_ACCESS_KEY}, secret_key: {DEMO_SECRET_KEY}}}")
-    spec.write_text(MINIMAL_SPEC.replace("aitems: {service_id: svc, access_key: ak, "
-                                         "secret_key: sk}", demo)
-                    + "state: sqlite:///state.db\n")
+    spec = items_spec(tmp_path, emulator, DEMO_SECRET_KEY)
     code = (f"from aitems_sync.cli.main import main_group\ntry:\n"
             f"    main_group.main(prog_name='aitems-sync')\nfinally:\n    {REPORT}")
 
@@ -64,15 +70,7 @@ def test_a_run_with_nothing_to_send_imports_none_of_them(
 def test_a_run_with_nothing_to_send_still_fails_on_keys_aitems_refuses(
     tmp_path: Path, emulator: EmulatorServer,
 ) -> None:
-    with sqlite3.connect(tmp_path / "shop.db") as db:
-        db.execute("CREATE TABLE items (id TEXT, changed INTEGER)")
-    db.close()
-    spec = tmp_path / "sync.yaml"
-    wrong = (f'aitems: {{endpoint: "{emulator.base_url}", service_id: svcdemo0001, '
-             f"access_key: {DEMO_ACCESS_KEY}, secret_key: not-the-secret}}")
-    spec.write_text(MINIMAL_SPEC.replace("aitems: {service_id: svc, access_key: ak, "
-                                         "secret_key: sk}", wrong)
-                    + "state: sqlite:///state.db\n")
+    spec = items_spec(tmp_path, emulator, "not-the-secret")
 
     done = subprocess.run([sys.executable, "-m", "aitems_sync", "--json", "--config", str(spec),
                            "run"], capture_output=True, text=True, timeout=60)
