@@ -291,7 +291,7 @@ def test_an_aitems_that_never_reads_the_file_hands_nothing_over(
         result = CliRunner().invoke(main_group, ["--config", str(spec), "bootstrap", "users"])
 
         assert result.exit_code == 1, result.output
-        assert "no file read: the emulator runs without --object-storage" in result.stderr
+        assert "no file read: the emulator runs without --object-storage" in result.output
         with StateStore.open(state_url) as state:
             assert state.get_mark("users") is None
     finally:
@@ -381,10 +381,10 @@ def test_a_bootstrap_stopped_while_aitems_reads_is_finished_by_the_next(
             assert pending is not None and state.get_mark("users") is None
         refused = CliRunner().invoke(main_group, ["--config", str(spec_path), "run", "users"])
         assert refused.exit_code == 1
-        assert "Run `aitems-sync bootstrap users` to finish" in refused.stderr
+        assert "Run `aitems-sync bootstrap users` to finish" in refused.output
         retried = CliRunner().invoke(main_group, ["--config", str(spec_path), "quarantine",
                                                   "retry", "users"])
-        assert retried.exit_code == 1 and "has not finished its hand-over" in retried.stderr
+        assert retried.exit_code == 1 and "has not finished its hand-over" in retried.output
         shown = CliRunner().invoke(main_group, ["--config", str(spec_path), "--json", "status",
                                                 "users"])
         assert shown.exit_code == 1

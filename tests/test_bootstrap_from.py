@@ -349,7 +349,7 @@ def test_a_bootstrap_killed_while_aitems_reads_is_finished_by_the_next(
             assert pending is not None and pending.object_key.endswith("users/users.csv.gz")
             assert state.get_mark("users") is None
         refused = setup.cli("run", "users", "--wait", "30")  # kill -9 kept the lease 2 s
-        assert refused.exit_code == 1 and "bootstrap users` to finish" in refused.stderr
+        assert refused.exit_code == 1 and "bootstrap users` to finish" in refused.output
 
         args = register if finish == "from" else ["bootstrap", "users"]
         again = setup.cli(*args)

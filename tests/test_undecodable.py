@@ -207,7 +207,7 @@ def test_the_cli_names_the_unreadable_cursor_row_without_a_traceback(pg: Setup) 
     result = CliRunner().invoke(main_group, ["--config", str(pg.spec), "run", "users"])
 
     assert result.exit_code == 1
-    assert "the row at cursor '-infinity' with key 'a' has a cursor value" in result.stderr
+    assert "the row at cursor '-infinity' with key 'a' has a cursor value" in result.output
     assert "Traceback" not in result.stderr + result.stdout
 
 

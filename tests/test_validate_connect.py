@@ -391,5 +391,5 @@ def test_run_reports_a_query_the_database_refuses_as_a_spec_error(
 
     assert result.exit_code == 2, result.output
     assert "datasets.users.query: dataset users: source 'shop': the database refused the " \
-           "query" in result.stderr
+           "query" in result.output
     assert "Traceback" not in result.output
