@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -560,6 +561,151 @@ def test_dropping_quarantined_rows(store: StateStore) -> None:
     assert store.drop_quarantine([*ids[:2], 10_000]) == 2
     assert [r.id for r in store.quarantined()] == ids[2:]
     assert store.quarantine_count("users") == 3
+
+
+# -- the quarantine tracks what was delivered ----------------------------------------------------
+
+
+def of_key(key_hash: int | None, status: str = "open", **raw: Any) -> QuarantineEntry:
+    """A rejected row of key ``key_hash`` (None: no key identifies it)."""
+    return QuarantineEntry("users", "run-1", {"USER_ID": f"u{key_hash}"}, raw or {"AGE": -1},
+                           [{"path": "$.AGE", "message": "-1 is less than the minimum of 0"}],
+                           key_hash=key_hash, status=status)
+
+
+def states(store: StateStore) -> dict[int | None, tuple[str, str | None]]:
+    """Each entry's key hash -> its state and the run that closed it."""
+    return {r.key_hash: (r.status, r.resolved_by)
+            for r in store.quarantined("users", states=None)}
+
+
+@pytest.fixture(params=[None, 0], ids=["in-memory", "in-the-table"])
+def watched(request: pytest.FixtureRequest, store_url: str, clock: FakeClock
+            ) -> Iterator[StateStore]:
+    """A store whose commits find open keys in memory, or (watch limit 0) in the table."""
+    limit = {} if request.param is None else {"watch_limit": request.param}
+    opened = StateStore.open(store_url, clock=clock, **limit)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_a_commit_closes_the_open_entries_of_the_keys_it_delivers(
+        watched: StateStore, clock: FakeClock) -> None:
+    store = watched
+    store.commit_batch("users", run_id="run-1", batch_id=None, ledger=[], mark=None,
+                       quarantine=[of_key(1), of_key(2), of_key(3), of_key(4), of_key(None)])
+    clock.advance(5)
+
+    store.commit_batches("users", run_id="run-2", commits=[
+        BatchCommit(None, entries([1, 9])),  # delivered, the ledger keeps it
+        BatchCommit(None, unlogged=entries([2])),  # delivered, the mark alone covers it
+        BatchCommit(None, current=[3]),  # read unchanged: AiTEMS holds its newest version
+    ])
+
+    assert states(store) == {1: ("superseded", "run-2"), 2: ("superseded", "run-2"),
+                             3: ("superseded", "run-2"), 4: ("open", None),
+                             None: ("open", None)}
+    [closed] = store.quarantined("users", ids=[store.quarantined("users", states=None)[0].id],
+                                 states=None)
+    assert closed.resolved_at == T0 + timedelta(seconds=5)
+    assert store.quarantine_count("users") == 2
+    assert store.quarantine_count("users", states=None) == 5
+    assert [r.key_hash for r in store.quarantined("users")] == [4, None]
+
+
+def test_in_a_group_a_commit_closes_what_was_rejected_before_it_not_after(
+        watched: StateStore) -> None:
+    watched.commit_batches("users", run_id="run-1", commits=[
+        BatchCommit(None, quarantine=[of_key(5)]),
+        BatchCommit(None, entries([5, 6])),  # 5 rejected in the commit before: closed
+        BatchCommit(None, quarantine=[of_key(6)]),  # 6 rejected after its delivery: newer
+        BatchCommit(None, quarantine=[of_key(7, AGE=-2), of_key(7, status="superseded")]),
+    ])
+
+    assert [(r.key_hash, r.status) for r in watched.quarantined("users", states=None)] == [
+        (5, "superseded"), (6, "open"), (7, "open"), (7, "superseded")]
+
+
+def test_an_entry_is_closed_only_by_a_commit_that_goes_through(store: StateStore,
+                                                              clock: FakeClock) -> None:
+    store.acquire_lease("users", owner="run-a", host="h", pid=1, ttl=10)
+    store.commit_batch("users", run_id="run-a", batch_id=None, ledger=[], mark=None,
+                       quarantine=[of_key(1)], fenced=True)
+    clock.advance(11)
+    store.acquire_lease("users", owner="run-b", host="h", pid=2, ttl=10)  # run-a stalled
+
+    with pytest.raises(LeaseLostError):
+        store.commit_batch("users", run_id="run-a", batch_id=None, ledger=entries([1]),
+                           mark=None, fenced=True)
+    assert states(store) == {1: ("open", None)}
+
+    store.commit_batch("users", run_id="run-b", batch_id=None, ledger=entries([1]), mark=None,
+                       fenced=True)
+    assert states(store) == {1: ("superseded", "run-b")}
+
+
+def test_a_failed_commit_leaves_the_open_keys_as_the_table_has_them(store: StateStore) -> None:
+    """What a rolled-back commit noted in memory is forgotten with it."""
+    store.commit_batch("users", run_id="run-1", batch_id=None, ledger=[], mark=None,
+                       quarantine=[of_key(1)])
+    bad = replace(of_key(2), origin="elsewhere")  # the CHECK on origin fails its insert
+    with pytest.raises(StateError):
+        store.commit_batches("users", run_id="run-1", commits=[
+            BatchCommit(None, entries([1])), BatchCommit(None, quarantine=[bad])])
+    assert states(store) == {1: ("open", None)}
+
+    store.commit_batch("users", run_id="run-1", batch_id=None, ledger=entries([1]), mark=None)
+    assert states(store) == {1: ("superseded", "run-1")}
+
+
+def test_retry_closes_what_it_sent_resolved_and_older_entries_superseded(
+        store: StateStore) -> None:
+    store.add_quarantine([of_key(1), of_key(1, AGE=-2), of_key(2)])
+    older, newest, other = (r.id for r in store.quarantined("users"))
+
+    store.commit_batch("users", run_id="retry-1", batch_id=None, ledger=entries([1]), mark=None,
+                       resolved=[newest], superseded=[older])
+
+    assert [(r.status, r.resolved_by) for r in store.quarantined("users", states=None)] == [
+        ("superseded", "retry-1"), ("resolved", "retry-1"), ("open", None)]
+    assert [r.id for r in store.quarantined("users")] == [other]
+
+
+def _as_version_9(conn: sa.Connection) -> None:
+    """Take the store back to what version 9 left: entries with no key hash and no state."""
+    conn.execute(sa.text("DROP INDEX ix_quarantine_dataset_status_key"
+                         + (" ON quarantine" if conn.dialect.name == "mysql" else "")))
+    for column in ("key_hash", "status", "resolved_at", "resolved_by"):
+        conn.execute(sa.text(f"ALTER TABLE quarantine DROP COLUMN {column}"))
+    conn.execute(sa.text("UPDATE schema_version SET version = 9"))
+
+
+def test_a_version_9_store_keeps_its_entries_open_and_closes_them_from_then_on(
+        store_url: str) -> None:
+    with StateStore.open(store_url) as store:
+        store.add_quarantine([of_key(None, AGE=-1)])
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        _as_version_9(conn)
+
+    with StateStore.open(store_url) as store:
+        [before] = store.quarantined("users")
+        store.commit_batch("users", run_id="run-9", batch_id=None, ledger=[], mark=None,
+                           quarantine=[of_key(3)])
+        store.commit_batch("users", run_id="run-9", batch_id=None, ledger=entries([3]),
+                           mark=None)
+        after = states(store)
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SELECT version FROM schema_version")).scalar()
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("quarantine")}
+    engine.dispose()
+
+    assert (before.status, before.key_hash, before.raw) == ("open", None, {"AGE": -1})
+    assert after == {None: ("open", None), 3: ("superseded", "run-9")}
+    assert version == LATEST_VERSION == 10
+    assert "ix_quarantine_dataset_status_key" in indexes
 
 
 # -- runs --------------------------------------------------------------------------------------

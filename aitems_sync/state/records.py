@@ -105,6 +105,12 @@ class BatchCommit:
     mark: Mark | None = None
     quarantine: Sequence[QuarantineEntry] = ()
     boundary: Boundary | None = None
+    # What else the commit tells of its keys' newest versions, for the quarantine's open
+    # entries of those keys (see ``tables.quarantine``): rows delivered whose entries the
+    # ledger does not keep (an interaction dataset whose mark alone covers them), and key
+    # hashes whose newest version AiTEMS holds already (read unchanged).
+    unlogged: Sequence[LedgerEntry] = ()
+    current: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,9 @@ class QuarantineEntry:
 
     ``errors`` holds ``{"path": "$.AGE", "message": "..."}`` items; ``origin`` is ``"local"``
     (our validation) or ``"server"`` (AiTEMS answered 400, its answer in the errors).
+    ``key_hash`` is the hash the dataset's ledger knows the row's key by (None: no key
+    identifies it); ``status`` is ``superseded`` when a later version of the key went into
+    the same batch, else ``open``.
     """
 
     dataset: str
@@ -132,6 +141,8 @@ class QuarantineEntry:
     errors: Sequence[Mapping[str, str]]
     origin: str = "local"
     ledger_hash: int | None = None  # the ledger's payload hash for the key when rejected
+    key_hash: int | None = None
+    status: str = "open"
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,10 @@ class QuarantineRecord:
     origin: str
     created_at: datetime
     ledger_hash: int | None = None
+    key_hash: int | None = None
+    status: str = "open"
+    resolved_at: datetime | None = None  # when it was superseded or resolved
+    resolved_by: str | None = None  # the run (or retry) that did it
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly data (values that are not JSON scalars shown as text)."""
@@ -156,10 +171,32 @@ class QuarantineRecord:
             "run_id": self.run_id,
             "origin": self.origin,
             "created_at": self.created_at.isoformat(),
+            "status": self.status,
+            "resolved_at": None if self.resolved_at is None else self.resolved_at.isoformat(),
+            "resolved_by": self.resolved_by,
             "key": _plain(self.key),
             "raw": _plain(self.raw),
             "errors": self.errors,
         }
+
+
+@dataclass(frozen=True)
+class QuarantineListing:
+    """A page of quarantine entries, oldest first, and how many there are in all: ``total``
+    above ``len(records)`` means the page was cut at ``limit``."""
+
+    records: list[QuarantineRecord]
+    total: int
+    limit: int | None
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly data: the entries, and whether and where the list was cut."""
+        return {"rows": [r.to_dict() for r in self.records], "total": self.total,
+                "shown": len(self.records), "truncated": self.truncated, "limit": self.limit}
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
@@ -279,8 +316,10 @@ class DatasetState:
         }
 
 
-def quarantine_row(entry: QuarantineEntry, dataset_id: int, now: datetime) -> dict[str, Any]:
-    """The ``quarantine`` table row for an entry; StateError if a value cannot be stored."""
+def quarantine_row(entry: QuarantineEntry, dataset_id: int, now: datetime,
+                   run_id: str | None = None) -> dict[str, Any]:
+    """The ``quarantine`` table row for an entry (``run_id``: the run committing it, which
+    closes an entry stored superseded); StateError if a value cannot be stored."""
     try:
         key = encode_mapping(entry.key)
         raw = encode_mapping(entry.raw)
@@ -299,6 +338,10 @@ def quarantine_row(entry: QuarantineEntry, dataset_id: int, now: datetime) -> di
         "origin": entry.origin,
         "created_at": now,
         "ledger_hash": entry.ledger_hash,
+        "key_hash": entry.key_hash,
+        "status": entry.status,
+        "resolved_at": None if entry.status == "open" else now,
+        "resolved_by": None if entry.status == "open" else (run_id or entry.run_id),
     }
 
 
@@ -314,6 +357,10 @@ def quarantine_record(row: Any) -> QuarantineRecord:
         origin=row.origin,
         created_at=row.created_at,
         ledger_hash=row.ledger_hash,
+        key_hash=row.key_hash,
+        status=row.status,
+        resolved_at=row.resolved_at,
+        resolved_by=row.resolved_by,
     )
 
 

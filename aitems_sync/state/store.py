@@ -26,6 +26,7 @@ from aitems_sync.errors import LeaseLostError, LockHeldError, StateError
 from aitems_sync.redact import redact
 from aitems_sync.rows.encode import ROW_HASH, ROW_HASHES
 from aitems_sync.state import connect, records, tables
+from aitems_sync.state import quarantine as quarantine_share
 from aitems_sync.state.marks import (
     CursorValue,
     Mark,
@@ -43,6 +44,7 @@ from aitems_sync.state.records import (
     LeaseHolder,
     LedgerEntry,
     QuarantineEntry,
+    QuarantineListing,
     QuarantineRecord,
     RunRecord,
     Sending,
@@ -60,6 +62,7 @@ __all__ = [
     "LedgerEntry",
     "Mark",
     "QuarantineEntry",
+    "QuarantineListing",
     "QuarantineRecord",
     "RunRecord",
     "Sending",
@@ -129,7 +132,8 @@ class StateStore:
     """The state of every dataset in one database; safe to share between threads."""
 
     def __init__(self, engine: sa.Engine, *, display: str, clock: Callable[[], datetime],
-                 recent_limit: int = RECENT_LIMIT, read_only: bool = False):
+                 recent_limit: int = RECENT_LIMIT, read_only: bool = False,
+                 watch_limit: int = quarantine_share.WATCH_LIMIT):
         """Use :meth:`open`, which also creates and migrates the tables, or :meth:`read`."""
         self._engine = engine
         self._read_only = read_only
@@ -146,15 +150,22 @@ class StateStore:
         # _IN_TABLE): the lease holder is its one writer, so a commit that adds to it need not
         # read it back. Dropped when a write fails.
         self._boundaries: dict[int, dict[int, int] | str] = {}
+        # Each dataset's open quarantine keys, as its run's commits keep them (see
+        # state.quarantine). Forgotten with the boundaries when a write fails.
+        self._open_keys = quarantine_share.OpenKeys(watch_limit)
         self._statements = _Statements(self._dialect)
         self.url_for_display = display
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = _utcnow,
-             recent_limit: int = RECENT_LIMIT) -> StateStore:
-        """Open (creating and migrating if needed) the store at a SQLAlchemy URL."""
+             recent_limit: int = RECENT_LIMIT,
+             watch_limit: int = quarantine_share.WATCH_LIMIT) -> StateStore:
+        """Open (creating and migrating if needed) the store at a SQLAlchemy URL.
+        ``watch_limit``: open quarantine keys a dataset's commits keep in memory
+        (``state.quarantine``)."""
         engine, display = connect.open_engine(url)
-        return cls(engine, display=display, clock=clock, recent_limit=recent_limit)
+        return cls(engine, display=display, clock=clock, recent_limit=recent_limit,
+                   watch_limit=watch_limit)
 
     @classmethod
     def read(cls, url: str, *, clock: Callable[[], datetime] = _utcnow) -> StateStore:
@@ -201,6 +212,7 @@ class StateStore:
                     yield conn
             except BaseException:
                 self._boundaries.clear()  # what the rolled-back write remembered is unsure
+                self._open_keys.clear()
                 raise
 
     @contextmanager
@@ -451,6 +463,7 @@ class StateStore:
         self.reset(dataset)
         dataset_id = self._dataset_id(dataset)
         if dataset_id is not None:
+            self._open_keys.forget(dataset_id)
             with self._write(f"clear dataset {dataset!r}") as conn:
                 conn.execute(sa.delete(tables.quarantine)
                              .where(tables.quarantine.c.dataset_id == dataset_id))
@@ -526,6 +539,7 @@ class StateStore:
         self._row_hashes[dataset] = row_hash
         for cached in (dataset_id, staged):
             self._recent_sizes.pop(cached, None)
+            self._open_keys.forget(cached)
 
     # -- ledger -----------------------------------------------------------------------------
 
@@ -676,17 +690,19 @@ class StateStore:
         mark: Mark | None,
         quarantine: Sequence[QuarantineEntry] = (),
         resolved: Sequence[int] = (),
+        superseded: Sequence[int] = (),
         fenced: bool = False,
     ) -> None:
         """Commit one acknowledged batch in ONE transaction, all or nothing.
 
         The journal row becomes ``committed`` (when ``batch_id`` is given), the ledger entries
-        are upserted, the mark moves (when not None), the quarantined rows are stored, and the
-        quarantine rows ``resolved`` (sent by ``quarantine retry``) are deleted.
+        are upserted, the mark moves (when not None), the quarantined rows are stored, the
+        open quarantine entries ``resolved`` (sent by ``quarantine retry``) and ``superseded``
+        (ids) are closed so, and so are the open entries of the keys the batch delivered.
         """
         self.commit_batches(dataset, run_id=run_id,
                             commits=[BatchCommit(batch_id, ledger, mark, quarantine)],
-                            resolved=resolved, fenced=fenced)
+                            resolved=resolved, superseded=superseded, fenced=fenced)
 
     def commit_batches(
         self,
@@ -696,6 +712,7 @@ class StateStore:
         commits: Sequence[BatchCommit],
         sending: Sequence[Sending] = (),
         resolved: Sequence[int] = (),
+        superseded: Sequence[int] = (),
         failed: Sequence[int] = (),
         fenced: bool = False,
     ) -> list[int]:
@@ -708,6 +725,11 @@ class StateStore:
         Committing a group at once is what makes a backfill's commits cheap: the engine groups
         the batches acknowledged while its previous commit was being written.
 
+        The quarantine's share (:mod:`aitems_sync.state.quarantine`): the open entries
+        ``resolved`` and ``superseded`` (ids, from ``quarantine retry``) are closed so; then,
+        commit by commit, the open entries of the keys a commit delivered (or found current)
+        are closed ``superseded`` and its rejected rows stored.
+
         ``fenced``: write only while ``run_id`` holds the dataset's lease, checked in this same
         transaction (the lease row locked, so a takeover waits for the commit or comes first);
         LeaseLostError, and nothing written, when another run owns the dataset now.
@@ -717,8 +739,8 @@ class StateStore:
         batch_ids = [c.batch_id for c in commits if c.batch_id is not None]
         entries = list(chain.from_iterable(c.ledger for c in commits))
         moving = [c for c in commits if c.mark is not None]
-        rejected = [records.quarantine_row(e, self._known_id(e.dataset), now)
-                    for c in commits for e in c.quarantine]
+        rejected = [[records.quarantine_row(e, self._known_id(e.dataset), now, run_id)
+                     for e in c.quarantine] for c in commits]
         journal = [{"dataset_id": dataset_id, "run_id": run_id, "status": "sending",
                     "rows": s.rows, "first": mark_to_json(s.first), "last": mark_to_json(s.last),
                     "created_at": now, "updated_at": now} for s in sending]
@@ -746,10 +768,11 @@ class StateStore:
                     self._put_mark(conn, dataset_id, moving[-1].mark)
                 else:
                     self._put_mark_and_boundary(conn, dataset_id, moving[-1].mark, moving)
-            if rejected:
-                conn.execute(sa.insert(tables.quarantine), rejected)
-            for chunk in connect.chunks(resolved):
-                conn.execute(sa.delete(tables.quarantine).where(tables.quarantine.c.id.in_(chunk)))
+            quarantine_share.close(conn, resolved, "resolved", run_id, now)
+            quarantine_share.close(conn, superseded, "superseded", run_id, now)
+            if commits:
+                quarantine_share.commit_share(conn, dataset_id, run_id, commits, rejected,
+                                              self._open_keys, now)
             return [self._insert_sending(conn, row) for row in journal]
 
     def _hold_lease(self, conn: sa.Connection, dataset_id: int, dataset: str, owner: str) -> None:
@@ -860,28 +883,56 @@ class StateStore:
             return
         now = self._clock()
         rows = [records.quarantine_row(e, self._known_id(e.dataset), now) for e in entries]
+        for row in rows:
+            self._open_keys.forget(row["dataset_id"])
         with self._write(f"quarantine {len(rows)} rows") as conn:
             conn.execute(sa.insert(tables.quarantine), rows)
 
     def quarantined(self, dataset: str | None = None, *, limit: int | None = None,
-                    ids: Sequence[int] | None = None) -> list[QuarantineRecord]:
-        """Quarantined rows, oldest first, with their raw values decoded (optionally by id)."""
+                    ids: Sequence[int] | None = None,
+                    states: Sequence[str] | None = ("open",)) -> list[QuarantineRecord]:
+        """Quarantine entries, oldest first, with their raw values decoded: the open ones
+        (``states`` None: whatever their state), optionally of a dataset or by id."""
         query = sa.select(tables.quarantine, tables.datasets.c.name).join(tables.datasets)
-        query = query.order_by(tables.quarantine.c.id).limit(limit)
-        if dataset is not None:
-            query = query.where(tables.datasets.c.name == dataset)
+        query = self._quarantine_filter(query.order_by(tables.quarantine.c.id).limit(limit),
+                                        dataset, states)
         if ids is not None:
             query = query.where(tables.quarantine.c.id.in_(list(ids)))
         with self._read("list quarantined rows") as conn:
             return [records.quarantine_record(row) for row in conn.execute(query)]
 
-    def quarantine_count(self, dataset: str | None = None) -> int:
-        """The number of quarantined rows (of one dataset, or all)."""
+    def quarantine_listing(self, dataset: str | None = None, *, limit: int | None = None,
+                           states: Sequence[str] | None = ("open",)) -> QuarantineListing:
+        """The first ``limit`` entries (see :meth:`quarantined`) and how many there are."""
+        return QuarantineListing(self.quarantined(dataset, limit=limit, states=states),
+                                 self.quarantine_count(dataset, states=states), limit)
+
+    def quarantine_count(self, dataset: str | None = None, *,
+                         states: Sequence[str] | None = ("open",)) -> int:
+        """The number of open quarantine entries (``states`` None: of every state), of one
+        dataset or all."""
         query = sa.select(sa.func.count()).select_from(tables.quarantine.join(tables.datasets))
-        if dataset is not None:
-            query = query.where(tables.datasets.c.name == dataset)
+        query = self._quarantine_filter(query, dataset, states)
         with self._read("count quarantined rows") as conn:
             return int(conn.execute(query).scalar_one())
+
+    @staticmethod
+    def _quarantine_filter(query: Any, dataset: str | None,
+                           states: Sequence[str] | None) -> Any:
+        if dataset is not None:
+            query = query.where(tables.datasets.c.name == dataset)
+        if states is not None:
+            query = query.where(tables.quarantine.c.status.in_(list(states)))
+        return query
+
+    def open_quarantine_keys(self, dataset: str) -> set[int] | None:
+        """The key hashes of the dataset's open quarantine entries (those that have one), or
+        None when there are too many to hold (``state.quarantine.WATCH_LIMIT``)."""
+        dataset_id = self._dataset_id(dataset)
+        if dataset_id is None:
+            return set()
+        with self._read(f"read the quarantined keys of dataset {dataset!r}") as conn:
+            return quarantine_share.open_keys(conn, dataset_id, self._open_keys.limit)
 
     def drop_quarantine(self, ids: Sequence[int]) -> int:
         """Delete quarantined rows by id; returns how many were deleted."""

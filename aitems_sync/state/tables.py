@@ -282,8 +282,27 @@ quarantine = sa.Table(
     # key had never been delivered). `quarantine retry` sends the row only if the ledger still
     # holds that value: otherwise a later version of the key was delivered since.
     sa.Column("ledger_hash", sa.BigInteger, nullable=True),
+    # Version 10: the hash of the row's key as the dataset's ledger writes it (NULL: no key
+    # identifies the row across versions, a whole-row interaction that failed validation, or
+    # an entry from before version 10), and the entry's state (QUARANTINE_STATES): a commit
+    # that delivers a later version of an open entry's key marks it `superseded` in the same
+    # transaction, and `quarantine retry` marks what it sent `resolved`; closed entries are
+    # kept for audit, with when and by which run they were closed. No CHECK on `status`:
+    # SQLite cannot add one to an existing table without rebuilding it, and one function
+    # (StateStore.commit_batches) writes the column.
+    sa.Column("key_hash", sa.BigInteger, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="open"),
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
+    sa.Column("resolved_by", sa.String(64), nullable=True),
     sa.CheckConstraint("origin IN ('local', 'server')", name="quarantine_origin"),
+    # A commit looks up the open entries of the keys it delivers; `list` counts a dataset's
+    # open entries.
+    sa.Index("ix_quarantine_dataset_status_key", "dataset_id", "status", "key_hash"),
 )
+
+#: A quarantine entry's states: ``open`` until a later version of its key is delivered
+#: (``superseded``) or ``quarantine retry`` sends it (``resolved``).
+QUARANTINE_STATES = ("open", "superseded", "resolved")
 
 leases = sa.Table(
     "leases",
@@ -367,6 +386,19 @@ def _add_lease_process(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE leases ADD COLUMN process VARCHAR(255)"))
 
 
+def _add_quarantine_status(conn: sa.Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("quarantine")}
+    for column in (quarantine.c.key_hash, quarantine.c.status, quarantine.c.resolved_at,
+                   quarantine.c.resolved_by):
+        if column.name not in columns:
+            kind = column.type.compile(dialect=conn.dialect)
+            extra = " NOT NULL DEFAULT 'open'" if column.name == "status" else ""
+            conn.execute(sa.text(f"ALTER TABLE quarantine ADD COLUMN {column.name} "
+                                 f"{kind}{extra}"))
+    for index in quarantine.indexes:
+        index.create(conn, checkfirst=True)
+
+
 def _widen_batch_statuses(conn: sa.Connection) -> None:
     """Let the journal hold every status of :data:`BATCH_STATUSES`. SQLite cannot change a
     table's constraint: the table is rebuilt (its AUTOINCREMENT counter carried over)."""
@@ -410,6 +442,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (7, _add_boundary),
     (8, _add_handovers),
     (9, _add_lease_process),
+    (10, _add_quarantine_status),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
