@@ -25,7 +25,12 @@ from aitems_sync.source.extract import Source
 from aitems_sync.spec.model import DatasetSpec, DatasetType, Spec
 from aitems_sync.state.marks import CURSOR_TYPES, Mark, check_cursor, parse_cursor
 from aitems_sync.state.probe import url_problem
-from aitems_sync.state.records import DatasetState, QuarantineRecord, RunRecord
+from aitems_sync.state.records import (
+    DatasetState,
+    QuarantineListing,
+    QuarantineRecord,
+    RunRecord,
+)
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import engine
 from aitems_sync.sync.apply import ApplyOptions, ApplyReport
@@ -307,17 +312,20 @@ def state_set(spec: Spec, dataset: str, cursor: str, kind: str = "auto", *,
     return mark
 
 
-def quarantine_list(spec: Spec, dataset: str | None = None,
-                    limit: int | None = None) -> list[QuarantineRecord]:
-    """Quarantined rows (of ``dataset``, or all), oldest first."""
+def quarantine_list(spec: Spec, dataset: str | None = None, limit: int | None = None, *,
+                    closed: bool = False) -> QuarantineListing:
+    """The open quarantine entries (of ``dataset``, or all; with ``closed`` the superseded and
+    resolved ones too), oldest first, the first ``limit`` of them, and how many there are."""
     with open_state(spec) as store:
-        return store.quarantined(dataset, limit=limit)
+        return store.quarantine_listing(dataset, limit=limit,
+                                        states=None if closed else ("open",))
 
 
 def quarantine_show(spec: Spec, entry_id: int) -> QuarantineRecord:
-    """One quarantined row; a usage error if there is none with that id."""
+    """One quarantine entry, whatever its state; a usage error if there is none with that
+    id."""
     with open_state(spec) as store:
-        for record in store.quarantined(ids=[entry_id]):
+        for record in store.quarantined(ids=[entry_id], states=None):
             return record
     raise UsageError(f"no quarantined row has id {entry_id} (see aitems-sync quarantine list)")
 

@@ -88,7 +88,7 @@ def test_state_commands_name_an_unknown_dataset(synced: Path) -> None:
 
 
 def test_quarantine_list_show_export_and_drop(synced: Path, tmp_path: Path) -> None:
-    [listed] = as_json(cli(synced, "quarantine", "list", json_output=True))
+    [listed] = as_json(cli(synced, "quarantine", "list", json_output=True))["rows"]
     assert listed["key"] == {"USER_ID": "u00003"}
     assert listed["errors"] == [{"path": "$.AGE", "message": "-1 is less than the minimum of 0"}]
 
@@ -100,7 +100,30 @@ def test_quarantine_list_show_export_and_drop(synced: Path, tmp_path: Path) -> N
     assert [json.loads(line)["id"] for line in export.read_text().splitlines()] == [listed["id"]]
 
     assert cli(synced, "quarantine", "drop", str(listed["id"]), "--yes").exit_code == 0
-    assert as_json(cli(synced, "quarantine", "list", json_output=True)) == []
+    assert as_json(cli(synced, "quarantine", "list", json_output=True))["rows"] == []
+
+
+def test_quarantine_list_says_when_it_cut_the_list_and_how_to_see_more(
+        synced: Path, tmp_path: Path) -> None:
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        store.add_quarantine([QuarantineEntry("users", "r", {"USER_ID": f"x{i}"}, {"AGE": -i},
+                                              [{"path": "$.AGE", "message": "too small"}])
+                              for i in range(1, 5)])
+
+    text = cli(synced, "quarantine", "list", "--limit", "2")
+    page = as_json(cli(synced, "quarantine", "list", "--limit", "2", json_output=True))
+    whole = as_json(cli(synced, "quarantine", "list", "--limit", "5", json_output=True))
+
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[-1] == ("(the first 2 of 5 open entries: --limit 5 shows them all, "
+                         "`aitems-sync quarantine export` writes them)")
+    assert {k: page[k] for k in ("total", "shown", "truncated", "limit")} == {
+        "total": 5, "shown": 2, "truncated": True, "limit": 2}
+    assert len(page["rows"]) == 2
+    assert (whole["total"], whole["truncated"], len(whole["rows"])) == (5, False, 5)
+    assert len(cli(synced, "quarantine", "list", "--limit", "5").stdout.splitlines()) == 5
 
 
 def test_quarantine_show_of_a_missing_id_says_where_to_look(synced: Path) -> None:

@@ -49,7 +49,7 @@ def retry(path: Path) -> dict[str, int]:
 
 def quarantined(path: Path) -> list[str]:
     result = cli(path, "quarantine", "list")
-    return [r["key"]["USER_ID"] for r in json.loads(result.stdout)]
+    return [r["key"]["USER_ID"] for r in json.loads(result.stdout)["rows"]]
 
 
 def test_retry_after_a_spec_fix_delivers_the_rows_once_and_empties_the_quarantine(

@@ -107,24 +107,36 @@ def quarantine() -> None:
 @quarantine.command("list")
 @click.argument("dataset", required=False)
 @click.option("--limit", type=COUNT, default=100, show_default=True, help="At most this many.")
+@click.option("--all", "closed", is_flag=True,
+              help="Also the entries closed since (superseded by a later version of their "
+                   "key, or resolved by retry), with their state.")
 @click.pass_obj
-def quarantine_list(ctx: Context, dataset: str | None, limit: int) -> None:
-    """Quarantined rows (of DATASET, or all), oldest first, with their first error."""
-    records = commands.quarantine_list(ctx.spec(state_only=True), dataset, limit)
+def quarantine_list(ctx: Context, dataset: str | None, limit: int, closed: bool) -> None:
+    """Open quarantine entries (of DATASET, or all), oldest first, with their first error; says
+    so when there are more than --limit. With --json: {"rows", "total", "shown", "truncated",
+    "limit"}."""
+    listing = commands.quarantine_list(ctx.spec(state_only=True), dataset, limit,
+                                      closed=closed)
     if ctx.json_output:
-        _echo_json([r.to_dict() for r in records])
+        _echo_json(listing.to_dict())
         return
-    for r in records:
+    for r in listing.records:
         first = r.errors[0] if r.errors else {"path": "", "message": ""}
-        click.echo(f"{r.id}\t{r.dataset}\t{json.dumps(r.to_dict()['key'])}"
+        state = f"\t{r.status}" if closed else ""
+        click.echo(f"{r.id}\t{r.dataset}{state}\t{json.dumps(r.to_dict()['key'])}"
                    f"\t{r.origin}\t{first['path']}: {first['message']}")
+    if listing.truncated:
+        which = "entries" if closed else "open entries"
+        click.echo(f"(the first {len(listing.records):,} of {listing.total:,} {which}: "
+                   f"--limit {listing.total} shows them all, `aitems-sync quarantine export` "
+                   "writes them)")
 
 
 @quarantine.command("show")
 @click.argument("entry_id", type=ENTRY_ID)
 @click.pass_obj
 def quarantine_show(ctx: Context, entry_id: int) -> None:
-    """One quarantined row with its raw values and every error."""
+    """One quarantine entry with its state, raw values and every error."""
     _echo_json(commands.quarantine_show(ctx.spec(state_only=True), entry_id).to_dict())
 
 
@@ -132,11 +144,14 @@ def quarantine_show(ctx: Context, entry_id: int) -> None:
 @click.argument("dataset", required=False)
 @click.option("--output", "-o", type=OutputFile("w"), default="-",
               help="Write JSON lines here (default stdout).")
+@click.option("--all", "closed", is_flag=True,
+              help="Also the entries closed since (superseded or resolved).")
 @click.pass_obj
-def quarantine_export(ctx: Context, dataset: str | None, output: Any) -> None:
-    """Every quarantined row (of DATASET, or all) as JSON lines (with --json on stdout: one
-    JSON array; to a file: the lines, and the count on stdout)."""
-    records = commands.quarantine_list(ctx.spec(state_only=True), dataset)
+def quarantine_export(ctx: Context, dataset: str | None, output: Any, closed: bool) -> None:
+    """Every open quarantine entry (of DATASET, or all) as JSON lines (with --json on stdout:
+    one JSON array; to a file: the lines, and the count on stdout)."""
+    records = commands.quarantine_list(ctx.spec(state_only=True), dataset,
+                                      closed=closed).records
     if ctx.json_output and getattr(output, "name", None) == "<stdout>":
         _echo_json([r.to_dict() for r in records])
         return
