@@ -126,6 +126,28 @@ def test_quarantine_list_says_when_it_cut_the_list_and_how_to_see_more(
     assert len(cli(synced, "quarantine", "list", "--limit", "5").stdout.splitlines()) == 5
 
 
+def test_quarantine_list_all_shows_closed_entries_with_their_state(
+        synced: Path, tmp_path: Path) -> None:
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.update_customer("u00003", age=33, updated_at=T0 + timedelta(days=1))  # fixed
+    shop.close()
+    assert cli(synced, "run", "users").exit_code == 0
+
+    open_ = as_json(cli(synced, "quarantine", "list", json_output=True))
+    every = as_json(cli(synced, "quarantine", "list", "--all", json_output=True))
+    text = cli(synced, "quarantine", "list", "--all").stdout
+    exported = cli(synced, "quarantine", "export", "--all").stdout.splitlines()
+
+    assert (open_["rows"], open_["total"]) == ([], 0)
+    [entry] = every["rows"]
+    assert (entry["status"], every["total"]) == ("superseded", 1)
+    assert text.split("\t")[:3] == [str(entry["id"]), "users", "superseded"]
+    assert [json.loads(line)["status"] for line in exported] == ["superseded"]
+    assert cli(synced, "quarantine", "export").stdout == ""
+    shown = as_json(cli(synced, "quarantine", "show", str(entry["id"])))
+    assert (shown["status"], shown["resolved_by"]) == ("superseded", entry["resolved_by"])
+
+
 def test_quarantine_show_of_a_missing_id_says_where_to_look(synced: Path) -> None:
     result = cli(synced, "quarantine", "show", "999")
 

@@ -136,6 +136,46 @@ def test_cut_carries_the_sent_range_the_end_mark_and_the_quarantine_then_resets(
     assert b.cut(None).empty
 
 
+def rejected(key: str) -> QuarantineEntry:
+    return QuarantineEntry("users", "r", {"USER_ID": key}, {}, [],
+                           key_hash=row_hash(key.encode()))
+
+
+@pytest.mark.parametrize("later", ["add", "extend", "confirm"])
+def test_a_rejected_row_whose_key_comes_again_in_its_batch_is_stored_superseded(
+        later: str) -> None:
+    b = builder()
+    b.reject(rejected("a"))
+    b.reject(rejected("b"))
+    if later == "add":
+        add(b, 2, "a", b"{2}")
+    elif later == "extend":
+        rows = NewRows.of([b"{2}"], [row_hash(b"a")], [row_hash(b"{2}")], None, ["a"],
+                          [(2, "a")])
+        assert b.extend(rows, 0, 1) == 1
+    else:
+        b.skip()
+        b.confirm(row_hash(b"a"))
+
+    batch = b.cut(Mark(2, ("a",)))
+
+    assert [(e.key["USER_ID"], e.status) for e in batch.quarantine] == [
+        ("a", "superseded"), ("b", "open")]
+    assert batch.current == ([row_hash(b"a")] if later == "confirm" else [])
+
+
+def test_a_rejected_row_after_its_keys_valid_version_in_the_batch_stays_open() -> None:
+    """The batch sends the older, valid version; the newer, invalid one is the key's newest."""
+    b = builder()
+    add(b, 1, "a", b"{1}")
+    b.reject(rejected("a"))
+
+    batch = b.cut(Mark(2, ("a",)))
+
+    assert [e.status for e in batch.quarantine] == ["open"]
+    assert b.cut(None).quarantine == []  # nothing of it carries over to the next batch
+
+
 def test_a_batch_with_only_skipped_rows_moves_the_mark_without_rows() -> None:
     b = builder()
     b.skip()

@@ -85,7 +85,7 @@ def test_retry_without_a_fix_keeps_the_rows_quarantined(
 
 
 @pytest.mark.parametrize("scheme", [ROW_HASH, "blake2b-64"])
-def test_a_row_whose_key_was_delivered_since_is_dropped_not_sent(
+def test_a_row_whose_fix_a_run_delivered_is_closed_then_and_not_sent_again(
         tmp_path: Path, emulator: EmulatorServer, shop: Shop, scheme: str) -> None:
     """Whichever row hash the dataset's ledger is written with (BLAKE2b: a dataset registered
     before state schema version 4)."""
@@ -96,10 +96,11 @@ def test_a_row_whose_key_was_delivered_since_is_dropped_not_sent(
     # The data is fixed at the source and the fixed version delivered by the next run.
     shop.update_customer("u00002", age=30, updated_at=T0 + timedelta(days=1))
     assert cli(strict, "run", "users").exit_code == 0
+    assert quarantined(strict) == ["u00006"]  # closed by the commit that delivered the fix
 
     report = retry(spec(tmp_path, emulator, shop, strict=False))
 
-    assert (report["superseded"], report["sent"]) == (1, 1)  # u00002 dropped, u00006 sent
+    assert (report["checked"], report["sent"]) == (1, 1)  # u00006
     assert quarantined(strict) == []
     received = emulator.received("dsusers0001")
     assert [r for r in received.deliveries if r["USER_ID"] == "u00002"] == [

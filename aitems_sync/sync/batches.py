@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
 from itertools import accumulate, repeat
@@ -65,6 +65,9 @@ class Batch:
     quarantine: list[QuarantineEntry]
     body_bytes: int
     boundary: Boundary | None = None  # recorded with the mark when the batch commits
+    # Keys read unchanged whose open quarantine entries its commit closes: AiTEMS holds their
+    # newest version already (BatchBuilder.confirm).
+    current: list[int] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -99,7 +102,10 @@ class BatchBuilder:
     """Collects sendable rows in delta order and cuts batches bounded by rows and bytes.
 
     Within one batch a key seen twice keeps its last version (AiTEMS wants unique keys per
-    upload); the replaced version is counted as superseded.
+    upload); the replaced version is counted as superseded. So does a rejected row whose key
+    comes again, valid, later in the same batch: its quarantine entry is stored ``superseded``
+    (its commit closes the open entries of the batch's keys stored before it, not its own,
+    which may be newer than the version the batch sends).
     """
 
     max_rows: int
@@ -112,6 +118,9 @@ class BatchBuilder:
     _keys: list[Any] = field(default_factory=list)
     _slot: dict[int, int] = field(default_factory=dict)
     _quarantine: list[QuarantineEntry] = field(default_factory=list)
+    # Key hash -> where its rejected rows are in _quarantine, while they are open.
+    _rejected: dict[int, list[int]] = field(default_factory=dict)
+    _current: list[int] = field(default_factory=list)
     _bytes: int = ENVELOPE_BYTES
     _first: Sequence[Any] | None = None  # first and last rows sent
     _last: Sequence[Any] | None = None
@@ -125,6 +134,8 @@ class BatchBuilder:
 
     def add(self, encoded: bytes, entry: LedgerEntry, key: Any, row: Sequence[Any]) -> None:
         """Take in a row to send. The caller checks ``fits`` first and cuts when it does not."""
+        if self._rejected and entry.key_hash in self._rejected:
+            self._supersede(entry.key_hash)
         slot = self._slot.get(entry.key_hash)
         if slot is not None:
             self._bytes += len(encoded) - len(self._rows[slot])
@@ -169,6 +180,9 @@ class BatchBuilder:
                 return 0
             taken = 1  # a row alone over max_bytes still goes, in a batch of its own (fits)
         end = start + taken
+        if self._rejected:
+            for key_hash in self._rejected.keys() & set(rows.key_hashes[start:end]):
+                self._supersede(key_hash)
         slot = len(taken_rows)
         self._slot.update(zip(rows.key_hashes[start:end], range(slot, slot + taken), strict=True))
         taken_rows.extend(rows.encoded[start:end])
@@ -191,8 +205,24 @@ class BatchBuilder:
 
     def reject(self, entry: QuarantineEntry) -> None:
         """Note an invalid row: it is quarantined when the batch it falls in commits."""
+        if entry.key_hash is not None:
+            self._rejected.setdefault(entry.key_hash, []).append(len(self._quarantine))
         self._quarantine.append(entry)
         self.pending_rows += 1
+
+    def confirm(self, key_hash: int) -> None:
+        """Note that a key with quarantined rows was read unchanged (call with ``skip``): AiTEMS
+        holds its newest version, so its entries are closed when this batch commits."""
+        if key_hash in self._rejected:
+            self._supersede(key_hash)
+        self._current.append(key_hash)
+
+    def _supersede(self, key_hash: int) -> None:
+        """A later version of a key rejected earlier in this batch came: its entries are
+        stored closed."""
+        quarantine = self._quarantine
+        for index in self._rejected.pop(key_hash):
+            quarantine[index] = replace(quarantine[index], status="superseded")
 
     @property
     def sendable(self) -> int:
@@ -218,9 +248,10 @@ class BatchBuilder:
             quarantine=self._quarantine,
             body_bytes=self._bytes,
             boundary=boundary,
+            current=self._current,
         )
         self._rows, self._ledger, self._keys, self._quarantine = [], [], [], []
-        self._slot = {}
+        self._slot, self._rejected, self._current = {}, {}, []
         self._bytes = ENVELOPE_BYTES
         self._first = self._last = None
         self.pending_rows = 0

@@ -31,6 +31,7 @@ from aitems_sync.errors import AitemsSyncError, InvalidRowsError, UnreadableRowE
 from aitems_sync.rows.encode import row_hash
 from aitems_sync.source.extract import Extraction, Source
 from aitems_sync.spec.model import BatchPolicy, DatasetSpec
+from aitems_sync.state.quarantine import WATCH_LIMIT
 from aitems_sync.state.records import KEY_HASH, PAYLOAD_HASH
 from aitems_sync.state.store import LateBatch, LedgerEntry, Mark, QuarantineEntry, StateStore
 from aitems_sync.sync.batches import (
@@ -194,6 +195,9 @@ class DatasetSync:
         # reads again from the first of them, and cuts before the old mark move no mark.
         self.late: list[LateBatch] = []
         self.floor: Mark | None = None
+        # Keys with open quarantine entries (read at the start, and rejected since): one read
+        # unchanged closes them (BatchBuilder.confirm). None: too many to hold, or a dry run.
+        self.watch: set[int] | None = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -244,6 +248,8 @@ class DatasetSync:
             self.tracker = BoundaryTracker(after=self.old_mark.cursor,
                                            valid_rows=self.is_interaction)
         self.seen_map = self.seen or {}
+        if not self.settings.dry_run:
+            self.watch = self.state.open_quarantine_keys(self.dataset.name)
 
     def _repair(self, mark: Mark | None) -> Mark | None:
         """Where to read from, given batches of earlier runs that may have reached AiTEMS after
@@ -464,7 +470,7 @@ class DatasetSync:
         stop, builder, report, near_get = self.stop, self.builder, self.report, self.near.get
         mark_every, positions = self.settings.options.mark_every, chunk.positions
         rereads = self.settings.options.full_refresh and self.is_interaction
-        note, seen_get = self.tracker.note_valid, self.seen_map.get
+        note, seen_get, watch = self.tracker.note_valid, self.seen_map.get, self.watch
         rows = zip(chunk.encoded, chunk.key_hashes, chunk.payloads, chunk.keys, chunk.places,
                    strict=True)
         for index, (encoded, key_hash, payload, key, place) in enumerate(rows):
@@ -486,6 +492,10 @@ class DatasetSync:
                 if held == payload or (rereads and self._covered_by_mark(place)):
                     report.unchanged += 1
                     builder.skip()
+                    # Only what the ledger knows was delivered is current: a row the mark
+                    # covers may have changed since.
+                    if watch and held == payload and key_hash in watch:
+                        builder.confirm(key_hash)
                 else:
                     if near is not None or key_hash in ledger:
                         report.changed += 1
@@ -604,11 +614,16 @@ class DatasetSync:
                 "fix the data or the spec and run again"
             )
         columns = self.preparer.layout.columns
+        held = None if key_hash is None or self.is_interaction else self._held(key_hash, ledger)
         self.builder.reject(QuarantineEntry(
             dataset=self.dataset.name, run_id=self.settings.run_id, key=key,
             raw=dict(zip(columns, raw, strict=False)), errors=errors, origin="local",
-            ledger_hash=None if key_hash is None else self._held(key_hash, ledger),
+            ledger_hash=held, key_hash=key_hash,
         ))
+        if key_hash is not None and self.watch is not None:
+            self.watch.add(key_hash)
+            if len(self.watch) > WATCH_LIMIT:
+                self.watch = None  # bounded memory: the commits still close delivered keys
 
     # -- batches -------------------------------------------------------------------------
 

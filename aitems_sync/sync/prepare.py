@@ -40,8 +40,10 @@ class Prepared:
     """One chunk of rows, prepared, column by column (index ``i`` is the chunk's ``i``-th row).
 
     ``encoded[i]`` is None exactly when the row is invalid; ``invalid[i]`` then holds its raw
-    values (quarantine records keep them) and the hash its coerced key would have, where it has
-    one (items and users; None for interactions), and its hashes here are 0.
+    values (quarantine records keep them) and the hash its key would have, where it has one
+    (items and users: their coerced key; interactions with a key of their own: its columns as
+    read; None for a whole-row key, whose values are what is invalid), and its hashes here
+    are 0.
     """
 
     encoded: list[bytes | None]
@@ -205,7 +207,10 @@ class Preparer:
 
     def _rejected_key_hash(self, raw: Sequence[Any]) -> int | None:
         """The key hash an invalid row would have, so its quarantine record can note what the
-        ledger held for the key then (``quarantine retry`` compares). Interactions have none."""
+        ledger held for the key then (``quarantine retry`` compares), and a later version of
+        the key close it. An interaction has one only with a key of its own (see Prepared)."""
+        if self.keyed:
+            return identity_hash(self.place_of(raw)[1:], self.row_hash)
         if self.is_interaction:
             return None
         coerced = self.shaper.coerce(raw)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -45,7 +45,7 @@ import orjson
 from aitems_sync.aitems.delivery import Delivery, Target, Uploader, deliver
 from aitems_sync.errors import AitemsSyncError, LeaseLostError
 from aitems_sync.spec.model import DatasetSpec
-from aitems_sync.state.records import KEY_HASH
+from aitems_sync.state.records import KEY_HASH, LedgerEntry
 from aitems_sync.state.store import (
     MERGE_EVERY,
     BatchCommit,
@@ -323,13 +323,18 @@ class Window:
     def _commit_of(self, slot: _Slot) -> BatchCommit:
         batch = slot.batch
         quarantine = list(batch.quarantine)
-        ledger = []
+        ledger: list[LedgerEntry] = []
+        unlogged: Sequence[LedgerEntry] = ()
         if slot.future is not None:
             delivery = slot.future.result()
             if self.keep_ledger:
                 ledger = [batch.ledger[i] for i in delivery.delivered]
+            else:  # for the quarantine only; the whole batch as it is, in the usual case
+                unlogged = batch.ledger if len(delivery.delivered) == len(batch.ledger) else [
+                    batch.ledger[i] for i in delivery.delivered]
             quarantine.extend(self._server_rejections(batch, delivery))
-        return BatchCommit(slot.batch_id, ledger, batch.end, quarantine, batch.boundary)
+        return BatchCommit(slot.batch_id, ledger, batch.end, quarantine, batch.boundary,
+                           unlogged=unlogged, current=batch.current)
 
     def _account(self, slot: _Slot) -> None:
         """Count a committed batch in the report."""
@@ -409,6 +414,7 @@ class Window:
                 dataset=self.dataset.name, run_id=self.run_id, key=key, raw=sent,
                 errors=[{"path": "$", "message": answer}], origin="server",
                 ledger_hash=None if self.dataset.type == "interaction" else ledger.get(key_hash),
+                key_hash=key_hash,
             ))
         return entries
 
