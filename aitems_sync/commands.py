@@ -225,7 +225,9 @@ def plan(spec: Spec, datasets: Sequence[str] = (), *, full_refresh: bool = False
 
 
 def quarantine_retry(spec: Spec, datasets: Sequence[str] = ()) -> list[RetryReport]:
-    """Re-shape quarantined rows with the current spec and send those that now pass.
+    """Read the open quarantine entries' rows again (from the source by key where the run
+    rejected them, else their stored copy), shape them with the current spec and send those
+    that now pass (``sync.quarantine``).
 
     Refused (SpecError, exit 2) like a run when the state store's ledger of a dataset belongs
     to another AiTEMS dataset or key (``engine.check_bindings``)."""
@@ -237,8 +239,8 @@ def quarantine_retry(spec: Spec, datasets: Sequence[str] = ()) -> list[RetryRepo
         engine.check_bindings(spec, selected, state)
         for dataset in selected:
             reports.append(retry_quarantine(
-                spec, dataset, state=state, uploader=client,
-                timezone=sources[dataset.source].timezone, run_id=engine.new_run_id()))
+                spec, dataset, state=state, uploader=client, source=sources[dataset.source],
+                run_id=engine.new_run_id()))
     return reports
 
 

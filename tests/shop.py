@@ -53,6 +53,14 @@ class Shop:
         with self.engine.begin() as conn:
             conn.execute(customers.update().where(customers.c.id == id_).values(**values))
 
+    def delete_customer(self, id_: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(customers.delete().where(customers.c.id == id_))
+
+    def update_event(self, id_: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(events.update().where(events.c.id == id_).values(**values))
+
     def add_events(self, rows: Sequence[tuple[int, str, str, str, datetime]]) -> None:
         with self.engine.begin() as conn:
             conn.execute(events.insert(), [

@@ -166,16 +166,20 @@ def quarantine_export(ctx: Context, dataset: str | None, output: Any, closed: bo
 @click.argument("datasets", nargs=-1)
 @click.pass_obj
 def quarantine_retry(ctx: Context, datasets: tuple[str, ...]) -> None:
-    """Re-shape and re-validate quarantined rows (of DATASETS, or all) with the current spec
-    and send those that now pass; rows superseded by a later delivered version are dropped."""
+    """Read the open quarantine entries (of DATASETS, or all) again, from the source by key
+    where the run rejected them, shape them with the current spec and send those that now
+    pass; entries of a key delivered since are closed as superseded, and a key the source no
+    longer has is left as it was."""
     reports = commands.quarantine_retry(ctx.spec(), datasets)
     if ctx.json_output:
         _echo_json([r.to_dict() for r in reports])
         return
     for r in reports:
         click.echo(f"{r.dataset}: {r.checked} quarantined, sent {r.sent}, still invalid "
-                   f"{r.still_invalid}, refused again {r.refused}, dropped as already "
-                   f"delivered {r.already_delivered}, dropped as superseded {r.superseded}")
+                   f"{r.still_invalid}, refused again {r.refused}, closed as already "
+                   f"delivered {r.already_delivered}, closed as superseded {r.superseded}, "
+                   f"read again from the source {r.from_source} (no longer there: "
+                   f"{r.not_at_source}, left as they were)")
 
 
 @quarantine.command("drop")

@@ -154,6 +154,29 @@ class Source:
                                        f"{detail}; {hint}")
                 raise error from exc
 
+    def rows_by_key(self, query: str, *, cursor: str, key: Sequence[str],
+                    keys: Sequence[Sequence[Any]]) -> KeyedRows:
+        """The query's rows whose key columns equal one of ``keys`` (each a tuple of key
+        values as a read returned them), ordered by cursor then key: what the source holds for
+        those keys now (``quarantine retry``). The values are bound, a statement per
+        :data:`KEYS_PER_READ` keys; a NULL key value matches NULL."""
+        names = self.columns(query)
+        cursor_index = self._match("cursor", cursor, names)
+        key_indices = [self._match("key", k, names) for k in key]
+        dialect = self.engine.dialect.name
+        per_read = max(1, KEYS_PER_READ // max(1, len(key_indices)))
+        rows: list[tuple[Any, ...]] = []
+        with self._connect() as conn, self._watched(conn) as watch:
+            for start in range(0, len(keys), per_read):
+                statement = key_statement(query, names, cursor_index, key_indices,
+                                          keys[start:start + per_read], dialect)
+                try:
+                    with watch:
+                        rows.extend(tuple(row) for row in conn.execute(statement))
+                except sa.exc.StatementError as exc:
+                    raise self._query_error(exc, watch) from exc
+        return KeyedRows(names, cursor_index, key_indices, rows)
+
     def cursor_summary(self, query: str, names: Sequence[str], cursor_index: int,
                        *, hint: str = VALIDATE_HINT) -> tuple[int, Any]:
         """How many rows of the query have a NULL cursor, and the greatest cursor value (None
@@ -427,6 +450,40 @@ def extraction_statement(
         return statement.where(cur >= _bind("mark_cursor", mark.cursor, dialect))
     _check_mark_key(mark, keys)
     return statement.where(_after(cur, keys, mark, dialect))
+
+
+#: Key values bound in one read by key (``Source.rows_by_key``): within every driver's limit on
+#: parameters (SQLite's older builds allow 999).
+KEYS_PER_READ = 500
+
+
+@dataclass(frozen=True)
+class KeyedRows:
+    """Rows read by key (``Source.rows_by_key``), in cursor then key order, with the layout of
+    the query's columns."""
+
+    columns: list[str]
+    cursor_index: int
+    key_indices: list[int]
+    rows: list[tuple[Any, ...]]
+
+
+def key_statement(query: str, names: Sequence[str], cursor_index: int,
+                  key_indices: Sequence[int], keys: Sequence[Sequence[Any]],
+                  dialect: str) -> sa.Select[Any]:
+    """The SELECT around the user's query of the rows whose key equals one of ``keys``,
+    ordered like an extraction; every value a bound parameter."""
+    src = sa.text(_wrap(query)).columns(*[sa.column(n) for n in names]).subquery("src")
+    cur: sa.ColumnElement[Any] = src.c[names[cursor_index]]
+    columns: list[sa.ColumnElement[Any]] = [src.c[names[i]] for i in key_indices]
+    matches = []
+    for n, values in enumerate(keys):
+        binds = [(c, v, _bind(f"key_{n}_{i}", v, dialect))
+                 for i, (c, v) in enumerate(zip(columns, values, strict=True))]
+        matches.append(sa.and_(*[_equal(c, v, b) for c, v, b in binds]))
+    ordered = columns if dialect not in _NULLS_LAST_DIALECTS else [
+        c.nulls_first() for c in columns]
+    return sa.select(src).where(sa.or_(*matches)).order_by(cur, *ordered)
 
 
 def null_cursor_statement(query: str, names: Sequence[str], cursor_index: int
