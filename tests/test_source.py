@@ -30,8 +30,10 @@ import sqlalchemy as sa
 
 from aitems_sync.errors import QueryError, SourceError
 from aitems_sync.source.extract import (
+    KEYS_PER_READ,
     Source,
     extraction_statement,
+    key_statement,
     lookback_start,
     sorting_pays,
     walks_an_index,
@@ -497,6 +499,49 @@ def test_the_mark_is_bound_and_never_formatted_into_the_sql(
     for needle in ("Brien", "2024", "987654321", "123456789", "09:55"):
         assert needle not in sql
     assert set(compiled.params.values()) == bound
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=["postgresql", "sqlite", "mysql"])
+def test_keys_read_again_are_bound_and_never_formatted_into_the_sql(dialect: sa.Dialect) -> None:
+    statement = key_statement("SELECT id, k2, c FROM t", ["id", "k2", "c"], 2, [0, 1],
+                              [("O'Brien", 987654321), (123456789, None)], dialect.name)
+    compiled = statement.compile(dialect=dialect)
+    sql = str(compiled)
+
+    for needle in ("Brien", "987654321", "123456789"):
+        assert needle not in sql
+    assert "IS NULL" in sql  # a NULL key value matches NULL
+    assert set(compiled.params.values()) == {"O'Brien", 987654321, 123456789}
+
+
+# --- reading rows again by key ----------------------------------------------------------------
+
+
+def test_rows_by_key_reads_what_the_source_holds_for_each_key_in_extraction_order(
+        db_url: str) -> None:
+    make_users(db_url, [(1, "a", "2024-05-01 11:00:00"), (2, "b", "2024-05-01 10:00:00"),
+                        (3, "c", "2024-05-01 09:00:00"), (4, "d", "2024-05-01 08:00:00")])
+    source = make_source(db_url)
+
+    read = source.rows_by_key(USERS_QUERY, cursor="updated_at", key=["USER_ID"],
+                              keys=[(1,), (3,), (99,)])
+    source.close()
+
+    assert (read.cursor_index, read.key_indices) == (2, [0])
+    assert [(row[0], row[1]) for row in read.rows] == [(3, "c"), (1, "a")]
+
+
+def test_rows_by_key_reads_more_keys_than_one_statement_binds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    count = 2 * KEYS_PER_READ + 7
+    make_users(url, [(i, f"n{i}", f"2024-05-01 10:00:{i % 60:02d}") for i in range(count + 5)])
+    source = make_source(url)
+
+    read = source.rows_by_key(USERS_QUERY, cursor="updated_at", key=["USER_ID"],
+                              keys=[(i,) for i in range(count)])
+    source.close()
+
+    assert sorted(row[0] for row in read.rows) == list(range(count))
 
 
 # --- index use --------------------------------------------------------------------------------

@@ -288,8 +288,8 @@ quarantine = sa.Table(
     # that delivers a later version of an open entry's key marks it `superseded` in the same
     # transaction, and `quarantine retry` marks what it sent `resolved`; closed entries are
     # kept for audit, with when and by which run they were closed. No CHECK on `status`:
-    # SQLite cannot add one to an existing table without rebuilding it, and one function
-    # (StateStore.commit_batches) writes the column.
+    # SQLite cannot add one to an existing table without rebuilding it, and two places write
+    # the column (records.quarantine_row and state.quarantine).
     sa.Column("key_hash", sa.BigInteger, nullable=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="open"),
     sa.Column("resolved_at", UtcDateTime, nullable=True),
