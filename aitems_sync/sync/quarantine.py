@@ -12,9 +12,10 @@ values).
 A row is sent only if it is the newest version of its key: the newest entry of a key wins, the
 older ones are closed ``superseded``; a stored copy is superseded when the ledger holds another
 version of its key than when it was rejected (a later one was delivered since); a row whose
-payload the ledger holds already is not sent again. Rows are journalled and committed like a
-run's batches: ledger entries and the entries closed (``resolved``, and the key's older ones
-``superseded``) in one fenced transaction; the mark does not move.
+payload the ledger holds already is not sent again. The entries closed without sending (a key's
+older ones, and those found superseded or delivered) are closed first, in one fenced
+transaction; then the rows are journalled and committed like a run's batches, their ledger
+entries and their entries closed ``resolved`` in one fenced transaction; the mark does not move.
 """
 
 from __future__ import annotations
