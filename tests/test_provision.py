@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from aitems_sync.errors import SpecError
 from aitems_sync.spec.load import load_spec
 from aitems_sync.spec.model import DatasetSpec, Field, Spec
 from aitems_sync.sync.provision import (
@@ -284,3 +285,12 @@ def test_a_new_service_for_a_spec_without_every_type_is_refused(tmp_path: Path) 
     plan = make_plan(spec, Current(None, {"users": None}, {}), allow_replace=False)
 
     assert plan.refused and "item or interaction" in plan.refused[0].details[0]
+
+
+def test_two_datasets_may_not_share_a_schema_name(tmp_path: Path) -> None:
+    """AiTEMS schema names are unique: two datasets naming one would fight over it."""
+    text = SPEC.replace("    dataset_name: items-ds\n",
+                        "    dataset_name: items-ds\n    schema_name: users-ds\n")
+    (tmp_path / "sync.yaml").write_text(text)
+    with pytest.raises(SpecError, match=r"is also datasets\.users's schema_name"):
+        load_spec(tmp_path / "sync.yaml")

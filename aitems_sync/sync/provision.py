@@ -175,7 +175,7 @@ def make_plan(spec: Spec, current: Current, *, allow_replace: bool) -> Plan:
             continue
         plan.changes.append(change)
         if change.symbol in (CREATE, REPLACE):
-            new_schemas.setdefault(dataset.type, []).append({"name": change.name})
+            new_schemas.setdefault(dataset.type, []).append({"name": change.schema})
     if spec.service is not None or current.service is not None:
         twice = {kind: names for kind, names in by_type.items() if len(names) > 1}
         if twice:
