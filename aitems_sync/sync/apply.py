@@ -126,9 +126,9 @@ def apply(spec: Spec, *, state: StateStore, sources: Mapping[str, Source], api: 
             return report
 
         def replacer(dataset: DatasetSpec, service_id: str) -> BootstrapReport:
-            bound = replace(spec, aitems=replace(spec.aitems, service_id=service_id))
+            on_service = replace(spec, aitems=replace(spec.aitems, service_id=service_id))
             settings = BootstrapSettings(run_id=new_run_id(), ready_timeout=options.timeout)
-            return bootstrap(bound, [dataset], state=state, sources=sources, api=api,
+            return bootstrap(on_service, [dataset], state=state, sources=sources, api=api,
                              storage=s3, settings=settings, stop=stop)
 
         return carry_out(spec, plan, current, api, replacer, timeout=options.timeout,
