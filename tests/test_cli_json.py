@@ -13,13 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import EmulatorServer
-from tests.shop import Shop, customer_rows, write_spec
+from tests.shop import T0, Shop, customer_rows, write_spec
 
 SCRIPT = shutil.which("aitems-sync", path=str(Path(sys.executable).parent))
 
@@ -272,3 +273,35 @@ def test_marks_and_keys_of_every_cursor_type_are_shown_as_plain_text() -> None:
     assert shown(Decimal("1.50")) == "1.50"
     assert shown(key) == "fdb2c7a0-0000-4000-8000-000000000001"
     assert shown(7) == 7 and shown("u1") == "u1"
+
+
+def test_the_quarantine_and_max_invalid_stumbles_through_the_console_script(
+    tmp_path: Path, emulator: EmulatorServer,
+) -> None:
+    """Issue 23's walk-through, as a person types it: one bad event-sized delta does not fail
+    the run under the default max_invalid; the row fixed at the source leaves `quarantine list`
+    with the run that delivers it, and `--all` still shows it, superseded."""
+    shop = Shop(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.add_customers(customer_rows(20))
+    spec = write_spec(tmp_path / "sync.yaml", endpoint=emulator.base_url, source_url=shop.url,
+                      state_url=f"sqlite:///{tmp_path / 'state.db'}",
+                      extra="    json_schema: {properties: {AGE: {minimum: 0}}}")
+    spec.write_text(spec.read_text().replace('    max_invalid: "50%"\n', "", 1))  # the default
+    assert invoke(["run", "users", "-c", str(spec)]).returncode == 0
+    shop.update_customer("u00004", age=-1, updated_at=T0 + timedelta(days=1))
+
+    one_bad = invoke(["run", "users", "-c", str(spec), "--json"])
+    assert one_bad.returncode == 0, one_bad.stdout  # 1 of 2 rows read, within the floor of 10
+    assert json.loads(one_bad.stdout)["datasets"][0]["invalid"] == 1
+    assert "u00004" in invoke(["quarantine", "list", "-c", str(spec)]).stdout
+
+    shop.update_customer("u00004", age=40, updated_at=T0 + timedelta(days=2))
+    fixed = invoke(["run", "users", "-c", str(spec), "--json"])
+    shop.close()
+
+    assert json.loads(fixed.stdout)["datasets"][0]["sent"] == 1
+    assert json.loads(invoke(["quarantine", "list", "-c", str(spec), "--json"]).stdout)[
+        "rows"] == []
+    closed = json.loads(invoke(["quarantine", "list", "--all", "-c", str(spec),
+                                "--json"]).stdout)["rows"]
+    assert [(r["key"], r["status"]) for r in closed] == [({"USER_ID": "u00004"}, "superseded")]
