@@ -33,8 +33,6 @@ from aitems_sync.state.records import (
 )
 from aitems_sync.state.store import StateStore
 from aitems_sync.sync import engine
-from aitems_sync.sync.apply import ApplyOptions, ApplyReport
-from aitems_sync.sync.apply import apply as run_apply
 from aitems_sync.sync.bootstrap import (
     READY_TIMEOUT_SECONDS,
     BootstrapReport,
@@ -51,7 +49,6 @@ from aitems_sync.sync.checks import (
 )
 from aitems_sync.sync.leases import Leases
 from aitems_sync.sync.options import WORKER_AFTER, RunOptions
-from aitems_sync.sync.provision import Plan, matching_schema
 from aitems_sync.sync.quarantine import RetryReport, retry_quarantine
 from aitems_sync.sync.register import mark_cursor, register
 from aitems_sync.sync.report import RunReport
@@ -61,6 +58,8 @@ from aitems_sync.sync.status import gather as gather_status
 
 if TYPE_CHECKING:  # what ``init`` returns, re-exported for the CLI's type checks
     from aitems_sync.scaffold.create import InitReport as InitReport
+    from aitems_sync.sync.apply import ApplyReport
+    from aitems_sync.sync.provision import Plan
 
 __all__ = ["CURSOR_TYPES"]  # the --type choices of ``state set``, re-exported for the CLI
 
@@ -175,6 +174,10 @@ def apply(
     failed or the plan was not confirmed, 2 a change the plan refuses (the reason in ``error``);
     LockHeldError (exit 75) while another apply runs.
     """
+    # Imported here: apply's modules are start-up time every other command need not pay.
+    from aitems_sync.sync.apply import ApplyOptions
+    from aitems_sync.sync.apply import apply as run_apply
+
     with open_state(spec) as state, open_sources(spec) as sources, \
             AitemsClient.from_config(spec.aitems) as client:
         return run_apply(spec, state=state, sources=sources, api=client,
@@ -417,6 +420,8 @@ def with_schema(spec: Spec, client: AitemsClient, dataset: DatasetSpec) -> Datas
     SpecError saying to run ``apply`` when there is none); any other dataset as it is."""
     if dataset.dataset_id:
         return dataset
+    from aitems_sync.sync.provision import matching_schema  # here, for start-up: see apply()
+
     schema = matching_schema(dataset, client.list_schemas(dataset.type))
     if schema is None:
         raise SpecError([spec.problem(

@@ -18,7 +18,9 @@ from tests.test_spec import MINIMAL_SPEC
 
 #: Imported only on the paths that need them (see the docstrings of spec.load, rows.shape and
 #: aitems.client).
-LAZY = ("jsonschema", "requests", "urllib3", "fastjsonschema")
+LAZY = ("jsonschema", "requests", "urllib3", "fastjsonschema",
+        # and apply's own modules: only `apply` (and a bootstrap that creates) needs them
+        "aitems_sync.sync.apply", "aitems_sync.sync.provision")
 REPORT = f"import sys; print('imported:', sorted(m for m in {LAZY!r} if m in sys.modules))"
 
 

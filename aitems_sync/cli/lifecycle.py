@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,7 +18,9 @@ from aitems_sync.cli.context import Context
 from aitems_sync.cli.types import FiniteRange
 from aitems_sync.errors import EXIT_USAGE
 from aitems_sync.sync import signals
-from aitems_sync.sync.provision import Plan
+
+if TYPE_CHECKING:
+    from aitems_sync.sync.provision import Plan
 
 
 @click.command()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aitems_sync.sync.apply import ApplyReport
 from aitems_sync.sync.bootstrap import BootstrapReport
-from aitems_sync.sync.provision import Plan
 from aitems_sync.sync.report import RunReport, null_cursor_message
 from aitems_sync.sync.status import StatusReport
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # apply's modules load only when apply runs (start-up)
     from aitems_sync.commands import InitReport
+    from aitems_sync.sync.apply import ApplyReport
+    from aitems_sync.sync.provision import Plan
 
 _COLUMNS = ("dataset", "status", "read", "new", "changed", "unchanged", "invalid", "sent",
             "batches", "ambiguous", "seconds")

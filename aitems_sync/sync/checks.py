@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 from aitems_sync.aitems.client import AitemsClient
-from aitems_sync.aitems.probe import read_service
 from aitems_sync.errors import (
     ApiError,
     AuthError,
@@ -212,6 +211,8 @@ def check_service(spec: Spec, client: AitemsClient, datasets: Sequence[DatasetSp
     run even when there is nothing to send. A selected dataset the service does not list as
     attached is logged as a warning (AiTEMS refuses uploads to it)."""
     try:
+        from aitems_sync.aitems.probe import read_service  # here, for start-up: a run reads it
+
         service = read_service(spec.aitems, client)
     except NotFoundError as error:
         raise SpecError([spec.problem(("aitems", "service_id"), f"AiTEMS: {error}")]) from None
