@@ -10,6 +10,10 @@ import csv
 import gzip
 import io
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -312,3 +316,35 @@ def test_a_second_apply_while_one_runs_exits_75(setup: Setup) -> None:
 
     assert held.exit_code == 75 and "another-apply" in held.output
     assert setup.emulator.model.list_schemas({})["schemas"] == []  # it changed nothing
+
+
+def test_an_apply_killed_while_aitems_reads_the_replacement_converges_on_the_next(
+    setup: Setup,
+) -> None:
+    provision(setup)
+    (old,) = setup.named("shop-users")
+    setup.spec.write_text(setup.spec.read_text().replace(
+        '      - {name: GENDER, type: [string, "null"], categorical: true}\n',
+        '      - {name: GENDER, type: [string, "null"]}\n', 1))
+    setup.emulator.lifecycle.timing = Timing(ingest_seconds=5)  # AiTEMS reads slowly
+    applying = subprocess.Popen(
+        [sys.executable, "-m", "aitems_sync", "--config", str(setup.spec), "apply",
+         "--allow-replace", "--yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(setup.named("shop-users")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    applying.send_signal(signal.SIGKILL)  # mid-replacement: the new dataset is being read
+    applying.wait()
+    assert len(setup.named("shop-users")) == 2, "the replacement never created its dataset"
+    setup.emulator.lifecycle.timing = Timing(ingest_seconds=0.05)
+    time.sleep(5.5)  # the killed apply's file is read (or not) by now
+
+    again = setup.ok("apply", "--allow-replace", "--yes")  # the dead holder's leases: at once
+
+    assert again["error"] is None
+    attached = {d["datasetId"] for d in setup.service()["datasets"]}
+    assert old["datasetId"] not in attached and setup.service()["schedule"] == "running"
+    assert len(setup.named("shop-users")) == 2  # the left-over dataset was loaded, not a third
+    assert setup.s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert setup.cli("apply", "--exit-code").exit_code == 0
+    assert {d["dataset"]: d["sent"] for d in setup.ok("run")["datasets"]}["users"] == 0
